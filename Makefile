@@ -1,0 +1,63 @@
+# One task runner for everything. A newcomer needs only `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests and the audio corpus need (outage tests start their own servers).
+SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg
+SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg
+
+.PHONY: help venv system-deps services lint typecheck test test-fast demo bench lock clean
+
+help:
+	@echo "make demo   run one simulated job end to end against the local services"
+	@echo "make test   lint, type-check and run the whole test suite with the coverage gate"
+	@echo "make bench  run the benchmarks (figures in benchmarks/README.md)"
+	@echo "make lint | typecheck | lock | clean"
+
+$(STAMP): pyproject.toml requirements-dev.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs what is missing, only when it is missing (CI and a fresh machine of this kind run as root).
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+# Starts the machine's PostgreSQL and Redis when they are not running (never restarts or flushes them).
+services:
+	@bash .ci/services.sh
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: venv system-deps services lint typecheck
+	$(BIN)/python -m pytest -p no:cacheprovider --cov --cov-report=term $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
+
+demo: venv services
+	$(BIN)/python -m shared demo
+
+bench: venv system-deps services
+	$(BIN)/python -m benchmarks
+
+lock:
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu -o requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov .data

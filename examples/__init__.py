@@ -1,0 +1,1 @@
+"""Examples of a pipeline module and an API gateway built on videogen-shared."""
