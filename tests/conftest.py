@@ -1,0 +1,9 @@
+"""Register the fixture modules; each area keeps its fixtures in tests/fixtures/<area>.py."""
+
+pytest_plugins = [
+    "tests.fixtures.core",
+    "tests.fixtures.postgres",
+    "tests.fixtures.redis",
+    "tests.fixtures.storage",
+    "tests.fixtures.audio",
+]

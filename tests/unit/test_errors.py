@@ -1,0 +1,129 @@
+"""The error tree: codes, messages built from typed context, pickling, and the retry branch."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from decimal import Decimal
+from uuid import uuid4
+
+import pytest
+
+from shared import errors
+from shared.errors import (
+    BudgetExceededError,
+    CacheError,
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    JobNotFoundError,
+    NotFoundError,
+    PipelineError,
+    RetryableError,
+    StorageError,
+    StorageNotFoundError,
+    StorageUnavailableError,
+    ValidationError,
+)
+
+ERROR_CLASSES = [
+    obj for name in errors.__all__ if inspect.isclass(obj := getattr(errors, name)) and issubclass(obj, PipelineError)
+]
+
+
+def _sample(cls: type[PipelineError]) -> PipelineError:
+    """Build one instance of each class with the context it takes."""
+    job_id = uuid4()
+    if cls is ConfigError:
+        return ConfigError(["DATABASE_URL: expected a postgres:// URL", "LOG_LEVEL: bad"])
+    if cls is BudgetExceededError:
+        return BudgetExceededError(
+            job_id=job_id, spent=Decimal("9.5"), reserved=Decimal("0.25"), requested=Decimal(1), limit=Decimal(10)
+        )
+    if cls is JobNotFoundError:
+        return JobNotFoundError(job_id=job_id)
+    if issubclass(cls, StorageUnavailableError):
+        return cls("storage is down", bucket="clips", path="a/b.mp4", status=503, retry_after=3.0, job_id=job_id)
+    if issubclass(cls, StorageError):
+        return cls("storage failed", bucket="clips", path="a/b.mp4", status=404, job_id=job_id)
+    if cls is DatabaseUnavailableError:
+        return cls("connection lost", sqlstate="08006", retry_after=1.5, job_id=job_id)
+    if cls is DatabaseError:
+        return cls("bad query", sqlstate="23505", job_id=job_id)
+    if issubclass(cls, RetryableError):
+        return cls("try later", retry_after=2.0, job_id=job_id)
+    return cls("it failed", job_id=job_id)
+
+
+def test_every_exported_error_is_a_pipeline_error() -> None:
+    assert len(ERROR_CLASSES) == len(errors.__all__)
+
+
+def test_codes_are_unique_and_stable() -> None:
+    codes = [cls.default_code for cls in ERROR_CLASSES]
+    assert len(codes) == len(set(codes))
+    assert "budget_exceeded" == BudgetExceededError.default_code
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
+def test_error_survives_a_pickle_round_trip(cls: type[PipelineError]) -> None:
+    original = _sample(cls)
+    copy = pickle.loads(pickle.dumps(original))  # noqa: S301 - our own bytes, the point of the test
+    assert type(original) is type(copy)
+    assert vars(original) == vars(copy)
+    assert str(original) == str(copy)
+
+
+@pytest.mark.parametrize("cls", ERROR_CLASSES, ids=lambda c: c.__name__)
+def test_str_names_the_job_when_there_is_one(cls: type[PipelineError]) -> None:
+    error = _sample(cls)
+    if error.job_id is None:
+        assert error.message == str(error)
+    else:
+        assert f"{error.message} (job_id={error.job_id})" == str(error)
+
+
+def test_budget_error_message_is_built_from_its_fields() -> None:
+    error = BudgetExceededError(job_id="j-1", spent=Decimal("9.50"), limit=Decimal(10), requested=Decimal(1))
+    assert Decimal("9.50") == error.spent
+    assert "spent 9.50" in error.message
+    assert "limit 10" in error.message
+    assert "stop spending" in error.message
+
+
+def test_config_error_lists_one_line_per_problem() -> None:
+    error = ConfigError(["A: one", "B: two"])
+    assert ("A: one", "B: two") == error.problems
+    assert ["  - A: one", "  - B: two"] == error.message.splitlines()[1:]
+    assert error.message.startswith("Invalid configuration (2 problems)")
+
+
+def test_code_can_be_overridden_per_instance() -> None:
+    assert "audio_too_long" == ValidationError("too long", code="audio_too_long").code
+    assert "validation_error" == ValidationError("too long").code
+
+
+@pytest.mark.parametrize(
+    ("cls", "bases"),
+    [
+        (DatabaseUnavailableError, (DatabaseError, RetryableError)),
+        (StorageUnavailableError, (StorageError, RetryableError)),
+        (StorageNotFoundError, (StorageError, NotFoundError)),
+        (CacheError, (RetryableError,)),
+        (JobNotFoundError, (NotFoundError,)),
+    ],
+)
+def test_errors_branch_on_what_the_caller_does_next(
+    cls: type[PipelineError], bases: tuple[type[PipelineError], ...]
+) -> None:
+    assert all(issubclass(cls, base) for base in bases)
+
+
+def test_retryable_subclasses_keep_retry_after() -> None:
+    assert 3.0 == StorageUnavailableError("down", retry_after=3.0).retry_after
+    assert 1.5 == DatabaseUnavailableError("down", retry_after=1.5).retry_after
+    assert CacheError("down").retry_after is None
+
+
+def test_repr_shows_class_code_and_job() -> None:
+    assert "ValidationError('bad', code='validation_error', job_id='j')" == repr(ValidationError("bad", job_id="j"))
