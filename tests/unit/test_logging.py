@@ -1,0 +1,199 @@
+"""JSON logging: one object per line, job context, redaction, rotation, and never blocking the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from shared.logging import REDACTED, JsonFormatter, LoggerFactory, Redactor, current_job_id, job_context
+
+
+@pytest.fixture
+def stream() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def factory(stream: io.StringIO) -> Iterator[LoggerFactory]:
+    instance = LoggerFactory(level="DEBUG", secrets=["super-secret-service-key"], stream=stream, root="vgtest")
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_each_record_is_one_json_object_with_the_standard_fields(factory: LoggerFactory, stream: io.StringIO) -> None:
+    factory.get_logger("vgtest.unit").info("hello %s", "world", extra={"clip_index": 3})
+    factory.stop()
+    [line] = lines(stream)
+    assert "hello world" == line["message"]
+    assert "INFO" == line["level"]
+    assert "vgtest.unit" == line["logger"]
+    assert "test_logging" == line["module"]
+    assert 3 == line["clip_index"]
+    stamp = datetime.fromisoformat(str(line["timestamp"]))
+    assert 0 == stamp.utcoffset().total_seconds()  # type: ignore[union-attr]  # aware by construction
+    assert "job_id" not in line
+
+
+async def test_job_context_reaches_lines_logged_in_tasks_started_inside(
+    factory: LoggerFactory, stream: io.StringIO
+) -> None:
+    log = factory.get_logger("vgtest.ctx")
+
+    async def stage_work() -> None:
+        await asyncio.sleep(0)
+        log.info("inside task")
+
+    with job_context(job_id="job-1", stage="clip_generation"):
+        assert "job-1" == current_job_id()
+        task = asyncio.create_task(stage_work())
+    await task
+    log.info("outside")
+    factory.stop()
+    inside, outside = lines(stream)
+    assert ("job-1", "clip_generation") == (inside["job_id"], inside["stage"])
+    assert "job_id" not in outside
+    assert current_job_id() is None
+
+
+def test_nested_job_context_restores_the_outer_one() -> None:
+    with job_context(job_id="outer"):
+        with job_context(job_id="inner", stage="s"):
+            assert "inner" == current_job_id()
+        assert "outer" == current_job_id()
+
+
+def test_secrets_and_credential_shapes_are_redacted_in_message_and_extras(
+    factory: LoggerFactory, stream: io.StringIO
+) -> None:
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.abcdefghijk"
+    factory.get_logger("vgtest.redact").warning(
+        "calling with super-secret-service-key and sk-proj-abcdefgh12345678",
+        extra={
+            "headers": {"Authorization": "Bearer abc.def.ghijklmnop"},
+            "token": jwt,
+            "replicate": "r8_ABCDEFGH12345678",
+            "dsn": "postgresql://postgres:pg-password@db.example.com:5432/postgres",
+            "signed": "https://x.supabase.co/storage/v1/object/sign/b/p.mp4?token=abcdef123456",
+        },
+    )
+    factory.stop()
+    raw = stream.getvalue()
+    for secret in (
+        "super-secret-service-key",
+        "sk-proj-abcdefgh12345678",
+        "abc.def.ghijklmnop",
+        jwt,
+        "r8_ABCDEFGH12345678",
+        "pg-password",
+        "abcdef123456",
+    ):
+        assert secret not in raw
+    [line] = lines(stream)
+    assert REDACTED in str(line["message"])
+    assert "db.example.com" in str(line["dsn"])
+
+
+def test_redactor_catches_a_secret_with_json_escaped_characters() -> None:
+    secret = 'pa"ss\\word-123'
+    redact = Redactor([secret])
+    line = orjson.dumps({"m": f"x {secret} y"}).decode()
+    assert secret not in redact(line)
+    assert orjson.dumps(secret).decode()[1:-1] not in redact(line)
+
+
+def test_exceptions_carry_their_traceback(factory: LoggerFactory, stream: io.StringIO) -> None:
+    log = factory.get_logger("vgtest.exc")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("stage failed")
+    factory.stop()
+    [line] = lines(stream)
+    assert "Traceback" in str(line["exception"])
+    assert "RuntimeError: boom" in str(line["exception"])
+
+
+def test_level_filters_records(stream: io.StringIO) -> None:
+    factory = LoggerFactory(level="WARNING", stream=stream, root="vgtest.level")
+    factory.start()
+    log = factory.get_logger("vgtest.level.x")
+    log.info("dropped")
+    log.warning("kept")
+    factory.stop()
+    assert ["kept"] == [line["message"] for line in lines(stream)]
+
+
+def test_stop_flushes_everything_to_the_file_and_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "app.jsonl"
+    factory = LoggerFactory(level="INFO", stream=None, log_file=path, root="vgtest.file")
+    factory.start()
+    log = factory.get_logger("vgtest.file")
+    for i in range(500):
+        log.info("line %d", i)
+    factory.stop()
+    factory.stop()
+    assert not factory.running
+    assert 500 == len(path.read_text().splitlines())
+
+
+def test_the_file_rotates_and_keeps_the_configured_number(tmp_path: Path) -> None:
+    path = tmp_path / "app.jsonl"
+    factory = LoggerFactory(level="INFO", stream=None, log_file=path, max_bytes=2000, backup_count=2, root="vgrot")
+    factory.start()
+    for i in range(200):
+        factory.get_logger("vgrot").info("rotating line %d", i)
+    factory.stop()
+    assert ["app.jsonl", "app.jsonl.1", "app.jsonl.2"] == sorted(p.name for p in tmp_path.iterdir())
+    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+
+
+def test_a_slow_handler_never_blocks_the_caller(stream: io.StringIO) -> None:
+    """The caller only enqueues: writes happen on the listener thread."""
+    release = threading.Event()
+    writer_threads: set[str] = set()
+
+    class SlowStream(io.StringIO):
+        def write(self, s: str) -> int:
+            writer_threads.add(threading.current_thread().name)
+            release.wait(5)
+            return super().write(s)
+
+    slow = SlowStream()
+    factory = LoggerFactory(level="INFO", stream=slow, root="vgslow")
+    factory.start()
+    started = time.perf_counter()
+    for i in range(50):
+        factory.get_logger("vgslow").info("line %d", i)
+    elapsed = time.perf_counter() - started
+    release.set()
+    factory.stop()
+    assert threading.current_thread().name not in writer_threads
+    assert 50 == len(slow.getvalue().splitlines())
+    assert elapsed < 5  # a blocking write would have held the caller for the 5 s wait
+
+
+def test_unknown_types_in_extras_are_serialised_as_text(factory: LoggerFactory, stream: io.StringIO) -> None:
+    factory.get_logger("vgtest.types").info("x", extra={"path": Path("/tmp/a"), "tags": {"a"}, "pair": (1, 2)})
+    factory.stop()
+    [line] = lines(stream)
+    assert ("/tmp/a", ["a"], [1, 2]) == (line["path"], line["tags"], line["pair"])
+
+
+def test_formatter_can_be_used_without_the_queue() -> None:
+    record = logging.LogRecord("direct", logging.INFO, __file__, 1, "plain %d", (1,), None)
+    line = orjson.loads(JsonFormatter().format(record))
+    assert "plain 1" == line["message"]

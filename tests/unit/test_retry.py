@@ -1,0 +1,164 @@
+"""retry_with_backoff: delays, jitter, caps, Retry-After, deadlines, logging, sync and async; no real sleep."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+
+from shared.errors import RetryableError, ValidationError
+from shared.retry import RetryPolicy, retry_with_backoff
+
+
+class Sleeps:
+    """Record the delays instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+    async def async_sleep(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+class Flaky:
+    """Fail with the given errors in turn, then return 'ok'."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    def __call__(self, *args: object, **kwargs: object) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+async def test_async_function_is_retried_with_doubling_delays() -> None:
+    sleeps, flaky = Sleeps(), Flaky(RetryableError("a"), RetryableError("b"))
+
+    @retry_with_backoff(sleep=sleeps.async_sleep)
+    async def call() -> str:
+        return flaky()
+
+    assert "ok" == await call()
+    assert [2.0, 4.0] == sleeps.delays
+    assert 3 == flaky.calls
+
+
+def test_sync_function_is_retried_with_doubling_delays() -> None:
+    sleeps, flaky = Sleeps(), Flaky(RetryableError("a"), RetryableError("b"), RetryableError("c"))
+    call = retry_with_backoff(max_attempts=4, base_delay=2.0, sleep=sleeps)(flaky)
+    assert "ok" == call()
+    assert [2.0, 4.0, 8.0] == sleeps.delays
+
+
+def test_last_exception_is_reraised_unchanged() -> None:
+    last = RetryableError("third")
+    flaky = Flaky(RetryableError("first"), RetryableError("second"), last)
+    call = retry_with_backoff(sleep=Sleeps())(flaky)
+    with pytest.raises(RetryableError) as caught:
+        call()
+    assert last is caught.value
+    assert 3 == flaky.calls
+
+
+def test_an_error_not_named_is_never_retried() -> None:
+    flaky = Flaky(ValidationError("bad input"))
+    call = retry_with_backoff(sleep=Sleeps())(flaky)
+    with pytest.raises(ValidationError):
+        call()
+    assert 1 == flaky.calls
+
+
+def test_retry_on_names_the_retried_types() -> None:
+    sleeps, flaky = Sleeps(), Flaky(ConnectionError("reset"))
+    call = retry_with_backoff(retry_on=(ConnectionError,), base_delay=0.5, sleep=sleeps)(flaky)
+    assert "ok" == call()
+    assert [0.5] == sleeps.delays
+
+
+def test_delay_is_capped() -> None:
+    sleeps = Sleeps()
+    flaky = Flaky(*(RetryableError(str(i)) for i in range(4)))
+    call = retry_with_backoff(max_attempts=5, base_delay=2.0, max_delay=5.0, sleep=sleeps)(flaky)
+    assert "ok" == call()
+    assert [2.0, 4.0, 5.0, 5.0] == sleeps.delays
+
+
+def test_full_jitter_stays_between_zero_and_the_delay() -> None:
+    policy = RetryPolicy(
+        max_attempts=10, base_delay=1.0, max_delay=None, jitter=True, deadline=None, rng=random.Random(7)
+    )
+    sleeps = Sleeps()
+    flaky = Flaky(*(RetryableError(str(i)) for i in range(5)))
+    call = retry_with_backoff(max_attempts=6, base_delay=1.0, jitter=True, sleep=sleeps)(flaky)
+    assert "ok" == call()
+    assert all(0 <= delay <= 2**i for i, delay in enumerate(sleeps.delays))
+    assert len(set(sleeps.delays)) > 1
+    assert policy.jitter
+
+
+def test_retry_after_is_honoured_when_longer_than_the_backoff() -> None:
+    sleeps, flaky = Sleeps(), Flaky(RetryableError("slow down", retry_after=30), RetryableError("again"))
+    call = retry_with_backoff(sleep=sleeps)(flaky)
+    assert "ok" == call()
+    assert [30.0, 4.0] == sleeps.delays
+
+
+def test_retry_after_never_waits_past_the_deadline() -> None:
+    sleeps, flaky = Sleeps(), Flaky(RetryableError("slow down", retry_after=60))
+    call = retry_with_backoff(max_attempts=5, deadline=10, sleep=sleeps)(flaky)
+    with pytest.raises(RetryableError):
+        call()
+    assert [] == sleeps.delays
+    assert 1 == flaky.calls
+
+
+def test_deadline_stops_retries_whose_backoff_would_pass_it() -> None:
+    sleeps = Sleeps()
+    flaky = Flaky(*(RetryableError(str(i)) for i in range(5)))
+    call = retry_with_backoff(max_attempts=6, base_delay=2.0, deadline=7.0, sleep=sleeps)(flaky)
+    with pytest.raises(RetryableError):
+        call()
+    assert [2.0, 4.0] == sleeps.delays  # the next wait (8 s) would pass the 7 s deadline
+
+
+def test_every_retry_is_logged_with_attempt_delay_error_and_job_but_no_arguments(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    flaky = Flaky(RetryableError("upstream 503", job_id="job-42"))
+    call = retry_with_backoff(sleep=Sleeps())(flaky)
+    with caplog.at_level(logging.WARNING, logger="shared.retry"):
+        assert "ok" == call("sk-secret-argument", token="signed-url-token")
+    [record] = caplog.records
+    fields = vars(record)
+    assert 1 == fields["attempt"]
+    assert 2.0 == fields["delay_seconds"]
+    assert "RetryableError" == fields["error_type"]
+    assert "job-42" == fields["job_id"]
+    text = record.getMessage() + str(vars(record))
+    assert "sk-secret-argument" not in text
+    assert "signed-url-token" not in text
+
+
+def test_decorator_works_without_parentheses_and_keeps_the_name() -> None:
+    @retry_with_backoff
+    def plain() -> int:
+        return 1
+
+    assert 1 == plain()
+    assert "plain" == plain.__name__
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_attempts": 0}, {"base_delay": -1.0}, {"max_delay": -1.0}, {"deadline": 0.0}],
+)
+def test_nonsense_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValidationError, match="must"):
+        retry_with_backoff(**kwargs)  # type: ignore[call-overload]  # deliberately loose test input
