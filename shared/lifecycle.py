@@ -1,0 +1,173 @@
+"""Start and stop a container's resources the one way every entry point uses (CLI, FastAPI, tests).
+
+``async with lifespan(container):`` opens every Resource within a time limit; when one fails to open it
+closes those already open before raising (dependency-injector leaves them open), and on the way out it
+closes all of them within a time limit. :func:`overridden` swaps providers and resets the singletons that
+were built before, so an override is never silently ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from dependency_injector import containers, providers
+
+from shared.errors import PipelineError
+
+__all__ = ["LifecycleError", "lifespan", "overridden", "start_resources", "stop_resources"]
+
+_log = logging.getLogger("shared.lifecycle")
+_DEFAULT_STARTUP_TIMEOUT = 30.0
+_DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+
+# The loop each started container belongs to: its pools and clients are bound to that loop.
+_loops: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+
+
+class LifecycleError(PipelineError):
+    """The container's resources could not be started or stopped in time."""
+
+    default_code = "lifecycle_error"
+
+
+def _timeouts(container: Any, startup: float | None, shutdown: float | None) -> tuple[float, float]:
+    """Take the limits from the arguments, else from the container's Settings, else the defaults."""
+    settings = None
+    if startup is None or shutdown is None:
+        try:
+            settings = container.settings()
+        except PipelineError:
+            raise
+        except Exception:  # noqa: BLE001 - a container without settings falls back to the defaults
+            settings = None
+    if startup is None:
+        startup = float(getattr(settings, "startup_timeout_seconds", _DEFAULT_STARTUP_TIMEOUT))
+    if shutdown is None:
+        shutdown = float(getattr(settings, "shutdown_timeout_seconds", _DEFAULT_SHUTDOWN_TIMEOUT))
+    return startup, shutdown
+
+
+def _resources(container: Any) -> list[providers.Resource[Any]]:
+    return list(container.traverse(types=[providers.Resource]))
+
+
+async def _settle(container: Any) -> None:
+    """Wait until no resource is half-initialised, so shutdown sees each one opened or failed."""
+    pending = []
+    for provider in _resources(container):
+        if provider.initialized:
+            value = provider()
+            if isinstance(value, asyncio.Future):
+                pending.append(value)
+    if pending:
+        await asyncio.wait(pending)
+
+
+async def start_resources(container: Any, *, timeout: float | None = None) -> None:
+    """Open every resource within ``timeout`` seconds; on failure close what had opened, then raise.
+
+    Raises:
+        LifecycleError: the start took longer than the limit (nothing is left open).
+        PipelineError: a resource failed to open (its own error, e.g. DatabaseUnavailableError).
+    """
+    startup, shutdown = _timeouts(container, timeout, None)
+    owner = _loops.get(container)
+    running = asyncio.get_running_loop()
+    if owner is not None and owner is not running and not owner.is_closed():
+        raise LifecycleError(
+            "This container was started in another event loop; create one container per event loop "
+            "(in tests: one container per test, or one loop scope for the session)"
+        )
+    try:
+        async with asyncio.timeout(startup):
+            result = container.init_resources()
+            if result is not None:
+                await result
+    except BaseException as exc:
+        # gather() does not cancel the siblings of a failed resource: let them finish, then close them.
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(_settle(container), shutdown)
+        try:
+            await stop_resources(container, timeout=shutdown)
+        except PipelineError:
+            _log.exception("closing the resources opened before the failed start also failed")
+        if isinstance(exc, TimeoutError):
+            raise LifecycleError(
+                f"Starting the container's resources took longer than {startup:g} s; check that the "
+                "services in the settings are reachable (`python -m shared doctor`)"
+            ) from exc
+        if isinstance(exc, PipelineError) or not isinstance(exc, Exception):
+            raise
+        raise LifecycleError(
+            f"A resource failed to start ({type(exc).__name__}); see the cause, then run `python -m shared doctor`"
+        ) from exc
+    _loops[container] = running
+
+
+async def stop_resources(container: Any, *, timeout: float | None = None) -> None:
+    """Close every open resource, dependents first, within ``timeout`` seconds; safe to call twice.
+
+    Raises:
+        LifecycleError: a resource failed to close, or closing took longer than the limit.
+    """
+    _, shutdown = _timeouts(container, 1.0, timeout)
+    _loops.pop(container, None)
+    try:
+        async with asyncio.timeout(shutdown):
+            result = container.shutdown_resources()
+            if inspect.isawaitable(result):
+                await result
+    except TimeoutError as exc:
+        raise LifecycleError(f"Closing the container's resources took longer than {shutdown:g} s") from exc
+    except Exception as exc:
+        # A documented boundary: whatever a resource's close raised, report it as ours with the cause.
+        raise LifecycleError(f"A resource failed to close cleanly ({type(exc).__name__})") from exc
+    finally:
+        # Whatever failed, nothing should claim to be open any more.
+        for provider in _resources(container):
+            if provider.initialized:
+                provider.reset_state()  # type: ignore[attr-defined]  # in the Cython provider, not its stub
+
+
+@contextlib.asynccontextmanager
+async def lifespan(
+    container: containers.Container,
+    *,
+    startup_timeout: float | None = None,
+    shutdown_timeout: float | None = None,
+) -> AsyncIterator[containers.Container]:
+    """Open the container's resources for the duration of the block and close them after it.
+
+    The limits default to ``Settings.startup_timeout_seconds`` and ``Settings.shutdown_timeout_seconds``.
+    """
+    await start_resources(container, timeout=startup_timeout)
+    try:
+        yield container
+    finally:
+        await stop_resources(container, timeout=shutdown_timeout)
+
+
+@contextlib.contextmanager
+def overridden(container: Any, **replacements: Any) -> Iterator[Any]:
+    """Override providers by name for the block, resetting singletons before and after.
+
+    A Singleton built before an override keeps the old collaborator; resetting makes the override take
+    effect, and resetting again after the block makes the original take effect again.
+    """
+    unknown = sorted(
+        name for name in replacements if not isinstance(getattr(container, name, None), providers.Provider)
+    )
+    if unknown:
+        raise PipelineError(f"Cannot override {', '.join(unknown)}: the container has no provider of that name")
+    container.reset_singletons()
+    try:
+        with container.override_providers(**replacements):
+            yield container
+    finally:
+        container.reset_singletons()
