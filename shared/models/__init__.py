@@ -1,0 +1,3 @@
+"""The pydantic models every pipeline stage exchanges."""
+
+__all__: list[str] = []
