@@ -8,12 +8,17 @@ resolved.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
 
 from shared.config import Settings
 from shared.logging import LoggerFactory
+
+if TYPE_CHECKING:
+    from shared.database import DatabaseClient
+    from shared.jobs import JobRepository
 
 __all__ = ["Container"]
 
@@ -34,6 +39,21 @@ def init_logger_factory(settings: Settings) -> Iterator[LoggerFactory]:
         factory.stop()
 
 
+async def init_database(settings: Settings) -> AsyncIterator[DatabaseClient]:
+    """Open the asyncpg pool (three attempts with backoff) for this loop; close it on shutdown."""
+    from shared.database import init_database as open_database  # noqa: PLC0415 - asyncpg loads when first used
+
+    async for client in open_database(settings):
+        yield client
+
+
+def make_job_repository(db: DatabaseClient) -> JobRepository:
+    """Build the JobRepository over the database client."""
+    from shared.jobs import JobRepository  # noqa: PLC0415 - asyncpg loads when first used
+
+    return JobRepository(db)
+
+
 class Container(containers.DeclarativeContainer):
     """Every collaborator of a pipeline module; override any of them with ``container.x.override(...)``."""
 
@@ -41,3 +61,5 @@ class Container(containers.DeclarativeContainer):
     logger_factory = providers.Resource(init_logger_factory, settings=settings)
 
     # --- components: each area adds its resource function above and its providers below ---
+    db = providers.Resource(init_database, settings=settings)
+    jobs = providers.Factory(make_job_repository, db=db)

@@ -1,0 +1,283 @@
+"""DatabaseClient: typed queries over an asyncpg pool, real transactions, and errors a caller can act on.
+
+The pool belongs to a container Resource (:func:`init_database`): opened by ``init_resources()`` with three
+attempts and exponential backoff, closed by ``shutdown_resources()``. Every driver error leaves as a
+:class:`~shared.errors.DatabaseError`, the asyncpg exception kept as ``__cause__``; a lost connection, a
+server that is starting or shutting down, a serialization failure or a deadlock is a
+:class:`~shared.errors.DatabaseUnavailableError` (a ``RetryableError``).
+
+Outside a transaction a statement whose connection was lost is sent again (three attempts in all), so the
+statements this package runs are idempotent (client-made ids, idempotency keys, guarded state moves). Inside
+``async with db.transaction():`` nothing is re-sent: the error reaches the caller, who re-runs the whole
+transaction. Behind a transaction pooler (Supavisor on port 6543, pgbouncer) set the statement cache to 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from shared.config import Settings
+from shared.errors import DatabaseError, DatabaseUnavailableError, PipelineError
+from shared.retry import retry_with_backoff
+
+__all__ = ["Database", "DatabaseClient", "HealthStatus", "Record", "init_database", "translate_error"]
+
+Record = asyncpg.Record
+_log = logging.getLogger("shared.database")
+
+# SQLSTATE classes and codes after which the same statement may succeed: connection exceptions (08),
+# the server going away or not ready (57P01-57P03), too many connections, serialization failure, deadlock.
+_RETRYABLE_STATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03", "55P03"})
+_RETRYABLE_CLASSES = frozenset({"08"})
+_TIMEOUT_STATE = "57014"  # query_canceled: statement_timeout or our own timeout
+
+
+@dataclass(frozen=True, slots=True)
+class HealthStatus:
+    """What a health check found: ``ok`` or ``down``, the round trip in milliseconds, and why when down."""
+
+    name: str
+    status: Literal["ok", "down"]
+    latency_ms: float
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Return whether the service answered."""
+        return self.status == "ok"
+
+
+class Database(Protocol):
+    """What the repositories need from a database client (DatabaseClient is the one implementation)."""
+
+    async def fetch(self, query: str, *args: object, timeout: float | None = None) -> list[Record]: ...
+    async def fetchrow(self, query: str, *args: object, timeout: float | None = None) -> Record | None: ...
+    async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any: ...
+    async def execute(self, query: str, *args: object, timeout: float | None = None) -> str: ...
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return isinstance(
+        exc,
+        asyncpg.ConnectionDoesNotExistError
+        | asyncpg.CannotConnectNowError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InternalClientError
+        | OSError,
+    ) or (isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+
+
+def translate_error(exc: BaseException, *, action: str = "the query") -> PipelineError:
+    """Return the domain error for a driver exception (the caller raises it ``from exc``)."""
+    if isinstance(exc, PipelineError):
+        return exc
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(exc, TimeoutError) or sqlstate == _TIMEOUT_STATE:
+        return DatabaseUnavailableError(
+            f"{action} timed out; the database is slow or a lock is held: retry later or raise the timeout",
+            sqlstate=sqlstate,
+            code="database_timeout",
+        )
+    if sqlstate in _RETRYABLE_STATES or (sqlstate or "")[:2] in _RETRYABLE_CLASSES or _connection_lost(exc):
+        return DatabaseUnavailableError(
+            f"{action} failed: {type(exc).__name__}: {_first_line(exc)}; the database is unreachable or asked "
+            "for a retry: retry, and check `python -m shared doctor` if it persists",
+            sqlstate=sqlstate,
+        )
+    if isinstance(exc, asyncpg.PostgresError):
+        constraint = getattr(exc, "constraint_name", None)
+        where = f" (constraint {constraint})" if constraint else ""
+        return DatabaseError(
+            f"{action} was refused by PostgreSQL{where}: {_first_line(exc)}; fix the statement or its values",
+            sqlstate=sqlstate,
+        )
+    return DatabaseError(
+        f"{action} failed: {type(exc).__name__}: {_first_line(exc)}; this is a bug in the caller or the driver",
+        sqlstate=sqlstate,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    # PostgreSQL's message, never its DETAIL (which repeats the row's values).
+    return (str(exc).splitlines() or [""])[0][:300]
+
+
+# InternalClientError: asyncpg's protocol met a message it did not expect, as when the server ended an idle
+# connection a moment before a query; the connection is unusable.
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+
+
+@dataclass(slots=True)
+class _Transaction:
+    connection: PoolConnectionProxy
+    task: asyncio.Task[Any] | None
+
+
+class DatabaseClient:
+    """Run queries on an asyncpg pool; ``async with db.transaction():`` makes the calls inside one transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, *, command_timeout: float = 30.0, attempts: int = 3) -> None:
+        self._pool = pool
+        self._timeout = command_timeout
+        self._attempts = attempts
+        self._current: ContextVar[_Transaction | None] = ContextVar(f"db_transaction_{id(self)}", default=None)
+        self._retry = retry_with_backoff(
+            max_attempts=max(attempts - 1, 1),
+            base_delay=0.1,
+            max_delay=2.0,
+            jitter=True,
+            retry_on=(DatabaseUnavailableError,),
+            logger=_log,
+        )(self._run_once)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """Return the underlying pool, for what this client does not wrap (COPY, LISTEN)."""
+        return self._pool
+
+    async def fetch(self, query: str, *args: object, timeout: float | None = None) -> list[Record]:
+        """Return every row of ``query``."""
+        result: list[Record] = await self._run("fetch", query, args, timeout)
+        return result
+
+    async def fetchrow(self, query: str, *args: object, timeout: float | None = None) -> Record | None:
+        """Return the first row of ``query``, or None."""
+        result: Record | None = await self._run("fetchrow", query, args, timeout)
+        return result
+
+    async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any:
+        """Return the first column of the first row of ``query``, or None."""
+        return await self._run("fetchval", query, args, timeout)
+
+    async def execute(self, query: str, *args: object, timeout: float | None = None) -> str:
+        """Run ``query`` and return its status (``UPDATE 1``)."""
+        result: str = await self._run("execute", query, args, timeout)
+        return result
+
+    async def executemany(self, query: str, rows: Iterable[Sequence[object]], *, timeout: float | None = None) -> None:
+        """Run ``query`` once per row of arguments, atomically (asyncpg runs them in one transaction)."""
+        await self._run("executemany", query, (list(rows),), timeout)
+
+    async def _run(self, method: str, query: str, args: tuple[object, ...], timeout: float | None) -> Any:
+        limit = self._timeout if timeout is None else timeout
+        state = self._current.get()
+        if state is not None:
+            if state.task is not asyncio.current_task():
+                msg = (
+                    "a task started inside `async with db.transaction()` used the database: a transaction's "
+                    "connection serves one task; await the calls in the transaction's own task"
+                )
+                raise DatabaseError(msg, code="transaction_shared_across_tasks")
+            try:
+                return await getattr(state.connection, method)(query, *args, timeout=limit)
+            except _DRIVER_ERRORS as exc:
+                raise translate_error(exc) from exc
+        try:
+            return await self._run_once(method, query, args, limit)
+        except DatabaseUnavailableError as error:
+            if error.code == "database_timeout" or self._attempts < 2:
+                raise
+            _log.warning("database connection lost; retrying the statement", extra={"error": str(error)})
+            return await self._retry(method, query, args, limit)
+
+    async def _run_once(self, method: str, query: str, args: tuple[object, ...], timeout: float) -> Any:
+        try:
+            async with self._pool.acquire(timeout=timeout) as connection:
+                return await getattr(connection, method)(query, *args, timeout=timeout)
+        except _DRIVER_ERRORS as exc:
+            raise translate_error(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """Run the block's calls in one transaction; roll back on an exception; nest as savepoints."""
+        state = self._current.get()
+        if state is not None and state.task is asyncio.current_task():
+            try:
+                async with state.connection.transaction():
+                    yield
+            except _DRIVER_ERRORS as exc:
+                raise translate_error(exc, action="the transaction") from exc
+            return
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as connection, connection.transaction():
+                token = self._current.set(_Transaction(connection, asyncio.current_task()))
+                try:
+                    yield
+                finally:
+                    self._current.reset(token)
+        except _DRIVER_ERRORS as exc:
+            raise translate_error(exc, action="the transaction") from exc
+
+    async def health_check(self) -> HealthStatus:
+        """Run ``select 1`` and report the status and latency; never raises."""
+        started = time.perf_counter()
+        try:
+            await self._run_once("fetchval", "select 1", (), min(self._timeout, 5.0))
+        except PipelineError as error:
+            return HealthStatus("postgres", "down", (time.perf_counter() - started) * 1000, str(error))
+        return HealthStatus("postgres", "ok", (time.perf_counter() - started) * 1000)
+
+    async def aclose(self) -> None:
+        """Close the pool, waiting for connections in use (safe to call twice)."""
+        if not self._pool.is_closing():
+            await self._pool.close()
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    """Read and write json/jsonb as Python values (asyncpg's default is text)."""
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(name, encoder=_dumps, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def _open_pool(settings: Settings) -> asyncpg.Pool:
+    try:
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            settings.database_dsn,
+            min_size=settings.db_pool_min_size,
+            max_size=settings.db_pool_max_size,
+            timeout=settings.db_connect_timeout_seconds,
+            command_timeout=settings.db_command_timeout_seconds,
+            statement_cache_size=settings.statement_cache_size,
+            init=_init_connection,
+        )
+    except _DRIVER_ERRORS as exc:
+        host = urlsplit(settings.database_dsn).hostname
+        error = translate_error(exc, action=f"connecting to PostgreSQL at {host}")
+        raise error from exc
+    return pool
+
+
+async def init_database(settings: Settings) -> AsyncIterator[DatabaseClient]:
+    """Open the pool (``db_connect_attempts`` tries, exponential backoff); close it on shutdown."""
+    opener = retry_with_backoff(
+        max_attempts=settings.db_connect_attempts,
+        base_delay=0.5,
+        max_delay=5.0,
+        retry_on=(DatabaseUnavailableError,),
+        logger=_log,
+    )(_open_pool)
+    pool = await opener(settings)
+    client = DatabaseClient(
+        pool, command_timeout=settings.db_command_timeout_seconds, attempts=settings.db_connect_attempts
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()

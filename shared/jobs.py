@@ -1,0 +1,293 @@
+"""JobRepository: the ``jobs`` and ``job_stages`` rows, moved only forward, returned as models.
+
+A job's status moves queued -> processing -> completed | failed and never back; a wrong move is an
+:class:`~shared.errors.InvalidStateError`, an unknown job a :class:`~shared.errors.JobNotFoundError`. Every
+write is one statement and idempotent (the id is made here, a repeated move returns the row as it is), so the
+DatabaseClient may safely send it again after a lost connection.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, NoReturn, Protocol, runtime_checkable
+from uuid import UUID
+
+from shared.database import Database, Record
+from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, NotFoundError, ValidationError
+from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
+
+__all__ = ["JobRepository", "JobStore"]
+
+_ACTIVE = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
+_FK_VIOLATION = "23503"
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """What pipeline modules do with jobs; JobRepository and shared.testing.FakeJobStore implement it."""
+
+    async def create_job(
+        self,
+        *,
+        user_id: UUID,
+        audio_url: str,
+        user_prompt: str,
+        budget_limit: Decimal | None = None,
+        job_id: UUID | None = None,
+    ) -> Job: ...
+    async def get_job(self, job_id: UUID) -> Job: ...
+    async def list_jobs_for_user(
+        self, user_id: UUID, *, limit: int = 50, before: datetime | None = None
+    ) -> list[Job]: ...
+    async def update_progress(
+        self, job_id: UUID, stage: StageName, progress: int, estimated_remaining: int | None = None
+    ) -> Job: ...
+    async def start_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage: ...
+    async def complete_stage(
+        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None
+    ) -> JobStage: ...
+    async def fail_stage(self, job_id: UUID, stage: StageName, error: str) -> JobStage: ...
+    async def list_stages(self, job_id: UUID) -> list[JobStage]: ...
+    async def complete_job(self, job_id: UUID, video_url: str) -> Job: ...
+    async def fail_job(self, job_id: UUID, error_message: str) -> Job: ...
+
+
+def check_job_input(audio_url: str, user_prompt: str, budget_limit: Decimal | None) -> None:
+    """Refuse an empty audio URL or prompt and a budget that is negative, NaN or infinite."""
+    if not audio_url.strip():
+        raise ValidationError("audio_url is empty; pass the storage URL of the uploaded audio", field="audio_url")
+    if not user_prompt.strip():
+        raise ValidationError("user_prompt is empty; pass the user's prompt", field="user_prompt")
+    if budget_limit is not None and (not budget_limit.is_finite() or budget_limit < 0):
+        raise ValidationError(f"budget_limit must be a finite amount >= 0, got {budget_limit}", field="budget_limit")
+
+
+def check_progress(progress: int, estimated_remaining: int | None) -> None:
+    """Refuse progress outside 0-100 and a negative time remaining."""
+    if isinstance(progress, bool) or not 0 <= progress <= 100:
+        raise ValidationError(f"progress must be 0-100, got {progress}", field="progress")
+    if estimated_remaining is not None and (estimated_remaining < 0 or not math.isfinite(estimated_remaining)):
+        raise ValidationError(f"estimated_remaining must be >= 0 seconds, got {estimated_remaining}", field="progress")
+
+
+def check_text(value: str, field: str) -> None:
+    """Refuse an empty message or URL."""
+    if not value.strip():
+        raise ValidationError(f"{field} is empty", field=field)
+
+
+class JobRepository:
+    """Read and move jobs and their stages in PostgreSQL (``Container.jobs``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create_job(
+        self,
+        *,
+        user_id: UUID,
+        audio_url: str,
+        user_prompt: str,
+        budget_limit: Decimal | None = None,
+        job_id: UUID | None = None,
+    ) -> Job:
+        """Create a queued job (``job_id`` makes a retried call return the first job, not a second one)."""
+        check_job_input(audio_url, user_prompt, budget_limit)
+        new_id = job_id or uuid.uuid4()
+        try:
+            row = await self._db.fetchrow(
+                """
+                with inserted as (
+                    insert into public.jobs (id, user_id, audio_url, user_prompt, budget_limit)
+                    values ($1, $2, $3, $4, $5)
+                    on conflict (id) do nothing
+                    returning *
+                )
+                select * from inserted
+                union all
+                select * from public.jobs where id = $1
+                limit 1
+                """,
+                new_id,
+                user_id,
+                audio_url,
+                user_prompt,
+                budget_limit,
+            )
+        except DatabaseError as error:
+            if error.sqlstate == _FK_VIOLATION:
+                msg = f"user {user_id} does not exist in auth.users; create the job for a signed-up user"
+                raise NotFoundError(msg, job_id=new_id, code="user_not_found") from error
+            raise
+        job = _job(row, new_id)
+        if job.user_id != user_id:
+            msg = "a different job already has this id; let create_job choose the id"
+            raise InvalidStateError(msg, job_id=new_id)
+        return job
+
+    async def get_job(self, job_id: UUID) -> Job:
+        """Return the job, or raise JobNotFoundError."""
+        return _job(await self._db.fetchrow("select * from public.jobs where id = $1", job_id), job_id)
+
+    async def list_jobs_for_user(self, user_id: UUID, *, limit: int = 50, before: datetime | None = None) -> list[Job]:
+        """Return a user's jobs, newest first; pass the last one's ``created_at`` as ``before`` for the next page."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be 1-1000, got {limit}", field="limit")
+        rows = await self._db.fetch(
+            """
+            select * from public.jobs
+             where user_id = $1 and ($2::timestamptz is null or created_at < $2)
+             order by created_at desc
+             limit $3
+            """,
+            user_id,
+            before,
+            limit,
+        )
+        return [Job.model_validate(dict(row)) for row in rows]
+
+    async def update_progress(
+        self, job_id: UUID, stage: StageName, progress: int, estimated_remaining: int | None = None
+    ) -> Job:
+        """Record where a queued or processing job is (it becomes processing)."""
+        check_progress(progress, estimated_remaining)
+        row = await self._db.fetchrow(
+            """
+            update public.jobs
+               set status = 'processing', current_stage = $2, progress = $3, estimated_remaining = $4
+             where id = $1 and status = any($5::text[])
+            returning *
+            """,
+            job_id,
+            StageName(stage).value,
+            progress,
+            estimated_remaining,
+            _ACTIVE,
+        )
+        if row is None:
+            await self._refuse(job_id, JobStatus.PROCESSING)
+        return _job(row, job_id)
+
+    async def start_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
+        """Mark ``stage`` running (again, after a failure) and make it the job's current stage."""
+        name = StageName(stage).value
+        row = await self._db.fetchrow(
+            """
+            with job as (
+                update public.jobs set status = 'processing', current_stage = $2
+                 where id = $1 and status = any($4::text[])
+                returning id
+            )
+            insert into public.job_stages (job_id, stage_name, metadata)
+            select id, $2, $3 from job
+            on conflict (job_id, stage_name) do update
+               set status = 'running', started_at = now(), completed_at = null, error = null,
+                   metadata = excluded.metadata
+            returning *
+            """,
+            job_id,
+            name,
+            metadata or {},
+            _ACTIVE,
+        )
+        if row is None:
+            await self._refuse(job_id, JobStatus.PROCESSING)
+        return JobStage.model_validate(dict(row))
+
+    async def complete_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
+        """Mark a running stage completed, merging ``metadata`` into what it had."""
+        return await self._finish_stage(job_id, stage, StageStatus.COMPLETED, None, metadata or {})
+
+    async def fail_stage(self, job_id: UUID, stage: StageName, error: str) -> JobStage:
+        """Mark a running stage failed with the reason."""
+        check_text(error, "error")
+        return await self._finish_stage(job_id, stage, StageStatus.FAILED, error, {})
+
+    async def _finish_stage(
+        self, job_id: UUID, stage: StageName, status: StageStatus, error: str | None, metadata: dict[str, Any]
+    ) -> JobStage:
+        name = StageName(stage).value
+        row = await self._db.fetchrow(
+            """
+            update public.job_stages
+               set status = $3, completed_at = greatest(now(), started_at), error = $4, metadata = metadata || $5
+             where job_id = $1 and stage_name = $2 and status = 'running'
+            returning *
+            """,
+            job_id,
+            name,
+            status.value,
+            error,
+            metadata,
+        )
+        if row is not None:
+            return JobStage.model_validate(dict(row))
+        current = await self._db.fetchrow(
+            "select * from public.job_stages where job_id = $1 and stage_name = $2", job_id, name
+        )
+        if current is not None and current["status"] == status.value:
+            return JobStage.model_validate(dict(current))  # the same move again: a retried call
+        if current is None:
+            await self.get_job(job_id)  # raises JobNotFoundError for an unknown job
+            msg = f"stage {name} was never started; call start_stage first"
+            raise InvalidStateError(msg, current=None, requested=status.value, job_id=job_id)
+        msg = f"stage {name} is {current['status']}; only a running stage can become {status.value}"
+        raise InvalidStateError(msg, current=current["status"], requested=status.value, job_id=job_id)
+
+    async def list_stages(self, job_id: UUID) -> list[JobStage]:
+        """Return the job's stage rows in the order they started."""
+        rows = await self._db.fetch(
+            "select * from public.job_stages where job_id = $1 order by started_at, stage_name", job_id
+        )
+        return [JobStage.model_validate(dict(row)) for row in rows]
+
+    async def complete_job(self, job_id: UUID, video_url: str) -> Job:
+        """Mark a processing job completed with its video."""
+        check_text(video_url, "video_url")
+        row = await self._db.fetchrow(
+            """
+            update public.jobs
+               set status = 'completed', video_url = $2, progress = 100, estimated_remaining = 0,
+                   completed_at = now()
+             where id = $1 and (status = 'processing' or (status = 'completed' and video_url = $2))
+            returning *
+            """,
+            job_id,
+            video_url,
+        )
+        if row is None:
+            await self._refuse(job_id, JobStatus.COMPLETED)
+        return _job(row, job_id)
+
+    async def fail_job(self, job_id: UUID, error_message: str) -> Job:
+        """Mark a queued or processing job failed with the reason."""
+        check_text(error_message, "error_message")
+        row = await self._db.fetchrow(
+            """
+            update public.jobs
+               set status = 'failed', error_message = $2, estimated_remaining = null
+             where id = $1 and (status = any($3::text[]) or status = 'failed')
+            returning *
+            """,
+            job_id,
+            error_message,
+            _ACTIVE,
+        )
+        if row is None:
+            await self._refuse(job_id, JobStatus.FAILED)
+        return _job(row, job_id)
+
+    async def _refuse(self, job_id: UUID, requested: JobStatus) -> NoReturn:
+        """Raise why a move did not happen: the job is unknown, or its status forbids the move."""
+        job = await self.get_job(job_id)
+        msg = f"job is {job.status.value} and cannot become {requested.value}; status moves only forward"
+        raise InvalidStateError(msg, current=job.status.value, requested=requested.value, job_id=job_id)
+
+
+def _job(row: Record | None, job_id: UUID) -> Job:
+    if row is None:
+        raise JobNotFoundError(job_id=job_id)
+    return Job.model_validate(dict(row))
