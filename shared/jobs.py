@@ -249,11 +249,17 @@ class JobRepository:
         check_text(video_url, "video_url")
         row = await self._db.fetchrow(
             """
-            update public.jobs
-               set status = 'completed', video_url = $2, progress = 100, estimated_remaining = 0,
-                   completed_at = now()
-             where id = $1 and (status = 'processing' or (status = 'completed' and video_url = $2))
-            returning *
+            with moved as (
+                update public.jobs
+                   set status = 'completed', video_url = $2, progress = 100, estimated_remaining = 0,
+                       completed_at = now()
+                 where id = $1 and status = 'processing'
+                returning *
+            )
+            select * from moved
+            union all  -- the same move again (a retried call): the row as it is
+            select * from public.jobs where id = $1 and status = 'completed' and video_url = $2
+            limit 1
             """,
             job_id,
             video_url,
@@ -267,10 +273,16 @@ class JobRepository:
         check_text(error_message, "error_message")
         row = await self._db.fetchrow(
             """
-            update public.jobs
-               set status = 'failed', error_message = $2, estimated_remaining = null
-             where id = $1 and (status = any($3::text[]) or status = 'failed')
-            returning *
+            with moved as (
+                update public.jobs
+                   set status = 'failed', error_message = $2, estimated_remaining = null
+                 where id = $1 and status = any($3::text[])
+                returning *
+            )
+            select * from moved
+            union all  -- the same move again (a retried call): the row as it is
+            select * from public.jobs where id = $1 and status = 'failed' and error_message = $2
+            limit 1
             """,
             job_id,
             error_message,
