@@ -17,6 +17,7 @@ from shared.config import Settings
 from shared.logging import LoggerFactory
 
 if TYPE_CHECKING:
+    from shared.cost_tracking import CostTracker
     from shared.database import DatabaseClient
     from shared.jobs import JobRepository
 
@@ -54,6 +55,13 @@ def make_job_repository(db: DatabaseClient) -> JobRepository:
     return JobRepository(db)
 
 
+def make_cost_tracker(db: DatabaseClient, settings: Settings) -> CostTracker:
+    """Build the CostTracker with the default budget and reservation TTL from the settings."""
+    from shared.cost_tracking import CostTracker  # noqa: PLC0415 - asyncpg loads when first used
+
+    return CostTracker(db, default_budget=settings.default_job_budget, reservation_ttl=settings.reservation_ttl)
+
+
 class Container(containers.DeclarativeContainer):
     """Every collaborator of a pipeline module; override any of them with ``container.x.override(...)``."""
 
@@ -63,3 +71,4 @@ class Container(containers.DeclarativeContainer):
     # --- components: each area adds its resource function above and its providers below ---
     db = providers.Resource(init_database, settings=settings)
     jobs = providers.Factory(make_job_repository, db=db)
+    cost_tracker = providers.Factory(make_cost_tracker, db=db, settings=settings)

@@ -61,7 +61,7 @@ async def test_create_for_an_unknown_user_says_so(jobs: JobRepository) -> None:
         ("a.mp3", "p", Decimal("NaN"), "budget_limit"),
     ],
 )
-async def test_create_refuses_bad_input(  # noqa: PLR0917 - parametrized
+async def test_create_refuses_bad_input(
     jobs: JobRepository, make_user: MakeUser, audio_url: str, prompt: str, budget: Decimal | None, field: str
 ) -> None:
     with pytest.raises(ValidationError) as caught:

@@ -1,0 +1,251 @@
+"""One contract for every CostLedger: the PostgreSQL CostTracker and the in-memory FakeCostTracker."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from shared.cost_tracking import CostLedger, CostTracker, to_money
+from shared.database import DatabaseClient, init_database
+from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError, ValidationError
+from shared.jobs import JobRepository
+from shared.models import StageName
+from shared.testing.costs import FakeCostTracker
+
+CLIPS = StageName.CLIP_GENERATION
+
+
+@dataclass
+class Ledger:
+    """A CostLedger with what the contract needs around it: making jobs and letting reservations expire."""
+
+    tracker: CostLedger
+    make_job: Callable[[Decimal | None], Awaitable[uuid.UUID]]
+    expire_reservations: Callable[[], Awaitable[None]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 25, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(params=["postgres", "fake"])
+async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    if request.param == "fake":
+        clock = Clock()
+        fake = FakeCostTracker(default_budget=Decimal(50), clock=clock)
+
+        async def make_fake_job(budget: Decimal | None) -> uuid.UUID:
+            job_id = uuid.uuid4()
+            fake.add_job(job_id, budget)
+            return job_id
+
+        async def advance() -> None:
+            clock.now += timedelta(minutes=16)
+
+        yield Ledger(fake, make_fake_job, advance)
+        return
+    settings = request.getfixturevalue("make_settings")(database_url=request.getfixturevalue("pg_dsn"))
+    async for db in init_database(settings):
+        yield postgres_ledger(db)
+
+
+def postgres_ledger(db: DatabaseClient) -> Ledger:
+    jobs = JobRepository(db)
+    tracker = CostTracker(db, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+
+    async def make_job(budget: Decimal | None) -> uuid.UUID:
+        user = uuid.uuid4()
+        await db.execute("insert into auth.users (id) values ($1)", user)
+        job = await jobs.create_job(user_id=user, audio_url="a.mp3", user_prompt="p", budget_limit=budget)
+        return job.id
+
+    async def expire() -> None:
+        await db.execute("update job_cost_reservations set expires_at = now() - interval '1 second'")
+
+    return Ledger(tracker, make_job, expire)
+
+
+async def test_implements_the_protocol(ledger: Ledger) -> None:
+    assert isinstance(ledger.tracker, CostLedger)
+
+
+async def test_track_cost_adds_to_the_total(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    first = await ledger.tracker.track_cost(job, CLIPS, "replicate", Decimal("1.25"))
+    await ledger.tracker.track_cost(job, StageName.PROMPT_GENERATION, "openai", "0.0042")
+    assert (job, CLIPS, "replicate", Decimal("1.2500")) == (first.job_id, first.stage_name, first.api_name, first.cost)
+    assert Decimal("1.2542") == await ledger.tracker.get_total_cost(job)
+    assert [Decimal("1.25"), Decimal("0.0042")] == [c.cost for c in await ledger.tracker.list_costs(job)]
+
+
+async def test_same_idempotency_key_counts_once_and_returns_the_first_row(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    first = await ledger.tracker.track_cost(job, CLIPS, "replicate", Decimal(2), idempotency_key="clip-1")
+    again = await ledger.tracker.track_cost(job, CLIPS, "replicate", Decimal(5), idempotency_key="clip-1")
+    other_job = await ledger.make_job(None)
+    elsewhere = await ledger.tracker.track_cost(other_job, CLIPS, "replicate", Decimal(5), idempotency_key="clip-1")
+    assert first == again
+    assert Decimal(2) == await ledger.tracker.get_total_cost(job)
+    assert Decimal(5) == elsewhere.cost
+
+
+async def test_unknown_job_is_an_error_never_zero(ledger: Ledger) -> None:
+    missing = uuid.uuid4()
+    calls: list[Awaitable[object]] = [
+        ledger.tracker.get_total_cost(missing),
+        ledger.tracker.track_cost(missing, CLIPS, "replicate", 1),
+        ledger.tracker.check_budget(missing, 1),
+        ledger.tracker.enforce_budget_limit(missing),
+    ]
+    for call in calls:
+        with pytest.raises(JobNotFoundError):
+            await call
+    with pytest.raises(JobNotFoundError):
+        async with ledger.tracker.reserve(missing, CLIPS, "replicate", 1):
+            pytest.fail("reserved on a job that does not exist")
+
+
+@pytest.mark.parametrize("bad", [Decimal(-1), Decimal("NaN"), Decimal("Infinity"), "abc", float("inf"), -0.01, True])
+async def test_bad_amounts_are_validation_errors(ledger: Ledger, bad: object) -> None:
+    job = await ledger.make_job(None)
+    with pytest.raises(ValidationError):
+        await ledger.tracker.track_cost(job, CLIPS, "replicate", bad)  # type: ignore[arg-type] # bad on purpose
+    with pytest.raises(ValidationError):
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", bad):  # type: ignore[arg-type] # bad on purpose
+            pytest.fail("reserved a bad amount")
+    assert Decimal(0) == await ledger.tracker.get_total_cost(job)
+
+
+async def test_bad_names_are_validation_errors(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    with pytest.raises(ValidationError, match="unknown stage"):
+        await ledger.tracker.track_cost(job, "dancing", "x", 1)  # type: ignore[arg-type] # bad on purpose
+    with pytest.raises(ValidationError, match="api_name"):
+        await ledger.tracker.track_cost(job, CLIPS, " ", 1)
+    with pytest.raises(ValidationError, match="idempotency_key"):
+        await ledger.tracker.track_cost(job, CLIPS, "x", 1, idempotency_key="")
+
+
+async def test_budget_counts_spent_and_active_reservations(ledger: Ledger) -> None:
+    job = await ledger.make_job(Decimal(10))
+    await ledger.tracker.track_cost(job, CLIPS, "replicate", 4)
+    assert await ledger.tracker.check_budget(job, 6)
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", 3):
+        assert not await ledger.tracker.check_budget(job, 4)
+        assert await ledger.tracker.check_budget(job, 3)
+        assert await ledger.tracker.check_budget(job, 4, limit=Decimal(20))  # an explicit limit wins
+        status = await ledger.tracker.get_budget(job)
+        assert (Decimal(4), Decimal(3), Decimal(10), Decimal(3)) == (
+            status.spent,
+            status.reserved,
+            status.limit,
+            status.available,
+        )
+    assert await ledger.tracker.check_budget(job, 6)  # released on the way out
+
+
+async def test_job_without_a_budget_uses_the_default(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    assert await ledger.tracker.check_budget(job, 50)
+    assert not await ledger.tracker.check_budget(job, "50.0001")
+
+
+async def test_reserve_refuses_before_any_money_is_spent(ledger: Ledger) -> None:
+    job = await ledger.make_job(Decimal(5))
+    await ledger.tracker.track_cost(job, CLIPS, "replicate", 3)
+    with pytest.raises(BudgetExceededError) as caught:
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", Decimal("2.5")):
+            pytest.fail("the block ran although the estimate does not fit")
+    error = caught.value
+    assert (job, Decimal(3), Decimal(0), Decimal(5), Decimal("2.5")) == (
+        error.job_id,
+        error.spent,
+        error.reserved,
+        error.limit,
+        error.requested,
+    )
+
+
+async def test_commit_records_the_actual_cost_once(ledger: Ledger) -> None:
+    job = await ledger.make_job(Decimal(10))
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", 4) as reservation:
+        first = await reservation.commit(Decimal("3.5"))
+        second = await reservation.commit(Decimal(9))
+    assert first == second
+    assert first == reservation.committed
+    assert Decimal("3.5") == await ledger.tracker.get_total_cost(job)
+    assert Decimal(0) == (await ledger.tracker.get_budget(job)).reserved
+
+
+async def test_reservation_released_when_block_raises(ledger: Ledger) -> None:
+    job = await ledger.make_job(Decimal(10))
+    with pytest.raises(RuntimeError):
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", 8):
+            raise RuntimeError("the paid API failed")
+    assert Decimal(0) == (await ledger.tracker.get_budget(job)).reserved
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", 8) as reservation:
+        await reservation.commit(8)
+    assert Decimal(8) == await ledger.tracker.get_total_cost(job)
+
+
+async def test_commit_after_release_is_refused(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", 1) as reservation:
+        pass
+    with pytest.raises(InvalidStateError, match="released"):
+        await reservation.commit(1)
+    assert Decimal(0) == await ledger.tracker.get_total_cost(job)
+
+
+async def test_stale_reservation_stops_counting_after_its_ttl(ledger: Ledger) -> None:
+    job = await ledger.make_job(Decimal(10))
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", 9) as stale:
+        assert not await ledger.tracker.check_budget(job, 2)
+        await ledger.expire_reservations()  # the worker holding it died
+        assert await ledger.tracker.check_budget(job, 10)
+        # Committed late, the money is still recorded: it was spent.
+        await stale.commit(9)
+    assert Decimal(9) == await ledger.tracker.get_total_cost(job)
+
+
+async def test_overshoot_is_recorded_truthfully_warned_and_blocks_more(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await ledger.make_job(Decimal(10))
+    with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", 8) as reservation:
+            await reservation.commit(12)
+    assert Decimal(12) == await ledger.tracker.get_total_cost(job)
+    assert any("over its budget" in record.getMessage() for record in caplog.records)
+    with pytest.raises(BudgetExceededError):
+        await ledger.tracker.enforce_budget_limit(job)
+    with pytest.raises(BudgetExceededError):
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", 0):
+            pytest.fail("reserved on a job over its budget")
+
+
+async def test_track_cost_past_the_budget_is_recorded_and_warned(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await ledger.make_job(Decimal(1))
+    with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+        await ledger.tracker.track_cost(job, CLIPS, "replicate", 2)
+    assert any("over its budget" in record.getMessage() for record in caplog.records)
+    await ledger.tracker.enforce_budget_limit(job, limit=Decimal(2))  # within an explicit, higher limit
+
+
+def test_to_money_rounds_up_to_four_places() -> None:
+    assert Decimal("0.0002") == to_money(Decimal("0.00011"))
+    assert Decimal("0.1000") == to_money(0.1)
+    with pytest.raises(ValidationError, match="more than the ledger holds"):
+        to_money(Decimal("1e9"))
