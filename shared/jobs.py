@@ -73,6 +73,12 @@ def check_progress(progress: int, estimated_remaining: int | None) -> None:
         raise ValidationError(f"estimated_remaining must be >= 0 seconds, got {estimated_remaining}", field="progress")
 
 
+def check_page_limit(limit: int) -> None:
+    """Refuse a page size outside 1-1000."""
+    if not 1 <= limit <= 1000:  # noqa: PLR2004 - page size bound
+        raise ValidationError(f"limit must be 1-1000, got {limit}", field="limit")
+
+
 def check_text(value: str, field: str) -> None:
     """Refuse an empty message or URL."""
     if not value.strip():

@@ -1,0 +1,191 @@
+"""FakeJobStore: the JobStore contract in memory, for one process (tests and offline demos)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, NoReturn
+from uuid import UUID
+
+from shared.errors import InvalidStateError, JobNotFoundError, NotFoundError
+from shared.jobs import check_job_input, check_page_limit, check_progress, check_text
+from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
+
+__all__ = ["FakeJobStore"]
+
+_ACTIVE = {JobStatus.QUEUED, JobStatus.PROCESSING}
+
+
+class FakeJobStore:
+    """In-memory JobStore: the same answers and errors as JobRepository.
+
+    Users must be registered (``add_user``), as they must exist in ``auth.users``; ``clock`` lets a test
+    control timestamps.
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._users: set[UUID] = set()
+        self._jobs: dict[UUID, Job] = {}
+        self._stages: dict[tuple[UUID, StageName], JobStage] = {}
+
+    def add_user(self, user_id: UUID | None = None) -> UUID:
+        """Register a user (a row in auth.users) and return its id."""
+        user = user_id or uuid.uuid4()
+        self._users.add(user)
+        return user
+
+    async def create_job(
+        self,
+        *,
+        user_id: UUID,
+        audio_url: str,
+        user_prompt: str,
+        budget_limit: Decimal | None = None,
+        job_id: UUID | None = None,
+    ) -> Job:
+        check_job_input(audio_url, user_prompt, budget_limit)
+        new_id = job_id or uuid.uuid4()
+        if new_id in self._jobs:
+            existing = self._jobs[new_id]
+            if existing.user_id != user_id:
+                raise InvalidStateError(
+                    "a different job already has this id; let create_job choose the id", job_id=new_id
+                )
+            return existing
+        if user_id not in self._users:
+            msg = f"user {user_id} does not exist in auth.users; create the job for a signed-up user"
+            raise NotFoundError(msg, job_id=new_id, code="user_not_found")
+        now = self._clock()
+        job = Job(
+            id=new_id,
+            user_id=user_id,
+            audio_url=audio_url,
+            user_prompt=user_prompt,
+            budget_limit=budget_limit,
+            created_at=now,
+            updated_at=now,
+        )
+        self._jobs[new_id] = job
+        return job
+
+    async def get_job(self, job_id: UUID) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise JobNotFoundError(job_id=job_id) from None
+
+    async def list_jobs_for_user(self, user_id: UUID, *, limit: int = 50, before: datetime | None = None) -> list[Job]:
+        check_page_limit(limit)
+        mine = [j for j in self._jobs.values() if j.user_id == user_id and (before is None or j.created_at < before)]
+        return sorted(mine, key=lambda j: j.created_at, reverse=True)[:limit]
+
+    def _update(self, job: Job, **changes: Any) -> Job:
+        updated = job.model_copy(update={**changes, "updated_at": max(self._clock(), job.created_at)})
+        self._jobs[job.id] = Job.model_validate(updated.model_dump())
+        return self._jobs[job.id]
+
+    async def update_progress(
+        self, job_id: UUID, stage: StageName, progress: int, estimated_remaining: int | None = None
+    ) -> Job:
+        check_progress(progress, estimated_remaining)
+        job = await self.get_job(job_id)
+        if job.status not in _ACTIVE:
+            self._refuse(job, JobStatus.PROCESSING)
+        return self._update(
+            job,
+            status=JobStatus.PROCESSING,
+            current_stage=StageName(stage),
+            progress=progress,
+            estimated_remaining=estimated_remaining,
+        )
+
+    async def start_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
+        name = StageName(stage)
+        job = await self.get_job(job_id)
+        if job.status not in _ACTIVE:
+            self._refuse(job, JobStatus.PROCESSING)
+        self._update(job, status=JobStatus.PROCESSING, current_stage=name)
+        now = self._clock()
+        previous = self._stages.get((job_id, name))
+        row = JobStage(
+            id=previous.id if previous else uuid.uuid4(),
+            job_id=job_id,
+            stage_name=name,
+            started_at=now,
+            metadata=metadata or {},
+            created_at=previous.created_at if previous else now,
+            updated_at=now,
+        )
+        self._stages[job_id, name] = row
+        return row
+
+    async def complete_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
+        return await self._finish(job_id, stage, StageStatus.COMPLETED, None, metadata or {})
+
+    async def fail_stage(self, job_id: UUID, stage: StageName, error: str) -> JobStage:
+        check_text(error, "error")
+        return await self._finish(job_id, stage, StageStatus.FAILED, error, {})
+
+    async def _finish(
+        self, job_id: UUID, stage: StageName, status: StageStatus, error: str | None, metadata: dict[str, Any]
+    ) -> JobStage:
+        name = StageName(stage)
+        current = self._stages.get((job_id, name))
+        if current is None:
+            await self.get_job(job_id)
+            msg = f"stage {name.value} was never started; call start_stage first"
+            raise InvalidStateError(msg, current=None, requested=status.value, job_id=job_id)
+        if current.status is status:
+            return current
+        if current.status is not StageStatus.RUNNING:
+            msg = f"stage {name.value} is {current.status.value}; only a running stage can become {status.value}"
+            raise InvalidStateError(msg, current=current.status.value, requested=status.value, job_id=job_id)
+        now = max(self._clock(), current.started_at)
+        row = current.model_copy(
+            update={
+                "status": status,
+                "completed_at": now,
+                "error": error,
+                "metadata": {**current.metadata, **metadata},
+                "updated_at": now,
+            }
+        )
+        self._stages[job_id, name] = row
+        return row
+
+    async def list_stages(self, job_id: UUID) -> list[JobStage]:
+        rows = [row for (owner, _), row in self._stages.items() if owner == job_id]
+        return sorted(rows, key=lambda row: (row.started_at, row.stage_name.value))
+
+    async def complete_job(self, job_id: UUID, video_url: str) -> Job:
+        check_text(video_url, "video_url")
+        job = await self.get_job(job_id)
+        if job.status is JobStatus.COMPLETED and job.video_url == video_url:
+            return job
+        if job.status is not JobStatus.PROCESSING:
+            self._refuse(job, JobStatus.COMPLETED)
+        return self._update(
+            job,
+            status=JobStatus.COMPLETED,
+            video_url=video_url,
+            progress=100,
+            estimated_remaining=0,
+            completed_at=self._clock(),
+        )
+
+    async def fail_job(self, job_id: UUID, error_message: str) -> Job:
+        check_text(error_message, "error_message")
+        job = await self.get_job(job_id)
+        if job.status is JobStatus.FAILED and job.error_message == error_message:
+            return job
+        if job.status not in _ACTIVE:
+            self._refuse(job, JobStatus.FAILED)
+        return self._update(job, status=JobStatus.FAILED, error_message=error_message, estimated_remaining=None)
+
+    @staticmethod
+    def _refuse(job: Job, requested: JobStatus) -> NoReturn:
+        msg = f"job is {job.status.value} and cannot become {requested.value}; status moves only forward"
+        raise InvalidStateError(msg, current=job.status.value, requested=requested.value, job_id=job.id)
