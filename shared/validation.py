@@ -336,6 +336,11 @@ def _is_mpeg_sync(data: bytes) -> bool:
     return len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0
 
 
+def _is_adts(data: bytes) -> bool:
+    """Tell AAC's ADTS header (layer bits 00, which MPEG audio never uses) from an MPEG audio frame."""
+    return len(data) >= 2 and data[0] == 0xFF and data[1] & 0xF6 == 0xF0
+
+
 _SIGNATURES: Final = (
     (0, b"OggS", "an Ogg file (Vorbis, Opus or FLAC in Ogg)"),
     (0, b"\x89PNG", "a PNG image"),
@@ -355,7 +360,7 @@ def _describe(head: bytes) -> str:
     for offset, magic, name in _SIGNATURES:
         if head[offset : offset + len(magic)] == magic:
             return name
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:
+    if _is_adts(head):
         return "AAC audio (ADTS)"
     try:
         import puremagic  # noqa: PLC0415 (its signature table loads only when a file is unrecognised)
@@ -473,7 +478,7 @@ def _parse_mp3(handle: IO[bytes], size: int, start: int) -> _Stream:
         head = _read_at(handle, 0, 64)
         if start:
             found = "an ID3 tag followed by something else"
-        elif _is_mpeg_sync(head):
+        elif _is_mpeg_sync(head) and not _is_adts(head):
             found = "bytes that begin like an MPEG frame header but are not one"
         else:
             found = _describe(head)
