@@ -61,8 +61,9 @@ def _prompt_or_none(text: str) -> str | None:
     try:
         return validate_prompt(text, min_length=1, max_length=10_000)
     except ValidationError as exc:
-        assert "prompt" == exc.field
-        return None
+        field = exc.field
+    assert "prompt" == field
+    return None
 
 
 @settings(deadline=500, max_examples=500)

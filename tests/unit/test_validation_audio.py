@@ -12,7 +12,7 @@ import pytest
 
 from shared import validation
 from shared.errors import ValidationError
-from shared.validation import ACCEPTED_AUDIO, AudioFileInfo, validate_audio_file, validate_file_size
+from shared.validation import ACCEPTED_AUDIO, AudioFileInfo, AudioInput, validate_audio_file, validate_file_size
 from tests.fixtures.audio import AudioCorpus, MakeAudio, id3v2_tag, sparse_wav, wav_header
 
 GOOD = [
@@ -111,14 +111,14 @@ def test_file_name_and_claimed_type_do_not_matter(audio_corpus: AudioCorpus, tmp
 def test_every_input_kind_gives_the_same_answer(audio_corpus: AudioCorpus, kind: str) -> None:
     path = audio_corpus.good["mp3_id3v2_cover"].path
     data = path.read_bytes()
-    argument = {
+    arguments: dict[str, AudioInput] = {
         "bytes": data,
         "bytearray": bytearray(data),
         "memoryview": memoryview(data),
         "path_str": str(path),
         "pathlike": path,
-    }[kind]
-    assert validate_audio_file(path) == validate_audio_file(argument)
+    }
+    assert validate_audio_file(path) == validate_audio_file(arguments[kind])
 
 
 def test_upload_file_object_is_read_from_its_start_and_put_back(audio_corpus: AudioCorpus) -> None:
@@ -381,6 +381,4 @@ def test_validate_file_size_refuses_negative_and_over_the_limit() -> None:
 
 def test_public_names() -> None:
     assert sorted(validation.__all__) == sorted(name for name in validation.__all__ if hasattr(validation, name))
-    assert {"AudioFileInfo", "validate_audio_file", "validate_prompt", "validate_file_size"} <= set(
-        validation.__all__
-    )
+    assert {"AudioFileInfo", "validate_audio_file", "validate_prompt", "validate_file_size"} <= set(validation.__all__)
