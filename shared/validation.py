@@ -444,7 +444,7 @@ def _parse_wav(handle: IO[bytes], size: int) -> _Stream:
 # ------------------------------------------------------------------------------------------------ MP3
 
 _MPEG_RUN: Final = 4  # frames that must follow one another from the first byte of audio
-_MPEG_TAIL: Final = 8 * 1024  # enough for several of the largest Layer III frames (1,441 bytes)
+_MPEG_TAIL: Final = 4 * 1024  # more than two of the largest Layer III frames (1,441 bytes)
 
 
 def _mpeg_run(handle: IO[bytes], offset: int, end: int, limit: int) -> tuple[list[MPEGFrame], int]:
@@ -468,8 +468,9 @@ def _mpeg_run(handle: IO[bytes], offset: int, end: int, limit: int) -> tuple[lis
 def _parse_mp3(handle: IO[bytes], size: int, start: int) -> _Stream:
     """Check that MPEG frames begin the audio and run to its end, then let mutagen measure it."""
     # Some taggers leave zero padding after the ID3v2 tag; skip it, but nothing else.
-    lead = _read_at(handle, start, 4096)
-    start += len(lead) - len(lead.lstrip(b"\x00"))
+    if _read_at(handle, start, 1) == b"\x00":
+        lead = _read_at(handle, start, 4096)
+        start += len(lead) - len(lead.lstrip(b"\x00"))
     if start >= size:
         raise _refuse("The file has an ID3 tag but no audio behind it")
     end = _audio_end(handle, size, start)
