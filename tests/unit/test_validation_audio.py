@@ -1,0 +1,384 @@
+"""Audio validation: the content decides, cut-off uploads are refused, memory and reads stay bounded."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from shared import validation
+from shared.errors import ValidationError
+from shared.validation import ACCEPTED_AUDIO, AudioFileInfo, AudioInput, validate_audio_file, validate_file_size
+from tests.fixtures.audio import AudioCorpus, MakeAudio, id3v2_tag, sparse_wav, wav_header
+
+GOOD = [
+    "mp3_id3v2_cover",
+    "mp3_no_tag",
+    "mp3_no_xing",
+    "mp3_vbr_xing",
+    "mp3_mono",
+    "mp3_ffmpeg",
+    "mp3_8000hz",
+    "mp3_11025hz",
+    "mp3_16000hz",
+    "mp3_22050hz",
+    "mp3_32000hz",
+    "mp3_48000hz",
+    "wav_pcm16",
+    "wav_pcm16_mono",
+    "wav_pcm24",
+    "wav_float32",
+    "wav_float64",
+    "wav_extensible_pcm24",
+    "wav_8000hz",
+    "wav_96000hz",
+    "flac_reference_encoder",
+    "flac_ffmpeg",
+    "flac_96khz_24bit",
+    "flac_mono",
+    "flac_behind_id3v2",
+]
+BAD = [
+    "ogg_opus",
+    "aac_adts",
+    "m4a",
+    "video_mp4",
+    "mp2",
+    "aiff",
+    "wav_pcm8",
+    "wav_pcm32",
+    "wav_rf64",
+    "png",
+    "text",
+    "zip_of_an_mp3",
+    "empty",
+    "mp3_truncated_xing",
+    "mp3_truncated_no_xing",
+    "wav_truncated",
+    "flac_truncated",
+    "flac_ffmpeg_truncated",
+    "wav_header_only",
+    "flac_metadata_cut",
+    "flac_streaminfo_only",
+    "mp3_id3_only",
+    "random_after_mpeg_sync",
+]
+MIME = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
+
+
+def test_corpus_names_match_the_lists(audio_corpus: AudioCorpus) -> None:
+    """Every variant the corpus makes is tested here, and nothing tested is missing from it."""
+    assert sorted(GOOD) == sorted(audio_corpus.good)
+    assert sorted(BAD) == sorted(audio_corpus.bad)
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_accepted_variant_is_described_by_its_content(audio_corpus: AudioCorpus, name: str) -> None:
+    sample = audio_corpus.good[name]
+    info = validate_audio_file(sample.path)
+    assert (sample.format, MIME[sample.format]) == (info.format, info.mime_type)
+    assert (sample.sample_rate, sample.channels) == (info.sample_rate, info.channels)
+    assert sample.path.stat().st_size == info.size_bytes
+    assert sample.duration_seconds == pytest.approx(info.duration_seconds, abs=0.1)
+
+
+@pytest.mark.parametrize("name", BAD)
+def test_refused_input_names_the_problem_and_what_is_accepted(audio_corpus: AudioCorpus, name: str) -> None:
+    path, fragment = audio_corpus.bad[name]
+    with pytest.raises(ValidationError) as caught:
+        validate_audio_file(path, min_duration_seconds=0)
+    assert "audio" == caught.value.field
+    assert fragment.lower() in caught.value.message.lower()
+    assert f"Accepted: {ACCEPTED_AUDIO}." in caught.value.message
+
+
+def test_file_name_and_claimed_type_do_not_matter(audio_corpus: AudioCorpus, tmp_path: Path) -> None:
+    """A FLAC named .mp3 is a FLAC; a PNG named .wav is refused."""
+    disguised = tmp_path / "song.mp3"
+    disguised.write_bytes(audio_corpus.good["flac_ffmpeg"].path.read_bytes())
+    assert "flac" == validate_audio_file(disguised).format
+    fake = tmp_path / "song.wav"
+    fake.write_bytes(audio_corpus.bad["png"][0].read_bytes())
+    with pytest.raises(ValidationError, match="PNG"):
+        validate_audio_file(fake)
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "path_str", "pathlike"])
+def test_every_input_kind_gives_the_same_answer(audio_corpus: AudioCorpus, kind: str) -> None:
+    path = audio_corpus.good["mp3_id3v2_cover"].path
+    data = path.read_bytes()
+    arguments: dict[str, AudioInput] = {
+        "bytes": data,
+        "bytearray": bytearray(data),
+        "memoryview": memoryview(data),
+        "path_str": str(path),
+        "pathlike": path,
+    }
+    assert validate_audio_file(path) == validate_audio_file(arguments[kind])
+
+
+def test_upload_file_object_is_read_from_its_start_and_put_back(audio_corpus: AudioCorpus) -> None:
+    """A SpooledTemporaryFile (what FastAPI's UploadFile.file is) keeps its position."""
+    data = audio_corpus.good["wav_pcm24"].path.read_bytes()
+    with tempfile.SpooledTemporaryFile(max_size=1024) as upload:
+        upload.write(data)
+        upload.seek(123)
+        info = validate_audio_file(upload)
+        assert 123 == upload.tell()
+    assert ("wav", len(data)) == (info.format, info.size_bytes)
+
+
+def test_position_is_put_back_when_the_file_is_refused(audio_corpus: AudioCorpus) -> None:
+    upload = io.BytesIO(audio_corpus.bad["wav_truncated"][0].read_bytes())
+    upload.seek(7)
+    with pytest.raises(ValidationError, match="cut short"):
+        validate_audio_file(upload)
+    assert 7 == upload.tell()
+
+
+def test_audio_info_is_frozen(audio_corpus: AudioCorpus) -> None:
+    info = validate_audio_file(audio_corpus.good["flac_mono"].path)
+    with pytest.raises(Exception, match="frozen"):
+        info.channels = 2  # type: ignore[misc]  # proving the model refuses assignment
+    assert AudioFileInfo.model_validate(info.model_dump()) == info
+
+
+def test_size_is_checked_before_parsing(audio_corpus: AudioCorpus) -> None:
+    """An oversized PNG is refused for its size, not its format: the parser never ran."""
+    png = audio_corpus.bad["png"][0]
+    with pytest.raises(ValidationError) as caught:
+        validate_audio_file(png, max_size_mb=10 / 1024 / 1024)
+    assert "audio" == caught.value.field
+    assert "too large" in caught.value.message
+    assert "PNG" not in caught.value.message
+
+
+def test_default_size_limit_is_the_settings_default(tmp_path: Path) -> None:
+    over = sparse_wav(tmp_path / "big.wav", 100 * 1024 * 1024)
+    with pytest.raises(ValidationError, match=r"over the limit of 100\.0 MB"):
+        validate_audio_file(over)
+    assert validation.DEFAULT_AUDIO_MAX_SIZE_MB == 100
+
+
+def test_short_audio_is_refused_with_the_minimum(make_audio: MakeAudio) -> None:
+    with pytest.raises(ValidationError) as caught:
+        validate_audio_file(make_audio("mp3", 3.0))
+    assert "audio" == caught.value.field
+    assert "too short" in caught.value.message
+    assert "minimum is 5 s" in caught.value.message
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav", "flac"])
+def test_long_audio_is_refused_with_the_maximum(make_audio: MakeAudio, fmt: str) -> None:
+    path = make_audio(fmt, 12.0, rate=8000, channels=1)
+    with pytest.raises(ValidationError, match=r"too long: 12\.\d s, the maximum is 10 s"):
+        validate_audio_file(path, max_duration_seconds=10)
+    assert 12.0 == pytest.approx(validate_audio_file(path, max_duration_seconds=13).duration_seconds, abs=0.3)
+
+
+def test_missing_path_is_a_validation_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="could not be opened") as caught:
+        validate_audio_file(tmp_path / "nowhere.mp3")
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+def test_wrong_argument_kinds_are_type_errors() -> None:
+    with pytest.raises(TypeError, match="path, bytes or a binary file"):
+        validate_audio_file(42)  # type: ignore[arg-type]  # proving the runtime check
+
+
+def test_unseekable_stream_is_a_type_error() -> None:
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    with open(read_end, "rb", buffering=0) as pipe, pytest.raises(TypeError, match="seekable"):
+        validate_audio_file(pipe)
+
+
+class CountingReader(io.FileIO):
+    """A file that counts the bytes read from it."""
+
+    bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def test_a_large_wav_is_read_in_kilobytes_not_megabytes(tmp_path: Path) -> None:
+    path = sparse_wav(tmp_path / "long.wav", 400 * 1024 * 1024)
+    with CountingReader(path) as handle:
+        info = validate_audio_file(handle, max_size_mb=500, max_duration_seconds=10_000)
+        assert handle.bytes_read < 64 * 1024
+    assert 400 * 1024 * 1024 / 176_400 == pytest.approx(info.duration_seconds)
+
+
+@pytest.mark.parametrize("name", ["mp3_id3v2_cover", "flac_reference_encoder", "wav_pcm16"])
+def test_reads_stay_small_for_every_format(audio_corpus: AudioCorpus, name: str) -> None:
+    path = audio_corpus.good[name].path
+    with CountingReader(path) as handle:
+        validate_audio_file(handle)
+        assert handle.bytes_read < 300 * 1024
+
+
+# Hand-made inputs for the branches the encoders never produce.
+
+
+def _wav(fmt: bytes, data: bytes = b"\x00" * 8, extra: bytes = b"") -> bytes:
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"RIFF" + struct.pack("<I", 12) + b"WAVE" + b"LIST" + struct.pack("<I", 4) + b"INFO", "no fmt chunk"),
+        (b"RIFF" + struct.pack("<I", 22) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + bytes(10), "ends early"),
+        (_wav(b"\x00" * 2000), "impossible size"),
+        (_wav(struct.pack("<HHIIHH", 0xFFFE, 2, 44100, 176400, 4, 16) + b"\x16\x00"), "lacks the sub-format"),
+        (_wav(struct.pack("<HHIIHH", 1, 2, 44100, 176400, 3, 16)), "inconsistent"),
+        (_wav(struct.pack("<HHIIHH", 1, 0, 44100, 0, 0, 16)), "inconsistent"),
+        (_wav(struct.pack("<HHIIHH", 0x55, 2, 44100, 176400, 4, 16)), "format 0x0055"),
+        (_wav(struct.pack("<HHIIHH", 1, 2, 44100, 176400, 4, 16), data=b""), "no audio"),
+        (_wav(struct.pack("<HHIIHH", 1, 2, 44100, 176400, 4, 16))[:-12], "no data chunk"),
+        (wav_header(1000)[:36], "no data chunk"),
+    ],
+)
+def test_malformed_wav_is_refused(data: bytes, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        validate_audio_file(data, min_duration_seconds=0)
+
+
+def test_extensible_float_wav_is_accepted() -> None:
+    guid_float = struct.pack("<H", 3) + bytes.fromhex("000000001000800000aa00389b71")
+    fmt = struct.pack("<HHIIHH", 0xFFFE, 1, 8000, 32000, 4, 32) + struct.pack("<HHI", 22, 32, 4) + guid_float
+    info = validate_audio_file(_wav(fmt, data=bytes(4 * 8000 * 6)))
+    assert ("wav", 8000, 1, 6.0) == (info.format, info.sample_rate, info.channels, info.duration_seconds)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"fLaC" + b"\x01\x00\x00\x22" + bytes(34), "does not begin with a STREAMINFO"),
+        (b"fLaC" + b"\x00\x00\x00\x22" + bytes(10), "STREAMINFO block ends early"),
+        (b"fLaC\x00\x00\x00\x22" + bytes(34) + b"\xff\x00\x00\x00", "could not be read as FLAC"),
+    ],
+)
+def test_malformed_flac_is_refused(data: bytes, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        validate_audio_file(data, min_duration_seconds=0)
+
+
+def _flac_parts(audio_corpus: AudioCorpus) -> tuple[bytes, bytes]:
+    """Split the reference FLAC into (fLaC + STREAMINFO marked last, the audio frames)."""
+    data = audio_corpus.good["flac_reference_encoder"].path.read_bytes()
+    position = 4
+    while True:
+        last, length = data[position] & 0x80, int.from_bytes(data[position + 1 : position + 4], "big")
+        position += 4 + length
+        if last:
+            break
+    head = bytearray(data[:42])
+    head[4] |= 0x80
+    return bytes(head), data[position:]
+
+
+def test_flac_with_invalid_metadata_block_or_garbage_audio_is_refused(audio_corpus: AudioCorpus) -> None:
+    head, frames = _flac_parts(audio_corpus)
+    not_last = bytearray(head)
+    not_last[4] &= 0x7F
+    with pytest.raises(ValidationError, match="invalid metadata block"):
+        validate_audio_file(bytes(not_last) + b"\xff\x00\x00\x00" + frames)
+    with pytest.raises(ValidationError, match="no audio frame where its audio should begin"):
+        validate_audio_file(head + b"\x00" * 100 + frames)
+    with pytest.raises(ValidationError, match="more than 1024 metadata blocks"):
+        validate_audio_file(bytes(not_last) + b"\x01\x00\x00\x00" * 1100 + frames)
+
+
+def test_flac_without_total_samples_or_end_frame_is_refused(audio_corpus: AudioCorpus) -> None:
+    head, frames = _flac_parts(audio_corpus)
+    unknown_length = bytearray(head)
+    unknown_length[21] &= 0xF0  # total samples: 36 bits from the low nibble of byte 21
+    unknown_length[22:26] = b"\x00\x00\x00\x00"
+    with pytest.raises(ValidationError, match="length is unknown"):
+        validate_audio_file(bytes(unknown_length) + frames)
+    with pytest.raises(ValidationError, match="no FLAC frame was found at its end"):
+        validate_audio_file(head + frames + b"\x00" * 300_000, max_size_mb=10)
+
+
+def test_flac_and_mp3_trailing_tags_are_ignored(audio_corpus: AudioCorpus) -> None:
+    """An ID3v1 tag and an APEv2 tag after the audio are not mistaken for truncation."""
+    ape_footer = b"APETAGEX" + struct.pack("<IIII", 2000, 32, 0, 0x80000000) + bytes(8)
+    ape = b"APETAGEX" + struct.pack("<IIII", 2000, 32, 0, 0xA0000000) + bytes(8) + ape_footer
+    id3v1 = b"TAG" + bytes(125)
+    for name in ("flac_reference_encoder", "mp3_no_xing"):
+        data = audio_corpus.good[name].path.read_bytes() + ape + id3v1
+        assert audio_corpus.good[name].format == validate_audio_file(data).format
+
+
+def test_mp3_after_zero_padding_behind_its_tag_is_accepted(audio_corpus: AudioCorpus) -> None:
+    data = id3v2_tag() + bytes(500) + audio_corpus.good["mp3_no_tag"].path.read_bytes()
+    assert 6.0 == pytest.approx(validate_audio_file(data).duration_seconds, abs=0.1)
+
+
+def test_mp3_vbri_byte_count_past_the_end_is_refused(audio_corpus: AudioCorpus) -> None:
+    """A Fraunhofer VBRI header promising more bytes than follow marks a cut-off file."""
+    data = bytearray(audio_corpus.good["mp3_no_xing"].path.read_bytes())
+    vbri = b"VBRI" + struct.pack(">HHHIIHHHH", 1, 0, 75, 10_000_000, 230, 0, 1, 2, 1)
+    data[36 : 36 + len(vbri)] = vbri
+    with pytest.raises(ValidationError, match="promises 10,000,000 bytes"):
+        validate_audio_file(bytes(data))
+
+
+def test_mp3_that_is_only_a_few_frames_is_measured(audio_corpus: AudioCorpus) -> None:
+    data = audio_corpus.good["mp3_no_xing"].path.read_bytes()
+    two_frames = data[: 2 * 417 + 1]  # 128 kb/s at 44.1 kHz: 417 or 418 bytes a frame
+    info_or_error: object
+    try:
+        info_or_error = validate_audio_file(two_frames, min_duration_seconds=0)
+    except ValidationError as exc:
+        info_or_error = exc
+    assert isinstance(info_or_error, AudioFileInfo | ValidationError)
+
+
+def test_id3_tag_followed_by_something_else_is_refused() -> None:
+    with pytest.raises(ValidationError, match="an ID3 tag followed by something else"):
+        validate_audio_file(id3v2_tag() + b"hello" * 100)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(40), "PNG"),
+        (b"%PDF-1.7\n" + bytes(40), "PDF"),
+        (b"\x00\x01\x02\x03\xfe\xfd\xfc", "unrecognised bytes starting 00 01 02"),
+        ("Ünïcödé text, still text\n".encode(), "text"),
+        (b"BM" + bytes(60), "Bitmap"),
+    ],
+)
+def test_unrecognised_content_is_described(data: bytes, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        validate_audio_file(data)
+
+
+def test_validate_file_size_refuses_negative_and_over_the_limit() -> None:
+    validate_file_size(0, 10)
+    validate_file_size(10, 10)
+    with pytest.raises(ValidationError, match="negative") as negative:
+        validate_file_size(-1, 10)
+    assert "file_size" == negative.value.field
+    with pytest.raises(ValidationError, match=r"11 bytes\) is over the limit of 10 bytes"):
+        validate_file_size(11, 10)
+    with pytest.raises(ValidationError, match=r"150\.0 MB .* over the limit of 100\.0 MB"):
+        validate_file_size(150 * 1024 * 1024, 100 * 1024 * 1024)
+    with pytest.raises(ValueError, match="must be positive"):
+        validate_file_size(1, 0)
+
+
+def test_public_names() -> None:
+    assert sorted(validation.__all__) == sorted(name for name in validation.__all__ if hasattr(validation, name))
+    assert {"AudioFileInfo", "validate_audio_file", "validate_prompt", "validate_file_size"} <= set(validation.__all__)
