@@ -141,7 +141,7 @@ def validate_file_size(file_size_bytes: int, max_size_bytes: int, *, field: str 
         ValueError: ``max_size_bytes`` is not positive (a configuration mistake, not the user's).
     """
     if max_size_bytes <= 0:
-        raise ValueError(f"max_size_bytes must be positive, got {max_size_bytes}")
+        raise ValidationError(f"max_size_bytes must be positive, got {max_size_bytes}", field="max_size_bytes")
     if file_size_bytes < 0:
         raise ValidationError(
             f"File size {file_size_bytes} is negative; a size is 0 or more bytes "
@@ -178,7 +178,7 @@ def validate_prompt(
         TypeError: ``prompt`` is not a ``str``.
     """
     if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+        raise ValidationError(f"prompt must be text, got {type(prompt).__name__}", field="prompt")
     accepted = f"accepted: {min_length} to {max_length} characters of text without control characters"
     for position, char in enumerate(prompt):
         category = unicodedata.category(char)
@@ -277,7 +277,9 @@ def _opened(file: AudioInput) -> Iterator[tuple[IO[bytes], int]]:
     elif callable(getattr(file, "read", None)) and callable(getattr(file, "seek", None)):
         seekable = getattr(file, "seekable", None)
         if callable(seekable) and not seekable():
-            raise TypeError("validate_audio_file needs a seekable file object; spool the upload to a file first")
+            raise ValidationError(
+                "validate_audio_file needs a seekable file object; spool the upload to a file first", field="audio"
+            )
         try:
             position = file.tell()
             size = file.seek(0, os.SEEK_END)
@@ -288,14 +290,16 @@ def _opened(file: AudioInput) -> Iterator[tuple[IO[bytes], int]]:
         finally:
             file.seek(position)
     else:
-        raise TypeError(f"file must be a path, bytes or a binary file object, got {type(file).__name__}")
+        raise ValidationError(
+            f"file must be a path, bytes or a binary file object, got {type(file).__name__}", field="audio"
+        )
 
 
 def _read_at(handle: IO[bytes], offset: int, count: int) -> bytes:
     handle.seek(offset)
     data = handle.read(count)
     if not isinstance(data, bytes):
-        raise TypeError("the file object must be opened in binary mode")
+        raise ValidationError("the file object must be opened in binary mode", field="audio")
     return data
 
 

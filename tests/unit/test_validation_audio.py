@@ -187,14 +187,14 @@ def test_missing_path_is_a_validation_error(tmp_path: Path) -> None:
 
 
 def test_wrong_argument_kinds_are_type_errors() -> None:
-    with pytest.raises(TypeError, match="path, bytes or a binary file"):
+    with pytest.raises(ValidationError, match="path, bytes or a binary file"):
         validate_audio_file(42)  # type: ignore[arg-type]  # proving the runtime check
 
 
 def test_unseekable_stream_is_a_type_error() -> None:
     read_end, write_end = os.pipe()
     os.close(write_end)
-    with open(read_end, "rb", buffering=0) as pipe, pytest.raises(TypeError, match="seekable"):
+    with open(read_end, "rb", buffering=0) as pipe, pytest.raises(ValidationError, match="seekable"):
         validate_audio_file(pipe)
 
 
@@ -375,7 +375,7 @@ def test_validate_file_size_refuses_negative_and_over_the_limit() -> None:
         validate_file_size(11, 10)
     with pytest.raises(ValidationError, match=r"150\.0 MB .* over the limit of 100\.0 MB"):
         validate_file_size(150 * 1024 * 1024, 100 * 1024 * 1024)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValidationError, match="must be positive"):
         validate_file_size(1, 0)
 
 

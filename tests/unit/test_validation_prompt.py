@@ -60,5 +60,5 @@ def test_limits_are_arguments() -> None:
 
 
 def test_non_text_is_a_type_error() -> None:
-    with pytest.raises(TypeError, match="must be a str"):
+    with pytest.raises(ValidationError, match="must be text"):
         validate_prompt(b"bytes")  # type: ignore[arg-type]  # proving the runtime check

@@ -1,0 +1,322 @@
+"""RedisClient: a cache that never fails a pipeline job.
+
+Over a ``redis.asyncio`` connection pool owned by a container Resource (:func:`init_redis`). Every key is
+stored as ``{prefix}{key}`` (``videogen:cache:`` by default) and validated first. JSON values round-trip
+losslessly: pydantic models, Decimal, UUID and timezone-aware datetimes (pass ``model=`` to ``get_json`` to
+get typed values back).
+
+Outages: each call returns within ``operation_timeout`` (1 s by default), socket timeouts and the one retry
+included, whether Redis is gone or frozen. Reads then miss and writes are skipped; one warning is logged per
+outage, not one per call; for ``RECOVERY_PROBE_SECONDS`` after a failure, calls miss at once without touching
+the network, then the next call probes again, so the client recovers by itself within about a second after
+Redis is back. ``strict=True`` raises :class:`~shared.errors.CacheError` (a RetryableError) instead, for
+callers that must know. A stored value that is not valid JSON (or not a valid ``model``) reads as a miss, is
+deleted and logged.
+
+redis-py's defaults are chosen away on purpose: ``Redis.from_url`` retries nothing, and its 5 s socket
+timeout, times its retries, would hang a caller for about a minute on a frozen server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
+from urllib.parse import urlsplit
+
+import orjson
+import pydantic
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from shared.config import Settings
+from shared.errors import CacheError, ValidationError
+from shared.health import HealthStatus
+
+__all__ = ["Cache", "RedisClient", "init_redis", "validate_key"]
+
+T = TypeVar("T")
+Ttl = int | timedelta | None
+
+_log = logging.getLogger("shared.redis_client")
+MAX_KEY_LENGTH = 512
+RECOVERY_PROBE_SECONDS = 0.5
+_BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
+_MISS: Any = object()
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is usable: not empty, no whitespace or control characters, at most 512 characters."""
+    if not isinstance(key, str) or not key:
+        raise ValidationError("a cache key must be a non-empty string", field="key")
+    if len(key) > MAX_KEY_LENGTH:
+        raise ValidationError(f"cache key is {len(key)} characters; at most {MAX_KEY_LENGTH} are allowed", field="key")
+    if _BAD_KEY.search(key):
+        raise ValidationError(f"cache key {key[:40]!r} holds whitespace or control characters", field="key")
+    return key
+
+
+def _ttl_ms(ttl: Ttl) -> int | None:
+    if ttl is None:
+        return None
+    if isinstance(ttl, timedelta):
+        milliseconds = int(ttl.total_seconds() * 1000)
+    elif isinstance(ttl, int) and not isinstance(ttl, bool):
+        milliseconds = ttl * 1000
+    else:
+        raise ValidationError(f"ttl must be seconds (int) or a timedelta, got {ttl!r}", field="ttl")
+    if milliseconds <= 0:
+        raise ValidationError(f"ttl must be positive, got {ttl!r}", field="ttl")
+    return milliseconds
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # lossless, unlike a float
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError
+
+
+def _encode(value: Any) -> bytes:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump_json().encode()
+    try:
+        return orjson.dumps(value, default=_default, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+    except TypeError as exc:
+        raise ValidationError(f"cannot store a {type(value).__name__} as JSON: {exc}", field="value") from exc
+
+
+@functools.cache
+def _adapter(model: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(model)
+
+
+@runtime_checkable
+class Cache(Protocol):
+    """What pipeline modules do with the cache; RedisClient and shared.testing.FakeCache implement it."""
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool: ...
+    async def delete(self, *keys: str) -> int: ...
+    async def exists(self, key: str) -> bool: ...
+    @overload
+    async def get_json(self, key: str, model: None = None) -> Any: ...
+    @overload
+    async def get_json(self, key: str, model: type[T]) -> T | None: ...
+    async def get_json(self, key: str, model: type[T] | None = None) -> T | Any | None: ...
+    async def set_json(self, key: str, value: Any, ttl: Ttl = None) -> bool: ...
+    async def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]: ...
+    async def set_many(self, mapping: Mapping[str, bytes | str], ttl: Ttl = None) -> bool: ...
+    async def health_check(self) -> HealthStatus: ...
+
+
+def decode_json(raw: bytes, model: Any) -> Any:
+    """Parse ``raw`` (validated against ``model`` when given); raise ValueError when it does not parse."""
+    if model is None:
+        return orjson.loads(raw)
+    return _adapter(model).validate_json(raw)
+
+
+class RedisClient:
+    """The cache over redis.asyncio (``Container.redis``); never fails a job unless ``strict``."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "videogen:cache:",
+        strict: bool = False,
+        operation_timeout: float = 1.0,
+        where: str = "redis",
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._strict = strict
+        self._timeout = operation_timeout
+        self._where = where
+        self._down_since: float | None = None
+        self._probe_at = 0.0
+        self._last_error = ""
+
+    @property
+    def available(self) -> bool:
+        """Return whether the last call reached Redis."""
+        return self._down_since is None
+
+    def _key(self, key: str) -> str:
+        return self._prefix + validate_key(key)
+
+    async def _call(self, operation: Callable[[], Awaitable[Any]], *, fallback: T) -> T:
+        """Run one Redis round trip within the time bound; on trouble, degrade (or raise when strict)."""
+        now = time.monotonic()
+        if self._down_since is not None and now < self._probe_at:
+            if self._strict:
+                raise CacheError(
+                    f"Redis at {self._where} is unavailable ({self._last_error}); retry shortly",
+                    retry_after=self._probe_at - now,
+                )
+            return fallback
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await operation()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            if self._strict:
+                msg = f"Redis at {self._where} failed ({type(exc).__name__}); retry, or run `python -m shared doctor`"
+                raise CacheError(msg, retry_after=RECOVERY_PROBE_SECONDS) from exc
+            return fallback
+        self._mark_up()
+        return cast("T", result)
+
+    def _mark_down(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._probe_at = now + RECOVERY_PROBE_SECONDS
+        self._last_error = type(exc).__name__
+        if self._down_since is None:
+            self._down_since = now
+            _log.warning(
+                "Redis at %s is unavailable (%s); cache reads miss and writes are skipped until it is back",
+                self._where,
+                type(exc).__name__,
+                extra={"redis": self._where, "error_type": type(exc).__name__},
+            )
+
+    def _mark_up(self) -> None:
+        if self._down_since is not None:
+            _log.warning("Redis at %s is back after %.1f s", self._where, time.monotonic() - self._down_since)
+            self._down_since = None
+
+    async def get(self, key: str) -> bytes | None:
+        """Return the value, or None on a miss (or an outage)."""
+        name = self._key(key)
+        result: bytes | None = await self._call(lambda: self._redis.get(name), fallback=None)
+        return result
+
+    async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool:
+        """Store ``value`` (for ``ttl`` seconds or a timedelta); return whether it was stored."""
+        name, px = self._key(key), _ttl_ms(ttl)
+        return bool(await self._call(lambda: self._redis.set(name, value, px=px), fallback=False))
+
+    async def delete(self, *keys: str) -> int:
+        """Delete ``keys``; return how many existed."""
+        if not keys:
+            return 0
+        names = [self._key(key) for key in keys]
+        return int(await self._call(lambda: self._redis.delete(*names), fallback=0))
+
+    async def exists(self, key: str) -> bool:
+        """Return whether ``key`` holds a value."""
+        name = self._key(key)
+        return bool(await self._call(lambda: self._redis.exists(name), fallback=0))
+
+    @overload
+    async def get_json(self, key: str, model: None = None) -> Any: ...
+    @overload
+    async def get_json(self, key: str, model: type[T]) -> T | None: ...
+    async def get_json(self, key: str, model: type[T] | None = None) -> T | Any | None:
+        """Return the JSON value (validated as ``model`` when given), or None on a miss."""
+        raw = await self.get(key)
+        if raw is None:
+            return None
+        return await self._decode(key, raw, model)
+
+    async def _decode(self, key: str, raw: bytes, model: Any) -> Any:
+        try:
+            return decode_json(raw, model)
+        except (orjson.JSONDecodeError, pydantic.ValidationError) as exc:
+            _log.warning(
+                "cache value at %s is not valid %s; deleted and read as a miss",
+                key,
+                getattr(model, "__name__", "JSON"),
+                extra={"key": key, "error_type": type(exc).__name__},
+            )
+            await self.delete(key)
+            return None
+
+    async def set_json(self, key: str, value: Any, ttl: Ttl = None) -> bool:
+        """Store ``value`` as JSON (pydantic models, Decimal, UUID and datetimes kept exactly)."""
+        return await self.set(key, _encode(value), ttl)
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
+        """Return every key's value (None for a miss) in one round trip."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        names = [self._key(key) for key in wanted]
+        values: list[bytes | None] = await self._call(lambda: self._redis.mget(names), fallback=[None] * len(names))
+        return dict(zip(wanted, values, strict=True))
+
+    async def set_many(self, mapping: Mapping[str, bytes | str], ttl: Ttl = None) -> bool:
+        """Store every value (each with ``ttl``) in one round trip; return whether they were stored."""
+        if not mapping:
+            return True
+        items = [(self._key(key), value) for key, value in mapping.items()]
+        px = _ttl_ms(ttl)
+
+        async def write() -> bool:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name, value in items:
+                    pipe.set(name, value, px=px)
+                return all(await pipe.execute())
+
+        return await self._call(write, fallback=False)
+
+    async def health_check(self) -> HealthStatus:
+        """PING Redis within the time bound; report ok or down with the latency. Never raises."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            detail = f"{self._where}: {type(exc).__name__}; is redis-server running? (make services)"
+            return HealthStatus("redis", "down", (time.perf_counter() - started) * 1000, detail)
+        self._mark_up()
+        return HealthStatus("redis", "ok", (time.perf_counter() - started) * 1000)
+
+    async def aclose(self) -> None:
+        """Close the client and its pool (safe to call twice)."""
+        await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
+
+
+def build_client(settings: Settings) -> RedisClient:
+    """Build a RedisClient whose every call, timeouts and its one retry included, ends within the bound."""
+    bound = settings.redis_operation_timeout_seconds
+    # One retry after a short backoff; socket timeouts sized so two attempts fit in the bound.
+    retry = Retry(ExponentialBackoff(cap=bound / 10, base=bound / 20), retries=1)
+    pool = aioredis.ConnectionPool.from_url(
+        settings.redis_dsn,
+        max_connections=settings.redis_max_connections,
+        socket_connect_timeout=bound * 0.4,
+        socket_timeout=bound * 0.4,
+        retry=retry,
+        retry_on_timeout=True,
+        health_check_interval=30,
+    )
+    parts = urlsplit(settings.redis_dsn)
+    where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never the password
+    client = aioredis.Redis(connection_pool=pool, retry=retry)
+    return RedisClient(
+        client, prefix=settings.redis_key_prefix, strict=settings.redis_strict, operation_timeout=bound, where=where
+    )
+
+
+async def init_redis(settings: Settings) -> AsyncIterator[RedisClient]:
+    """Create the pool in the running loop (connections open on first use); close it on shutdown."""
+    client = build_client(settings)
+    try:
+        yield client
+    finally:
+        await client.aclose()
