@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from shared.cost_tracking import CostTracker
     from shared.database import DatabaseClient
     from shared.jobs import JobRepository
+    from shared.redis_client import RedisClient
 
 __all__ = ["Container"]
 
@@ -48,6 +49,14 @@ async def init_database(settings: Settings) -> AsyncIterator[DatabaseClient]:
         yield client
 
 
+async def init_redis(settings: Settings) -> AsyncIterator[RedisClient]:
+    """Create the Redis pool for this loop (connections open on first use); close it on shutdown."""
+    from shared.redis_client import init_redis as open_redis  # noqa: PLC0415 - redis loads when first used
+
+    async for client in open_redis(settings):
+        yield client
+
+
 def make_job_repository(db: DatabaseClient) -> JobRepository:
     """Build the JobRepository over the database client."""
     from shared.jobs import JobRepository  # noqa: PLC0415 - asyncpg loads when first used
@@ -70,5 +79,6 @@ class Container(containers.DeclarativeContainer):
 
     # --- components: each area adds its resource function above and its providers below ---
     db = providers.Resource(init_database, settings=settings)
+    redis = providers.Resource(init_redis, settings=settings)
     jobs = providers.Factory(make_job_repository, db=db)
     cost_tracker = providers.Factory(make_cost_tracker, db=db, settings=settings)

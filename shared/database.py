@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -30,6 +30,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from shared.config import Settings
 from shared.errors import DatabaseError, DatabaseUnavailableError, PipelineError
+from shared.health import HealthStatus
 from shared.retry import retry_with_backoff
 
 __all__ = ["Database", "DatabaseClient", "HealthStatus", "Record", "init_database", "translate_error"]
@@ -42,21 +43,6 @@ _log = logging.getLogger("shared.database")
 _RETRYABLE_STATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03", "55P03"})
 _RETRYABLE_CLASSES = frozenset({"08"})
 _TIMEOUT_STATE = "57014"  # query_canceled: statement_timeout or our own timeout
-
-
-@dataclass(frozen=True, slots=True)
-class HealthStatus:
-    """What a health check found: ``ok`` or ``down``, the round trip in milliseconds, and why when down."""
-
-    name: str
-    status: Literal["ok", "down"]
-    latency_ms: float
-    detail: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Return whether the service answered."""
-        return self.status == "ok"
 
 
 class Database(Protocol):

@@ -75,7 +75,7 @@ def check_progress(progress: int, estimated_remaining: int | None) -> None:
 
 def check_page_limit(limit: int) -> None:
     """Refuse a page size outside 1-1000."""
-    if not 1 <= limit <= 1000:  # noqa: PLR2004 - page size bound
+    if not 1 <= limit <= 1000:
         raise ValidationError(f"limit must be 1-1000, got {limit}", field="limit")
 
 

@@ -41,7 +41,16 @@ from shared.config import Settings
 from shared.errors import CacheError, ValidationError
 from shared.health import HealthStatus
 
-__all__ = ["Cache", "RedisClient", "init_redis", "validate_key"]
+__all__ = [
+    "Cache",
+    "RedisClient",
+    "Ttl",
+    "decode_json",
+    "encode_json",
+    "init_redis",
+    "ttl_milliseconds",
+    "validate_key",
+]
 
 T = TypeVar("T")
 Ttl = int | timedelta | None
@@ -64,7 +73,7 @@ def validate_key(key: str) -> str:
     return key
 
 
-def _ttl_ms(ttl: Ttl) -> int | None:
+def ttl_milliseconds(ttl: Ttl) -> int | None:
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):
@@ -88,7 +97,7 @@ def _default(value: Any) -> Any:
     raise TypeError
 
 
-def _encode(value: Any) -> bytes:
+def encode_json(value: Any) -> bytes:
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump_json().encode()
     try:
@@ -205,7 +214,7 @@ class RedisClient:
 
     async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool:
         """Store ``value`` (for ``ttl`` seconds or a timedelta); return whether it was stored."""
-        name, px = self._key(key), _ttl_ms(ttl)
+        name, px = self._key(key), ttl_milliseconds(ttl)
         return bool(await self._call(lambda: self._redis.set(name, value, px=px), fallback=False))
 
     async def delete(self, *keys: str) -> int:
@@ -246,7 +255,7 @@ class RedisClient:
 
     async def set_json(self, key: str, value: Any, ttl: Ttl = None) -> bool:
         """Store ``value`` as JSON (pydantic models, Decimal, UUID and datetimes kept exactly)."""
-        return await self.set(key, _encode(value), ttl)
+        return await self.set(key, encode_json(value), ttl)
 
     async def get_many(self, keys: Iterable[str]) -> dict[str, bytes | None]:
         """Return every key's value (None for a miss) in one round trip."""
@@ -262,7 +271,7 @@ class RedisClient:
         if not mapping:
             return True
         items = [(self._key(key), value) for key, value in mapping.items()]
-        px = _ttl_ms(ttl)
+        px = ttl_milliseconds(ttl)
 
         async def write() -> bool:
             async with self._redis.pipeline(transaction=False) as pipe:
