@@ -7,7 +7,7 @@ short statement, committed (``commit_job_reservation``, one statement) or releas
 that is neither within the TTL (a worker that died) stops counting. ``track_cost`` is one statement too: the
 cost row and the job's total move together, and an idempotency key already recorded counts nothing.
 
-Round trips: 1 for ``track_cost``, 2 for a reserve + commit pair, 3 for a reservation that is released.
+Round trips: 1 for ``track_cost``, 2 for a reserve + commit pair, 2 for a reservation that is released.
 """
 
 from __future__ import annotations
@@ -188,46 +188,45 @@ class CostTracker:
         """Record a cost and add it to the job's total atomically; a key already recorded counts nothing."""
         stage = check_names(stage_name, api_name, idempotency_key)
         amount = to_money(cost)
-        try:
-            row = await self._db.fetchrow(
-                """
-                with inserted as (
-                    insert into public.job_costs (job_id, stage_name, api_name, cost, idempotency_key)
-                    values ($1, $2, $3, $4, $5)
-                    on conflict (job_id, idempotency_key) do nothing
-                    returning *
-                ), total as (
-                    update public.jobs j set total_cost = j.total_cost + i.cost
-                      from inserted i
-                     where j.id = i.job_id
-                    returning j.total_cost, j.budget_limit
-                )
-                select i.*, t.total_cost as spent, t.budget_limit, true as newly_recorded
-                  from inserted i, total t
-                union all
-                select c.*, null, null, false
-                  from public.job_costs c
-                 where c.job_id = $1 and c.idempotency_key = $5 and not exists (select 1 from inserted)
-                """,
-                job_id,
-                stage.value,
-                api_name,
-                amount,
-                idempotency_key,
+        row = await self._db.fetchrow(
+            """
+            with job as (
+                -- The job row's lock first, at full strength: the insert's foreign key check would take a
+                -- weaker one, and upgrading it while a reservation waits for the row would deadlock.
+                select id from public.jobs where id = $1 for no key update
+            ), inserted as (
+                insert into public.job_costs (job_id, stage_name, api_name, cost, idempotency_key)
+                select job.id, $2, $3, $4, $5 from job
+                on conflict (job_id, idempotency_key) do nothing
+                returning *
+            ), total as (
+                update public.jobs j set total_cost = j.total_cost + i.cost
+                  from inserted i
+                 where j.id = i.job_id
+                returning j.total_cost, j.budget_limit
             )
-        except DatabaseError as error:
-            if error.sqlstate == _FK_VIOLATION:
-                raise JobNotFoundError(job_id=job_id) from error
-            raise
+            select i.*, t.total_cost as spent, t.budget_limit, true as newly_recorded
+              from inserted i, total t
+            union all
+            select c.*, null, null, false
+              from public.job_costs c
+             where c.job_id = $1 and c.idempotency_key = $5 and not exists (select 1 from inserted)
+            """,
+            job_id,
+            stage.value,
+            api_name,
+            amount,
+            idempotency_key,
+        )
         if row is None:
-            # A concurrent call with the same key committed between our snapshot and our insert.
+            # An unknown job, or a concurrent call with the same key committed after our snapshot was taken.
             row = await self._db.fetchrow(
                 "select *, false as newly_recorded from public.job_costs where job_id = $1 and idempotency_key = $2",
                 job_id,
                 idempotency_key,
             )
-            if row is None:  # pragma: no cover - the unique index guarantees the row exists
-                raise DatabaseError("the cost row vanished; retry the call with the same key", job_id=job_id)
+            if row is None:
+                raise JobNotFoundError(job_id=job_id)
         if row["newly_recorded"]:
             limit = row["budget_limit"] if row["budget_limit"] is not None else self._default
             if row["spent"] > limit:

@@ -176,7 +176,8 @@ class DatabaseClient:
         except DatabaseUnavailableError as error:
             if error.code == "database_timeout" or self._attempts < 2:
                 raise
-            _log.warning("database connection lost; retrying the statement", extra={"error": str(error)})
+            reason = "connection lost" if error.sqlstate is None else f"SQLSTATE {error.sqlstate}"
+            _log.warning("database %s; retrying the statement", reason, extra={"error": str(error)})
             return await self._retry(method, query, args, limit)
 
     async def _run_once(self, method: str, query: str, args: tuple[object, ...], timeout: float) -> Any:

@@ -24,8 +24,10 @@ alter table public.job_cost_reservations enable row level security;
 revoke all on public.job_cost_reservations from anon, authenticated;
 grant all on public.job_cost_reservations to service_role;
 --
--- Lock order, the same everywhere so two calls can never deadlock: the job row first (reserve, track), or the
--- reservation row and then the job row (commit). A reservation never locks the job of another reservation.
+-- Lock order, the same everywhere so two calls can never deadlock: the job row first (reserve, track_cost), or
+-- the reservation row and then the job row (commit). Each takes the job row's lock at its final strength before
+-- any statement that would take a weaker one (a foreign key check), because upgrading a row lock while another
+-- transaction waits for the row is a deadlock.
 
 -- Reserve `p_estimate` on a job if spent + active reservations + estimate stays within the budget.
 -- Returns one row (reservation_id null when refused) or no row for an unknown job.
@@ -104,6 +106,9 @@ begin
         raise exception 'reservation released' using errcode = 'P0001';
     end if;
     if v_reservation.status = 'active' then
+        -- Take the job row's strongest lock before the insert below takes a weaker one (its foreign key check):
+        -- upgrading that lock later, while a reserve_job_budget waits for the row, would deadlock.
+        perform 1 from public.jobs j where j.id = v_reservation.job_id for update;
         -- An expired reservation is still committed: the money was spent, so it is recorded truthfully.
         insert into public.job_costs (job_id, stage_name, api_name, cost, idempotency_key)
         values (v_reservation.job_id, v_reservation.stage_name, v_reservation.api_name, p_actual, v_key);

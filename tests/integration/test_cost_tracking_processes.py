@@ -155,3 +155,29 @@ async def test_answer_lost_after_commit_then_retried_with_the_same_key_counts_on
     assert Decimal(2) == row.cost
     assert Decimal(3) == await db.fetchval("select total_cost from jobs where id = $1", job)
     assert 1 == await db.fetchval("select count(*) from job_costs where idempotency_key = 'clip-7'")
+
+
+async def test_reserve_commit_and_track_cost_on_one_hot_job_never_deadlock(
+    db: DatabaseClient, make_user: MakeUser, make_settings: MakeSettings, pg_dsn: str
+) -> None:
+    """A commit or track_cost that upgraded its row lock while a reservation waited would deadlock (40P01)."""
+    job = await new_job(db, make_user, Decimal(100_000))
+    deadlocks = "select deadlocks from pg_stat_database where datname = current_database()"
+    before = await db.fetchval(deadlocks)
+    async for wide in init_database(make_settings(database_url=pg_dsn, db_pool_min_size=40, db_pool_max_size=40)):
+        tracker = CostTracker(wide, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+        await asyncio.gather(*(spend(tracker, job, n) for n in range(1500)))
+    spent = await db.fetchval("select total_cost from jobs where id = $1", job)
+    assert Decimal(500) * Decimal("0.01") + Decimal(500) * Decimal("0.5") == spent
+    await asyncio.sleep(0.6)  # the statistics collector reports with a short delay
+    assert 0 == await db.fetchval(deadlocks) - before  # the client retries a deadlock, so count them at the source
+
+
+async def spend(tracker: CostTracker, job: uuid.UUID, n: int) -> None:
+    """Record a cost directly, or reserve and commit, or reserve and release, by turns."""
+    if n % 3 == 0:
+        await tracker.track_cost(job, StageName.PROMPT_GENERATION, "openai", Decimal("0.01"))
+        return
+    async with tracker.reserve(job, StageName.CLIP_GENERATION, "replicate", Decimal(1)) as reservation:
+        if n % 3 == 1:
+            await reservation.commit(Decimal("0.5"))
