@@ -61,10 +61,11 @@ async def scratch_database(*, synchronous_commit: bool = True) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def open_client(dsn: str, **settings: Any) -> AsyncIterator[DatabaseClient]:
+async def open_client(dsn: str, **values: Any) -> AsyncIterator[DatabaseClient]:
     """Yield a DatabaseClient opened the way the container opens it (``init_database``), closed afterwards."""
     # init_database is an async generator (a container Resource) typed as an iterator; aclose() is its shutdown.
-    opened = cast("AsyncGenerator[DatabaseClient, None]", init_database(Settings(_env_file=None, database_url=dsn, **settings)))
+    settings = Settings(_env_file=None, database_url=dsn, **values)
+    opened = cast("AsyncGenerator[DatabaseClient, None]", init_database(settings))
     db = await anext(opened)
     try:
         yield db
