@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import statistics
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,7 +28,9 @@ from shared.migrations import migrate
 __all__ = [
     "ADMIN_DSN",
     "TASKS",
-    "best_of_interleaved",
+    "Rates",
+    "a_round",
+    "interleaved",
     "open_client",
     "ops_per_second",
     "scratch_database",
@@ -103,10 +108,39 @@ async def ops_per_second(operation: Callable[[T], Awaitable[object]], arguments:
     return len(arguments) / (time.perf_counter() - started)
 
 
-async def best_of_interleaved(rounds: int, contenders: dict[str, Callable[[], Awaitable[float]]]) -> dict[str, float]:
-    """Run each contender once per round, in turn (ABAB...), and return the best rate of each."""
-    best = dict.fromkeys(contenders, 0.0)
+def a_round(operation: Callable[[T], Awaitable[object]], arguments: Sequence[T]) -> Callable[[], Awaitable[float]]:
+    """Return a round to run later: ``operation`` once per argument, its rate in operations per second."""
+    return functools.partial(ops_per_second, operation, arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Every round's rate of each contender, in the order they ran."""
+
+    rounds: dict[str, list[float]]
+
+    def best(self, name: str) -> float:
+        """Return the contender's best round."""
+        return max(self.rounds[name])
+
+    def ratio(self, name: str, baseline: str) -> float:
+        """Return best against best: what the machine allowed each at its quietest."""
+        return self.best(name) / self.best(baseline)
+
+    def median_paired_ratio(self, name: str, baseline: str) -> float:
+        """Return the median of the round-by-round ratios (each pair ran back to back: drift cancels)."""
+        return statistics.median(a / b for a, b in zip(self.rounds[name], self.rounds[baseline], strict=True))
+
+
+async def interleaved(rounds: int, contenders: dict[str, Callable[[], Awaitable[float]]]) -> Rates:
+    """Run each contender once per round, the order reversed every other round (ABBA), and keep every rate.
+
+    Reversing the order cancels what running first or second costs (a pool just released, a collection).
+    """
+    results: dict[str, list[float]] = {name: [] for name in contenders}
+    order = list(contenders)
     for _ in range(rounds):
-        for name, run in contenders.items():
-            best[name] = max(best[name], await run())
-    return best
+        for name in order:
+            results[name].append(await contenders[name]())
+        order.reverse()
+    return Rates(results)
