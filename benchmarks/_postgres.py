@@ -104,7 +104,9 @@ async def ops_per_second(operation: Callable[[T], Awaitable[object]], arguments:
             await operation(arguments[index])
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(first) for first in range(TASKS)))
+    async with asyncio.TaskGroup() as group:  # one failure cancels the others, rather than leaving them running
+        for first in range(TASKS):
+            group.create_task(worker(first))
     return len(arguments) / (time.perf_counter() - started)
 
 

@@ -78,7 +78,7 @@ def main() -> str:
         ratio = rates.ratio("ours", "raw")
         target = "" if method != "fetchrow" else (" (target >= 0.9)" if ratio >= TARGET else " **below 0.9**")
         rows.append(
-            f"| `{method}` | {rates.best('ours'):,.0f} | {rates.best('raw'):,.0f} | {ratio:.2f}{target} "
+            f"| `{method}` | {rates.best('ours'):,.0f} | {rates.best('raw'):,.0f} | {ratio:.3f}{target} "
             f"| {rates.median_paired_ratio('ours', 'raw'):.2f} |"
         )
     return "\n".join(rows)
