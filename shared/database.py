@@ -176,7 +176,8 @@ class DatabaseClient:
         except DatabaseUnavailableError as error:
             if error.code == "database_timeout" or self._attempts < 2:
                 raise
-            reason = "connection lost" if error.sqlstate is None else f"SQLSTATE {error.sqlstate}"
+            lost = error.sqlstate is None or error.sqlstate.startswith("08")
+            reason = "connection lost" if lost else f"SQLSTATE {error.sqlstate}"
             _log.warning("database %s; retrying the statement", reason, extra={"error": str(error)})
             return await self._retry(method, query, args, limit)
 
