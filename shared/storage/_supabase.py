@@ -63,6 +63,24 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
+def _expect(response: httpx.Response, status: int, *, bucket: str, path: str) -> None:
+    """Raise our error for a response other than ``status``, chained to httpx's own (its ``__cause__``)."""
+    if response.status_code == status:
+        return
+    try:
+        response.raise_for_status()
+    except Exception as exc:  # httpx.HTTPStatusError; httpx is imported lazily, so not named here
+        raise error_from_response(
+            response.status_code, response.content, response.headers, bucket=bucket, path=path
+        ) from exc
+    raise StorageError(
+        f"Storage answered HTTP {response.status_code} for {bucket}/{path} where {status} was expected",
+        bucket=bucket,
+        path=path,
+        status=response.status_code,
+    )
+
+
 class SupabaseStorage:
     """Store objects in Supabase Storage; small bodies through storage3, large ones through TUS in chunks.
 
@@ -191,8 +209,7 @@ class SupabaseStorage:
                 "x-upsert": "true" if upsert else "false",
             },
         )
-        if created.status_code != 201:
-            raise error_from_response(created.status_code, created.content, created.headers, bucket=bucket, path=path)
+        _expect(created, 201, bucket=bucket, path=path)
         location = urljoin(endpoint + "/", created.headers["location"])
         offset = 0
         async for chunk in body.chunks(self._chunk_size):
@@ -206,10 +223,7 @@ class SupabaseStorage:
                     "Content-Type": "application/offset+octet-stream",
                 },
             )
-            if response.status_code != 204:
-                raise error_from_response(
-                    response.status_code, response.content, response.headers, bucket=bucket, path=path
-                )
+            _expect(response, 204, bucket=bucket, path=path)
             offset += len(chunk)
 
     # --- downloads ---
@@ -232,9 +246,7 @@ class SupabaseStorage:
         async with atomic_destination(target) as sink, self._http.stream("GET", url, headers=self._headers) as response:
             if response.status_code != 200:
                 await response.aread()
-                raise error_from_response(
-                    response.status_code, response.content, response.headers, bucket=bucket, path=path
-                )
+                _expect(response, 200, bucket=bucket, path=path)
             written = 0
             async for chunk in response.aiter_bytes(READ_SIZE):
                 await asyncio.to_thread(sink.write, chunk)
