@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -41,7 +41,7 @@ EXPECTED: dict[str, type[PipelineError]] = {
     "ServiceUnavailable": StorageUnavailableError,
 }
 
-OPERATIONS = {
+OPERATIONS: dict[str, tuple[str, Callable[[SupabaseStorage], Awaitable[object]]]] = {
     "upload-small": ("POST", lambda s: s.upload_file(BUCKET, "e/x.bin", b"small")),
     "upload-resumable": ("POST", lambda s: s.upload_file(BUCKET, "e/x.bin", b"\1" * (CHUNK + 1))),
     "download_file": ("GET", lambda s: s.download_file(BUCKET, "e/x.bin")),
