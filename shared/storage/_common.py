@@ -167,11 +167,12 @@ class Body:
             return self._content
         return await self._read_at(0, self.size)
 
-    async def chunks(self, chunk_size: int, *, offset: int = 0) -> AsyncIterator[bytes]:
-        """Yield the body from ``offset`` in chunks of ``chunk_size`` bytes (the last may be shorter)."""
+    async def chunks(self, chunk_size: int, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Yield ``length`` bytes (default: the rest) from ``offset`` in pieces of at most ``chunk_size``."""
         position = offset
-        while position < self.size:
-            chunk = await self._read_at(position, min(chunk_size, self.size - position))
+        end = self.size if length is None else min(self.size, offset + length)
+        while position < end:
+            chunk = await self._read_at(position, min(chunk_size, end - position))
             if not chunk:
                 raise ValidationError(
                     f"The upload source ended at byte {position} of {self.size}; it changed while being uploaded",

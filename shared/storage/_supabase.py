@@ -211,20 +211,22 @@ class SupabaseStorage:
         )
         _expect(created, 201, bucket=bucket, path=path)
         location = urljoin(endpoint + "/", created.headers["location"])
-        offset = 0
-        async for chunk in body.chunks(self._chunk_size):
+        # Each TUS chunk is streamed in READ_SIZE pieces with its length declared, so neither we nor httpx's
+        # write path ever holds a whole chunk (h11 and the socket buffer would each copy it).
+        for offset in range(0, body.size, self._chunk_size):
+            length = min(self._chunk_size, body.size - offset)
             response = await self._http.patch(
                 location,
-                content=chunk,
+                content=body.chunks(READ_SIZE, offset=offset, length=length),
                 headers={
                     **self._headers,
                     "Tus-Resumable": TUS_VERSION,
                     "Upload-Offset": str(offset),
+                    "Content-Length": str(length),
                     "Content-Type": "application/offset+octet-stream",
                 },
             )
             _expect(response, 204, bucket=bucket, path=path)
-            offset += len(chunk)
 
     # --- downloads ---
 
