@@ -8,6 +8,7 @@ resolved.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,12 @@ from dependency_injector import containers, providers
 
 from shared.config import Settings
 from shared.logging import LoggerFactory
+from shared.storage import LocalStorage, SupabaseStorage, create_supabase_client
 
 if TYPE_CHECKING:
+    import httpx
+    from supabase import AsyncClient as SupabaseClient
+
     from shared.cost_tracking import CostTracker
     from shared.database import DatabaseClient
     from shared.jobs import JobRepository
@@ -71,6 +76,55 @@ def make_cost_tracker(db: DatabaseClient, settings: Settings) -> CostTracker:
     return CostTracker(db, default_budget=settings.default_job_budget, reservation_ttl=settings.reservation_ttl)
 
 
+async def init_http_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """Open the httpx client that Supabase (which cannot close its own) and storage share; close it on shutdown."""
+    import httpx  # noqa: PLC0415 - imported when the container starts, never at import
+
+    timeout = httpx.Timeout(settings.storage_timeout_seconds, connect=min(10.0, settings.storage_timeout_seconds))
+    client = httpx.AsyncClient(http2=True, timeout=timeout, follow_redirects=True)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _service_key(settings: Settings) -> str:
+    key = settings.supabase_service_key
+    return key.get_secret_value() if key is not None else ""
+
+
+def supabase_client(settings: Settings, http_client: httpx.AsyncClient) -> SupabaseClient:
+    """Build supabase-py's async client on the container's httpx client (supabase is imported here, lazily)."""
+    return create_supabase_client(settings.supabase_url or "", _service_key(settings), http_client)
+
+
+def supabase_storage(settings: Settings, http_client: httpx.AsyncClient, client: SupabaseClient) -> SupabaseStorage:
+    """Build the Supabase Storage backend from the settings."""
+    return SupabaseStorage(
+        settings.supabase_url or "",
+        _service_key(settings),
+        http_client,
+        client=client,
+        max_upload_bytes=settings.storage_max_upload_bytes,
+        chunk_size=settings.storage_chunk_size_bytes,
+    )
+
+
+async def local_storage(settings: Settings) -> LocalStorage:
+    """Build the local-folder backend, creating its folder; signed URLs are keyed with JWT_SECRET_KEY if set.
+
+    A coroutine, like the Supabase backend's provider (its httpx client is an async Resource), so that
+    `await container.storage()` works whichever backend is configured.
+    """
+    key = settings.jwt_secret_key
+    await asyncio.to_thread(settings.storage_local_root.mkdir, parents=True, exist_ok=True)
+    return LocalStorage(
+        settings.storage_local_root,
+        signing_key=key.get_secret_value() if key is not None else None,
+        max_upload_bytes=settings.storage_max_upload_bytes,
+    )
+
+
 class Container(containers.DeclarativeContainer):
     """Every collaborator of a pipeline module; override any of them with ``container.x.override(...)``."""
 
@@ -82,3 +136,12 @@ class Container(containers.DeclarativeContainer):
     redis = providers.Resource(init_redis, settings=settings)
     jobs = providers.Factory(make_job_repository, db=db)
     cost_tracker = providers.Factory(make_cost_tracker, db=db, settings=settings)
+
+    http_client = providers.Resource(init_http_client, settings=settings)
+    supabase = providers.Singleton(supabase_client, settings=settings, http_client=http_client)
+    storage_supabase = providers.Singleton(
+        supabase_storage, settings=settings, http_client=http_client, client=supabase
+    )
+    storage_local = providers.Singleton(local_storage, settings=settings)
+    # Both backends resolve to awaitables (see local_storage): `await container.storage()`, or @inject.
+    storage = providers.Selector(settings.provided.storage_backend, supabase=storage_supabase, local=storage_local)

@@ -1,0 +1,321 @@
+"""What every storage backend shares: object-path rules, content-type detection and upload bodies.
+
+An upload body is opened once per call (its size checked against the limit before any byte is sent) and
+read from its start again by every attempt, so a retry never sends a consumed stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import mimetypes
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, TypeAlias
+
+from shared.errors import ValidationError
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "MAX_PATH_BYTES",
+    "Body",
+    "ChunkFactory",
+    "Sink",
+    "UploadData",
+    "atomic_destination",
+    "detect_content_type",
+    "open_body",
+    "remove_quietly",
+    "validate_bucket",
+    "validate_content_type",
+    "validate_expires_in",
+    "validate_path",
+]
+
+ChunkFactory: TypeAlias = Callable[[], AsyncIterable[bytes]]
+"""A callable returning a fresh async iterable of byte chunks each time it is called."""
+
+UploadData: TypeAlias = bytes | bytearray | memoryview | os.PathLike[str] | BinaryIO | IO[bytes] | ChunkFactory
+"""What ``upload_file`` accepts: content, a path to a file, a binary file object, or a chunk factory."""
+
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_PATH_BYTES = 1024  # S3's key limit, which Supabase Storage inherits
+MAX_BUCKET_LENGTH = 63
+MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
+HEAD_BYTES = 8192  # enough for puremagic's longest signature offsets in media formats
+READ_SIZE = 1024 * 1024
+
+# Supabase Storage accepts only these characters in a key (its `isValidKey`); refusing the rest here keeps
+# LocalStorage and the fake from accepting what the real service would refuse. It excludes `\`, `%`, NUL
+# and every control character.
+_KEY_CHARS = re.compile(r"[A-Za-z0-9_/!\-.*'() &$@=;:+,?]*")
+_BUCKET = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*(\s*;.*)?")
+
+
+def validate_path(path: object) -> str:
+    """Return ``path`` when it is a safe object path, else raise :class:`ValidationError` (no I/O)."""
+    if not isinstance(path, str) or not path:
+        raise ValidationError("The object path must be a non-empty string such as 'jobs/42/clip.mp4'", field="path")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        raise ValidationError(f"The object path is longer than {MAX_PATH_BYTES} bytes; shorten it", field="path")
+    if path.startswith("/"):
+        raise ValidationError("The object path must not start with '/'; paths are relative to the bucket", field="path")
+    if "\\" in path:
+        raise ValidationError("The object path must not contain a backslash; separate folders with '/'", field="path")
+    if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in path):
+        raise ValidationError("The object path must not contain NUL or control characters", field="path")
+    segments = path.split("/")
+    if any(segment == "" for segment in segments):
+        raise ValidationError("The object path must not have empty segments ('//' or a trailing '/')", field="path")
+    if any(segment in {".", ".."} for segment in segments):
+        raise ValidationError("The object path must not contain '.' or '..' segments", field="path")
+    if not _KEY_CHARS.fullmatch(path):
+        raise ValidationError(
+            "The object path may use only letters, digits, '/' and !-_.*'() &$@=;:+,? (Supabase Storage's key rule)",
+            field="path",
+        )
+    return path
+
+
+def validate_bucket(bucket: object) -> str:
+    """Return ``bucket`` when it is a valid bucket name, else raise :class:`ValidationError` (no I/O)."""
+    if not isinstance(bucket, str) or not 0 < len(bucket) <= MAX_BUCKET_LENGTH or not _BUCKET.fullmatch(bucket):
+        raise ValidationError(
+            f"The bucket name must be 1-{MAX_BUCKET_LENGTH} letters, digits, '_', '-' or '.', not starting with '.'",
+            field="bucket",
+        )
+    return bucket
+
+
+def validate_content_type(content_type: str | None) -> str | None:
+    """Return ``content_type`` when it looks like ``type/subtype``, else raise :class:`ValidationError`."""
+    if content_type is not None and not _CONTENT_TYPE.fullmatch(content_type):
+        raise ValidationError(
+            "The content type must look like 'type/subtype', such as 'video/mp4'", field="content_type"
+        )
+    return content_type
+
+
+def validate_expires_in(expires_in: int) -> int:
+    """Return ``expires_in`` when it is a whole number of seconds in range, else raise ValidationError."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or not 0 < expires_in <= MAX_EXPIRES_IN:
+        raise ValidationError(
+            f"expires_in must be a whole number of seconds between 1 and {MAX_EXPIRES_IN}", field="expires_in"
+        )
+    return expires_in
+
+
+def detect_content_type(head: bytes, path: str) -> str:
+    """Return the MIME type of content from its first bytes, else from the path's extension, else a default."""
+    if head:
+        import puremagic  # noqa: PLC0415 - imported when first needed, like every optional parser
+
+        try:
+            matches = puremagic.magic_string(head)
+        except (puremagic.PureError, ValueError):
+            matches = []
+        for match in matches:
+            if match.mime_type:
+                return str(match.mime_type)
+    guessed, _ = mimetypes.guess_type(path, strict=False)
+    return guessed or DEFAULT_CONTENT_TYPE
+
+
+class Body:
+    """An upload body of known size that every attempt reads again from its start.
+
+    Content is held as bytes or in a seekable binary file (the caller's, one we opened, or a spool file
+    a chunk factory was copied into); reading never holds more than ``read_size`` bytes at once.
+    """
+
+    def __init__(self, *, content: bytes | None = None, file: IO[bytes] | None = None, start: int = 0) -> None:
+        self._content = content
+        self._file = file
+        self._start = start
+        if content is not None:
+            self.size = len(content)
+        else:
+            assert file is not None  # noqa: S101 - one of the two is always given by open_body
+            self.size = file.seek(0, io.SEEK_END) - start
+        self.head = b""
+
+    async def _read_at(self, offset: int, length: int) -> bytes:
+        if self._content is not None:
+            return self._content[offset : offset + length]
+        file = self._file
+        assert file is not None  # noqa: S101 - see __init__
+
+        def read() -> bytes:
+            file.seek(self._start + offset)
+            return file.read(length)
+
+        return await asyncio.to_thread(read)
+
+    async def load_head(self) -> None:
+        """Read the first bytes, for content-type detection."""
+        self.head = await self._read_at(0, min(HEAD_BYTES, self.size))
+
+    async def read_all(self) -> bytes:
+        """Return the whole body (only used for bodies of at most one chunk)."""
+        if self._content is not None:
+            return self._content
+        return await self._read_at(0, self.size)
+
+    async def chunks(self, chunk_size: int, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Yield ``length`` bytes (default: the rest) from ``offset`` in pieces of at most ``chunk_size``."""
+        position = offset
+        end = self.size if length is None else min(self.size, offset + length)
+        while position < end:
+            chunk = await self._read_at(position, min(chunk_size, end - position))
+            if not chunk:
+                raise ValidationError(
+                    f"The upload source ended at byte {position} of {self.size}; it changed while being uploaded",
+                    field="data",
+                )
+            position += len(chunk)
+            yield chunk
+
+
+def _too_large(size: int, limit: int) -> ValidationError:
+    return ValidationError(
+        f"The upload is {size} bytes, more than the limit of {limit} bytes (STORAGE_MAX_UPLOAD_BYTES)",
+        field="data",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Spool:
+    file: IO[bytes]
+
+
+async def _spool(factory: ChunkFactory, limit: int) -> _Spool:
+    """Copy a chunk factory's output to a temporary file, refusing it as soon as it passes ``limit``."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by open_body's exit stack
+    try:
+        written = 0
+        async for chunk in factory():
+            written = _counted(chunk, written, limit)
+            await asyncio.to_thread(spool.write, chunk)
+    except BaseException:
+        spool.close()
+        raise
+    return _Spool(spool)
+
+
+def _counted(chunk: object, written: int, limit: int) -> int:
+    """Return the bytes written so far after ``chunk``; refuse a chunk that is not bytes or passes the limit."""
+    if not isinstance(chunk, bytes | bytearray | memoryview):
+        raise ValidationError("A chunk factory must yield bytes", field="data")
+    written += len(chunk)
+    if written > limit:
+        raise _too_large(written, limit)
+    return written
+
+
+@contextlib.asynccontextmanager
+async def open_body(data: UploadData, *, limit: int) -> AsyncIterator[Body]:
+    """Open an upload source as a :class:`Body`, checking its size against ``limit`` before any I/O upstream.
+
+    Raises:
+        ValidationError: the source is of an unsupported kind, cannot be read, or is larger than ``limit``.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        body: Body
+        if isinstance(data, bytes | bytearray | memoryview):
+            body = Body(content=bytes(data))
+        elif isinstance(data, str):
+            raise ValidationError(
+                "upload_file takes bytes, a pathlib.Path, a binary file or a chunk factory, not str; "
+                "wrap a file name in Path() or encode text first",
+                field="data",
+            )
+        elif isinstance(data, os.PathLike):
+            try:
+                file = await asyncio.to_thread(Path(data).open, "rb")
+            except OSError as exc:
+                raise ValidationError(f"Cannot read the file to upload ({exc.strerror})", field="data") from exc
+            stack.callback(file.close)
+            body = Body(file=file)
+        elif hasattr(data, "read"):
+            file_obj: IO[bytes] = data  # type: ignore[assignment]  # BinaryIO and IO[bytes] both qualify
+            if _seekable(file_obj):
+                body = Body(file=file_obj, start=file_obj.tell())
+            else:
+                spooled = await _spool(_reader_factory(file_obj), limit)
+                stack.callback(spooled.file.close)
+                body = Body(file=spooled.file)
+        elif callable(data):
+            spooled = await _spool(data, limit)
+            stack.callback(spooled.file.close)
+            body = Body(file=spooled.file)
+        else:
+            raise ValidationError(
+                f"Cannot upload a {type(data).__name__}; pass bytes, a pathlib.Path, a binary file or a chunk factory",
+                field="data",
+            )
+        if body.size > limit:
+            raise _too_large(body.size, limit)
+        await body.load_head()
+        yield body
+
+
+def _seekable(file: IO[bytes]) -> bool:
+    try:
+        return bool(file.seekable())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _reader_factory(file: IO[bytes]) -> ChunkFactory:
+    async def chunks() -> AsyncIterator[bytes]:
+        while chunk := await asyncio.to_thread(file.read, READ_SIZE):
+            yield chunk
+
+    return chunks
+
+
+class Sink:
+    """The temporary file a download writes to; renamed over the destination only when complete."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+
+
+@contextlib.asynccontextmanager
+async def atomic_destination(target: Path) -> AsyncIterator[Sink]:
+    """Yield a temp file beside ``target``; on success fsync and rename it over ``target``, else delete it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = await asyncio.to_thread(
+        tempfile.mkstemp, dir=target.parent, prefix=f".{target.name}.", suffix=".part"
+    )
+    temp = Path(temp_name)
+    file = os.fdopen(handle, "wb")
+    try:
+        yield Sink(file)
+        await asyncio.to_thread(_flush_and_close, file)
+        await asyncio.to_thread(os.replace, temp, target)
+    except BaseException:
+        file.close()
+        remove_quietly(temp)
+        raise
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete a temporary file if it is still there (sync: it must also run while being cancelled)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _flush_and_close(file: IO[bytes]) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()

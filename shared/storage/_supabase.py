@@ -1,0 +1,286 @@
+"""SupabaseStorage: Supabase Storage through supabase-py's storage3, and httpx where storage3 cannot stream.
+
+storage3 serves small uploads (multipart ``POST /object/{bucket}/{path}``), signed URLs, ``exists`` and
+deletes. It cannot stream: its ``download`` holds the whole object and its ``upload`` the whole file. So
+``download_to`` streams ``GET /object/{bucket}/{path}`` through httpx, and bodies larger than one chunk
+go through the resumable (TUS) endpoint ``/upload/resumable`` one chunk at a time, with the same headers
+(apikey, bearer, x-upsert). Every call is retried by :func:`~shared.retry.retry_with_backoff` on
+:class:`~shared.errors.RetryableError`; each attempt reads the body again from its start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, urljoin
+
+from shared.errors import PipelineError, StorageError, StorageNotFoundError
+from shared.retry import retry_with_backoff
+from shared.storage._common import (
+    READ_SIZE,
+    Body,
+    UploadData,
+    atomic_destination,
+    detect_content_type,
+    open_body,
+    validate_bucket,
+    validate_content_type,
+    validate_expires_in,
+    validate_path,
+)
+from shared.storage._errors import error_from_response, translate
+
+if TYPE_CHECKING:
+    import httpx
+    from storage3._async.file_api import AsyncBucketProxy
+    from supabase import AsyncClient as SupabaseClient
+
+__all__ = ["MIN_CHUNK_BYTES", "SupabaseStorage", "create_supabase_client"]
+
+R = TypeVar("R")
+Sleep = Callable[[float], Awaitable[None]]
+
+MIN_CHUNK_BYTES = 5 * 1024 * 1024  # S3 multipart minimum; Supabase's resumable endpoint uses 6 MiB
+TUS_VERSION = "1.0.0"
+
+
+def create_supabase_client(url: str, service_key: str, http_client: httpx.AsyncClient) -> SupabaseClient:
+    """Build supabase-py's async client on ``http_client`` (which the caller closes: the client cannot)."""
+    from supabase import AsyncClient, AsyncClientOptions  # noqa: PLC0415 - 0.4 s import, only when used
+
+    return AsyncClient(url, service_key, AsyncClientOptions(httpx_client=http_client))
+
+
+def _quote_path(path: str) -> str:
+    return "/".join(quote(segment, safe="") for segment in path.split("/"))
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+def _expect(response: httpx.Response, status: int, *, bucket: str, path: str) -> None:
+    """Raise our error for a response other than ``status``, chained to httpx's own (its ``__cause__``)."""
+    if response.status_code == status:
+        return
+    try:
+        response.raise_for_status()
+    except Exception as exc:  # httpx.HTTPStatusError; httpx is imported lazily, so not named here
+        raise error_from_response(
+            response.status_code, response.content, response.headers, bucket=bucket, path=path
+        ) from exc
+    raise StorageError(
+        f"Storage answered HTTP {response.status_code} for {bucket}/{path} where {status} was expected",
+        bucket=bucket,
+        path=path,
+        status=response.status_code,
+    )
+
+
+class SupabaseStorage:
+    """Store objects in Supabase Storage; small bodies through storage3, large ones through TUS in chunks.
+
+    Args:
+        url: the project URL, such as ``https://<ref>.supabase.co``.
+        service_key: the service-role (or ``sb_secret_``) key; sent as ``apikey`` and bearer token.
+        http_client: the httpx client that storage3 and the streaming paths share; the owner closes it.
+        client: a supabase-py ``AsyncClient`` built on ``http_client``; built lazily when not given.
+        max_upload_bytes: uploads larger than this are refused before anything is sent.
+        chunk_size: bytes per TUS chunk (6 MiB on Supabase); bodies larger than this use TUS.
+        cache_control: the ``Cache-Control`` max-age, in seconds, stored with each object.
+        max_attempts, base_delay, max_delay, sleep: the retry policy (``sleep`` for tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        service_key: str,
+        http_client: httpx.AsyncClient,
+        *,
+        client: SupabaseClient | None = None,
+        max_upload_bytes: int = 2 * 1024**3,
+        chunk_size: int = 6 * 1024 * 1024,
+        cache_control: int = 3600,
+        max_attempts: int = 3,
+        base_delay: float = 0.5,
+        max_delay: float | None = 30.0,
+        sleep: Sleep | None = None,
+    ) -> None:
+        if chunk_size <= 0 or max_upload_bytes <= 0:
+            raise StorageError("chunk_size and max_upload_bytes must be positive")
+        self._url = url.rstrip("/")
+        self._storage_url = f"{self._url}/storage/v1"
+        self._key = service_key
+        self._http = http_client
+        self._client = client
+        self._max_upload_bytes = max_upload_bytes
+        self._chunk_size = chunk_size
+        self._cache_control = str(cache_control)
+        self._retry = retry_with_backoff(
+            max_attempts=max_attempts,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            sleep=sleep,
+        )
+
+    def __repr__(self) -> str:
+        return f"SupabaseStorage(url={self._url!r})"
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"apikey": self._key, "Authorization": f"Bearer {self._key}"}
+
+    def _bucket(self, bucket: str) -> AsyncBucketProxy:
+        if self._client is None:
+            self._client = create_supabase_client(self._url, self._key, self._http)
+        return self._client.storage.from_(bucket)
+
+    async def _call(self, bucket: str, path: str | None, operation: Callable[[], Awaitable[R]]) -> R:
+        """Run one attempt of ``operation``, translating every upstream failure (the documented boundary)."""
+        try:
+            return await operation()
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise translate(exc, bucket=bucket, path=path) from exc
+
+    async def _retrying(self, bucket: str, path: str | None, operation: Callable[[], Awaitable[R]]) -> R:
+        async def attempt() -> R:
+            return await self._call(bucket, path, operation)
+
+        return await self._retry(attempt)()
+
+    # --- uploads ---
+
+    async def upload_file(
+        self,
+        bucket: str,
+        path: str,
+        data: UploadData,
+        content_type: str | None = None,
+        *,
+        upsert: bool = False,
+    ) -> str:
+        """Upload ``data`` to ``bucket/path`` and return the path; refuse an existing object unless ``upsert``."""
+        validate_bucket(bucket)
+        validate_path(path)
+        validate_content_type(content_type)
+        async with open_body(data, limit=self._max_upload_bytes) as body:
+            kind = content_type or detect_content_type(body.head, path)
+            if body.size <= self._chunk_size:
+                await self._retrying(bucket, path, lambda: self._upload_small(bucket, path, body, kind, upsert))
+            else:
+                await self._retrying(bucket, path, lambda: self._upload_resumable(bucket, path, body, kind, upsert))
+        return path
+
+    async def _upload_small(self, bucket: str, path: str, body: Body, content_type: str, upsert: bool) -> None:
+        content = await body.read_all()
+        # storage3 reads its option keys with hyphens and sends `upsert` as the x-upsert header, a string.
+        options: Any = {
+            "content-type": content_type,
+            "cache-control": self._cache_control,
+            "upsert": "true" if upsert else "false",
+        }
+        # storage3 percent-decodes the path it is given, so a literal '%' would change the key: quote it.
+        await self._bucket(bucket).upload(quote(path, safe="/"), content, options)
+
+    async def _upload_resumable(self, bucket: str, path: str, body: Body, content_type: str, upsert: bool) -> None:
+        metadata = ",".join(
+            f"{name} {_b64(value)}"
+            for name, value in (
+                ("bucketName", bucket),
+                ("objectName", path),
+                ("contentType", content_type),
+                ("cacheControl", self._cache_control),
+            )
+        )
+        endpoint = f"{self._storage_url}/upload/resumable"
+        created = await self._http.post(
+            endpoint,
+            headers={
+                **self._headers,
+                "Tus-Resumable": TUS_VERSION,
+                "Upload-Length": str(body.size),
+                "Upload-Metadata": metadata,
+                "x-upsert": "true" if upsert else "false",
+            },
+        )
+        _expect(created, 201, bucket=bucket, path=path)
+        location = urljoin(endpoint + "/", created.headers["location"])
+        # Each TUS chunk is streamed in READ_SIZE pieces with its length declared, so neither we nor httpx's
+        # write path ever holds a whole chunk (h11 and the socket buffer would each copy it).
+        for offset in range(0, body.size, self._chunk_size):
+            length = min(self._chunk_size, body.size - offset)
+            response = await self._http.patch(
+                location,
+                content=body.chunks(READ_SIZE, offset=offset, length=length),
+                headers={
+                    **self._headers,
+                    "Tus-Resumable": TUS_VERSION,
+                    "Upload-Offset": str(offset),
+                    "Content-Length": str(length),
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            _expect(response, 204, bucket=bucket, path=path)
+
+    # --- downloads ---
+
+    async def download_file(self, bucket: str, path: str) -> bytes:
+        """Return the whole object (use :meth:`download_to` for large ones)."""
+        validate_bucket(bucket)
+        validate_path(path)
+        return await self._retrying(bucket, path, lambda: self._bucket(bucket).download(quote(path, safe="/")))
+
+    async def download_to(self, bucket: str, path: str, destination: os.PathLike[str]) -> int:
+        """Stream the object to ``destination`` atomically (no partial file on failure); return its size."""
+        validate_bucket(bucket)
+        validate_path(path)
+        target = Path(destination)
+        return await self._retrying(bucket, path, lambda: self._download_once(bucket, path, target))
+
+    async def _download_once(self, bucket: str, path: str, target: Path) -> int:
+        url = f"{self._storage_url}/object/{quote(bucket, safe='')}/{_quote_path(path)}"
+        async with atomic_destination(target) as sink, self._http.stream("GET", url, headers=self._headers) as response:
+            if response.status_code != 200:
+                await response.aread()
+                _expect(response, 200, bucket=bucket, path=path)
+            written = 0
+            async for chunk in response.aiter_bytes(READ_SIZE):
+                await asyncio.to_thread(sink.write, chunk)
+                written += len(chunk)
+            return written
+
+    # --- the rest ---
+
+    async def get_signed_url(self, bucket: str, path: str, expires_in: int = 3600) -> str:
+        """Return a URL that reads the object without credentials for ``expires_in`` seconds."""
+        validate_bucket(bucket)
+        validate_path(path)
+        validate_expires_in(expires_in)
+
+        async def sign() -> str:
+            signed = await self._bucket(bucket).create_signed_url(quote(path, safe="/"), expires_in)
+            url = signed["signedURL"]
+            if not url:
+                raise StorageNotFoundError(f"Storage did not sign {bucket}/{path}", bucket=bucket, path=path)
+            return url
+
+        return await self._retrying(bucket, path, sign)
+
+    async def delete_file(self, bucket: str, path: str) -> bool:
+        """Delete the object; return False when there was none (storage3's ``remove`` answers ``[]``)."""
+        validate_bucket(bucket)
+        validate_path(path)
+        removed = await self._retrying(bucket, path, lambda: self._bucket(bucket).remove([path]))
+        return bool(removed)
+
+    async def exists(self, bucket: str, path: str) -> bool:
+        """Return whether the object exists; a missing bucket raises StorageNotFoundError."""
+        validate_bucket(bucket)
+        validate_path(path)
+        return await self._retrying(bucket, path, lambda: self._bucket(bucket).exists(quote(path, safe="/")))
