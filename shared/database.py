@@ -286,9 +286,18 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
             init=_init_connection,
         )
     except _DRIVER_ERRORS as exc:
-        host = urlsplit(settings.database_dsn).hostname
-        error = translate_error(exc, action=f"connecting to PostgreSQL at {host}")
-        raise error from exc
+        parts = urlsplit(settings.database_dsn)
+        where = f"PostgreSQL at {parts.hostname}:{parts.port or 5432}"  # never the password
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            msg = (
+                f"{where} has no database {parts.path.lstrip('/')!r}; run `python -m shared db migrate` "
+                "(it creates the database in development) or fix DATABASE_URL"
+            )
+            raise DatabaseError(msg, sqlstate=exc.sqlstate) from exc
+        if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError):
+            msg = f"{where} refused user {parts.username!r}; check the user and password in DATABASE_URL"
+            raise DatabaseError(msg, sqlstate=exc.sqlstate) from exc
+        raise translate_error(exc, action=f"connecting to {where}") from exc
     return pool
 
 

@@ -133,10 +133,10 @@ async def test_a_failing_close_is_reported_and_leaves_nothing_marked_open() -> N
     assert not any(p.initialized for p in instance.traverse(types=[providers.Resource]))
 
 
-async def test_application_container_starts_and_stops_its_logger(make_settings: MakeSettings, tmp_path: Path) -> None:
+async def test_application_container_starts_and_stops_its_logger(service_settings: Settings, tmp_path: Path) -> None:
     log_file = tmp_path / "app.jsonl"
     container = app_containers.Container()
-    container.settings.override(make_settings(log_file=log_file, log_level="INFO"))
+    container.settings.override(service_settings.model_copy(update={"log_file": log_file, "log_level": "INFO"}))
     async with lifespan(container):
         factory = container.logger_factory()
         assert isinstance(factory, LoggerFactory)
@@ -184,9 +184,9 @@ def test_overriding_an_unknown_provider_is_refused() -> None:
         pass
 
 
-def test_a_container_cannot_be_started_again_from_another_live_loop(settings: Settings) -> None:
+def test_a_container_cannot_be_started_again_from_another_live_loop(service_settings: Settings) -> None:
     container = app_containers.Container()
-    container.settings.override(settings)
+    container.settings.override(service_settings)
     first = asyncio.new_event_loop()
     try:
         first.run_until_complete(start_resources(container, timeout=5))
