@@ -189,6 +189,7 @@ class StorageApp:
         prefix = "/storage/v1"
         self.app = Starlette(
             routes=[
+                Route(prefix + "/bucket", self.list_buckets, methods=["GET"]),
                 Route(prefix + "/object/sign/{bucket}/{key:path}", self.sign, methods=["POST"]),
                 Route(prefix + "/object/sign/{bucket}/{key:path}", self.get_signed, methods=["GET"]),
                 Route(prefix + "/object/info/{bucket}/{key:path}", self.info, methods=["GET"]),
@@ -326,6 +327,12 @@ class StorageApp:
         return JSONResponse(
             {"name": request.path_params["key"], "size": stored.size, "content_type": stored.content_type}
         )
+
+    async def list_buckets(self, request: Request) -> Response:
+        refused = self._authorised(request)
+        if refused:
+            return refused
+        return JSONResponse([{"id": name, "name": name, "public": False} for name in sorted(self.state.buckets)])
 
     async def remove(self, request: Request) -> Response:
         refused = self._authorised(request)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Protocol, runtime_checkable
 
+from shared.health import HealthStatus
 from shared.storage._common import (
     DEFAULT_CONTENT_TYPE,
     MAX_PATH_BYTES,
@@ -83,4 +84,8 @@ class Storage(Protocol):
 
     async def exists(self, bucket: str, path: str) -> bool:
         """Return whether the object exists."""
+        ...
+
+    async def health_check(self) -> HealthStatus:
+        """Report whether the storage answers, with the latency; never raises."""
         ...

@@ -18,6 +18,7 @@ from io import BufferedReader
 from pathlib import Path
 
 from shared.errors import PipelineError, StorageConflictError, StorageNotFoundError, StoragePermissionError
+from shared.health import HealthStatus
 from shared.storage._common import (
     READ_SIZE,
     UploadData,
@@ -221,6 +222,24 @@ class LocalStorage:
         """Return whether the object exists."""
         target = self._target(bucket, path)
         return await asyncio.to_thread(target.is_file)
+
+    def _usable(self) -> bool:
+        """Create the root folder if it is missing (as the first upload would) and check it can be written."""
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return False
+        return os.access(self._root, os.W_OK | os.X_OK)
+
+    async def health_check(self) -> HealthStatus:
+        """Check that the root folder exists and can be written; report ok or down with the latency."""
+        started = time.perf_counter()
+        usable = await asyncio.to_thread(self._usable)
+        elapsed = (time.perf_counter() - started) * 1000
+        if not usable:
+            detail = f"{self._root} cannot be created or written; check STORAGE_LOCAL_ROOT"
+            return HealthStatus("storage", "down", elapsed, detail)
+        return HealthStatus("storage", "ok", elapsed)
 
 
 def _read_file(path: Path) -> bytes:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin
 
 from shared.errors import PipelineError, StorageError, StorageNotFoundError
+from shared.health import HealthStatus
 from shared.retry import retry_with_backoff
 from shared.storage._common import (
     READ_SIZE,
@@ -284,3 +286,18 @@ class SupabaseStorage:
         validate_bucket(bucket)
         validate_path(path)
         return await self._retrying(bucket, path, lambda: self._bucket(bucket).exists(quote(path, safe="/")))
+
+    async def health_check(self) -> HealthStatus:
+        """List the buckets (one small authenticated request) and report ok or down with the latency."""
+        import httpx  # noqa: PLC0415 - loaded with the client, never at import
+
+        started = time.perf_counter()
+        try:
+            response = await self._http.get(f"{self._storage_url}/bucket", headers=self._headers, timeout=5.0)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            detail = f"{self._url}: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+            detail += "; check SUPABASE_URL and SUPABASE_SERVICE_KEY"
+            return HealthStatus("storage", "down", (time.perf_counter() - started) * 1000, detail)
+        return HealthStatus("storage", "ok", (time.perf_counter() - started) * 1000)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import PipelineError, StorageConflictError, StorageNotFoundError
+from shared.health import HealthStatus
 from shared.storage import SignedObject, UploadData
 from shared.storage._common import (
     READ_SIZE,
@@ -144,3 +145,7 @@ class FakeStorage:
         """Return whether the object exists."""
         self._check("exists", bucket, path)
         return (bucket, path) in self.objects
+
+    async def health_check(self) -> HealthStatus:
+        """Report ok (the fake is always up)."""
+        return HealthStatus("storage", "ok", 0.0)

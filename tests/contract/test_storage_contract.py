@@ -333,3 +333,9 @@ async def test_a_factory_yielding_text_is_refused(subject: Subject) -> None:
 async def test_every_error_is_a_pipeline_error(subject: Subject) -> None:
     with pytest.raises(PipelineError):
         await subject.storage.download_file(BUCKET, "nothing-here")
+
+
+async def test_health_check_reports_ok(subject: Subject) -> None:
+    health = await subject.storage.health_check()
+    assert ("storage", "ok") == (health.name, health.status)
+    assert health.latency_ms >= 0

@@ -20,8 +20,9 @@ from shared.errors import (
     StorageUnavailableError,
     ValidationError,
 )
-from shared.storage import SupabaseStorage
+from shared.storage import LocalStorage, SupabaseStorage
 from shared.storage._errors import from_api_error, parse_retry_after, translate
+from tests.fixtures.servers import free_port
 from tests.fixtures.storage import BUCKET, CHUNK, Sleeps
 from tests.storage_server import ERRORS, Fault, StorageApiServer
 
@@ -259,3 +260,26 @@ async def test_the_supabase_client_is_built_lazily_on_the_given_http_client(
     assert "SupabaseStorage(url=" in repr(storage)
     assert not await storage.exists(BUCKET, "nothing")
     assert storage_http_client is storage._client.options.httpx_client  # type: ignore[union-attr]
+
+
+async def test_health_check_is_down_with_a_wrong_key(
+    storage_api: StorageApiServer, storage_http_client: httpx.AsyncClient
+) -> None:
+    storage = SupabaseStorage(storage_api.url, "sb_secret_wrong-key-123", storage_http_client)
+    health = await storage.health_check()
+    assert "down" == health.status
+    assert "SUPABASE_SERVICE_KEY" in (health.detail or "")
+    assert "wrong-key" not in (health.detail or "")
+
+
+async def test_health_check_is_down_when_nothing_listens(storage_http_client: httpx.AsyncClient) -> None:
+    storage = SupabaseStorage(f"http://127.0.0.1:{free_port()}", "sb_secret_key-1234567", storage_http_client)
+    assert "down" == (await storage.health_check()).status
+
+
+async def test_local_health_check_is_down_when_its_folder_cannot_be_made(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    storage = LocalStorage(tmp_path / "a-file" / "storage")
+    health = await storage.health_check()
+    assert "down" == health.status
+    assert "STORAGE_LOCAL_ROOT" in (health.detail or "")
