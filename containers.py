@@ -9,7 +9,8 @@ resolved.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import sys
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
@@ -38,6 +39,7 @@ def init_logger_factory(settings: Settings) -> Iterator[LoggerFactory]:
         log_file=settings.log_file,
         max_bytes=settings.log_file_max_bytes,
         backup_count=settings.log_file_backup_count,
+        stream=sys.stderr if settings.log_console else None,
     )
     factory.start()
     try:
@@ -46,7 +48,7 @@ def init_logger_factory(settings: Settings) -> Iterator[LoggerFactory]:
         factory.stop()
 
 
-async def init_database(settings: Settings) -> AsyncIterator[DatabaseClient]:
+async def init_database(settings: Settings) -> AsyncGenerator[DatabaseClient, None]:
     """Open the asyncpg pool (three attempts with backoff) for this loop; close it on shutdown."""
     from shared.database import init_database as open_database  # noqa: PLC0415 - asyncpg loads when first used
 
@@ -54,7 +56,7 @@ async def init_database(settings: Settings) -> AsyncIterator[DatabaseClient]:
         yield client
 
 
-async def init_redis(settings: Settings) -> AsyncIterator[RedisClient]:
+async def init_redis(settings: Settings) -> AsyncGenerator[RedisClient, None]:
     """Create the Redis pool for this loop (connections open on first use); close it on shutdown."""
     from shared.redis_client import init_redis as open_redis  # noqa: PLC0415 - redis loads when first used
 
@@ -76,7 +78,7 @@ def make_cost_tracker(db: DatabaseClient, settings: Settings) -> CostTracker:
     return CostTracker(db, default_budget=settings.default_job_budget, reservation_ttl=settings.reservation_ttl)
 
 
-async def init_http_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def init_http_client(settings: Settings) -> AsyncGenerator[httpx.AsyncClient, None]:
     """Open the httpx client that Supabase (which cannot close its own) and storage share; close it on shutdown."""
     import httpx  # noqa: PLC0415 - imported when the container starts, never at import
 

@@ -105,6 +105,7 @@ class Settings(BaseSettings):
     log_file: Path | None = Field(default=None, description="JSON log file (rotated at 100 MB, 5 kept); off if unset")
     log_file_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
     log_file_backup_count: int = Field(default=5, ge=0)
+    log_console: bool = Field(default=True, description="JSON lines on stderr too (off when only the file is wanted)")
 
     supabase_url: str | None = None
     supabase_service_key: SecretStr | None = None

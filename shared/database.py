@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -301,7 +301,7 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
     return pool
 
 
-async def init_database(settings: Settings) -> AsyncIterator[DatabaseClient]:
+async def init_database(settings: Settings) -> AsyncGenerator[DatabaseClient, None]:
     """Open the pool (``db_connect_attempts`` tries, exponential backoff); close it on shutdown."""
     opener = retry_with_backoff(
         max_attempts=settings.db_connect_attempts,

@@ -127,8 +127,9 @@ async def _connect(dsn: str) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, timeout=10)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        host = urlsplit(dsn).hostname
-        msg = f"cannot connect to PostgreSQL at {host} ({type(exc).__name__}); is it running? (make services)"
+        parts = urlsplit(dsn)
+        where = f"{parts.hostname}:{parts.port or 5432}"
+        msg = f"cannot connect to PostgreSQL at {where} ({type(exc).__name__}); is it running? (make services)"
         raise DatabaseUnavailableError(msg) from exc
 
 

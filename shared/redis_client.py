@@ -24,7 +24,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
@@ -295,9 +295,12 @@ class RedisClient:
         return HealthStatus("redis", "ok", (time.perf_counter() - started) * 1000)
 
     async def aclose(self) -> None:
-        """Close the client and its pool (safe to call twice)."""
-        await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        """Close the client and its pool (safe to call twice; a server that is gone cannot stop it)."""
+        try:
+            await self._redis.aclose()
+            await self._redis.connection_pool.disconnect()
+        except (RedisError, OSError, TimeoutError) as exc:
+            _log.debug("closing the Redis pool at %s: %s", self._where, type(exc).__name__)
 
 
 def build_client(settings: Settings) -> RedisClient:
@@ -322,7 +325,7 @@ def build_client(settings: Settings) -> RedisClient:
     )
 
 
-async def init_redis(settings: Settings) -> AsyncIterator[RedisClient]:
+async def init_redis(settings: Settings) -> AsyncGenerator[RedisClient, None]:
     """Create the pool in the running loop (connections open on first use); close it on shutdown."""
     client = build_client(settings)
     try:

@@ -1,0 +1,70 @@
+"""The command line: ``python -m shared doctor | demo [--offline] | db migrate``.
+
+Every command loads the settings first, so a bad configuration is reported once, every problem listed, with
+exit status 2. ``doctor`` exits 1 when a service is down; any other failure is a PipelineError, printed with
+what to do, exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from shared.config import Settings
+from shared.errors import ConfigError, PipelineError
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared", description="videogen-shared tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("doctor", help="load the settings and check every service, with latency")
+    demo = commands.add_parser("demo", help="run one simulated job end to end through every component")
+    demo.add_argument("--offline", action="store_true", help="run on the in-memory fakes instead of the services")
+    db = commands.add_parser("db", help="database commands")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("migrate", help="apply pending migrations from supabase/migrations")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
+    """Run one command and return its exit status."""
+    stream = out or sys.stdout
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ConfigError as error:
+        print(error.message, file=stream)
+        return EXIT_CONFIG
+    try:
+        if args.command == "doctor":
+            from shared.doctor import run_doctor  # noqa: PLC0415 - each command loads only what it uses
+
+            return asyncio.run(run_doctor(settings, out=stream))
+        if args.command == "demo":
+            from shared.demo import run_demo  # noqa: PLC0415
+
+            return asyncio.run(run_demo(settings, out=stream, offline=args.offline))
+        return asyncio.run(_migrate(settings, stream))
+    except PipelineError as error:
+        print(f"error: {error}", file=stream)
+        return EXIT_FAILED
+
+
+async def _migrate(settings: Settings, out: TextIO) -> int:
+    from shared.migrations import ensure_database, migrate  # noqa: PLC0415 - asyncpg loads only for this command
+
+    if settings.environment == "development" and await ensure_database(settings.database_dsn):
+        print("created the database", file=out)
+    applied = await migrate(settings.database_dsn)
+    if applied:
+        print(f"applied {len(applied)} migration(s): {', '.join(applied)}", file=out)
+    else:
+        print("the database is up to date", file=out)
+    return EXIT_OK
