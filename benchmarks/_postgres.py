@@ -14,9 +14,9 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -68,9 +68,9 @@ async def scratch_database(*, synchronous_commit: bool = True) -> AsyncIterator[
 @contextlib.asynccontextmanager
 async def open_client(dsn: str, **values: Any) -> AsyncIterator[DatabaseClient]:
     """Yield a DatabaseClient opened the way the container opens it (``init_database``), closed afterwards."""
-    # init_database is an async generator (a container Resource) typed as an iterator; aclose() is its shutdown.
+    # init_database is the container's Resource generator; aclose() is its shutdown.
     settings = Settings(_env_file=None, database_url=dsn, **values)
-    opened = cast("AsyncGenerator[DatabaseClient, None]", init_database(settings))
+    opened = init_database(settings)
     db = await anext(opened)
     try:
         yield db
