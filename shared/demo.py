@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
@@ -29,10 +29,14 @@ from shared.config import Settings
 from shared.cost_tracking import BudgetStatus, CostLedger
 from shared.errors import BudgetExceededError, PipelineError
 from shared.jobs import JobStore
+from shared.lifecycle import resolve
 from shared.logging import job_context
 from shared.models import AudioAnalysis, ClipBoundary, Job, JobStage, Mood, SongStructure, StageName
 from shared.redis_client import Cache
 from shared.storage import Storage
+
+if TYPE_CHECKING:
+    from containers import Container
 
 __all__ = ["DEMO_BUDGET", "generate_song", "run_demo"]
 
@@ -176,8 +180,8 @@ def _fakes(container: Any, settings: Settings) -> _Services:
     return _Services(jobs, ledger, cache, storage, add_user, lambda job: ledger.add_job(job.id, job.budget_limit))
 
 
-async def _real(container: Any) -> _Services:
-    db = await container.db()
+async def _real(container: Container) -> _Services:
+    db = await resolve(container.db)
 
     async def add_user() -> uuid.UUID:
         user_id = uuid.uuid4()
@@ -185,10 +189,10 @@ async def _real(container: Any) -> _Services:
         return user_id
 
     return _Services(
-        await container.jobs(),
-        await container.cost_tracker(),
-        await container.redis(),
-        await container.storage(),
+        await resolve(container.jobs),
+        await resolve(container.cost_tracker),
+        await resolve(container.redis),
+        await resolve(container.storage),
         add_user,
         lambda _: None,
     )

@@ -13,15 +13,16 @@ import contextlib
 import inspect
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
 from shared.errors import PipelineError
 
-__all__ = ["LifecycleError", "lifespan", "overridden", "start_resources", "stop_resources"]
+__all__ = ["LifecycleError", "lifespan", "overridden", "resolve", "start_resources", "stop_resources"]
 
+T = TypeVar("T")
 _log = logging.getLogger("shared.lifecycle")
 _DEFAULT_STARTUP_TIMEOUT = 30.0
 _DEFAULT_SHUTDOWN_TIMEOUT = 10.0
@@ -171,3 +172,16 @@ def overridden(container: Any, **replacements: Any) -> Iterator[Any]:
             yield container
     finally:
         container.reset_singletons()
+
+
+async def resolve(provider: Callable[[], T | Awaitable[T]]) -> T:
+    """Return what ``provider`` gives, awaiting it when it is a Future.
+
+    Once a provider depends on an async Resource (the database pool, Redis, the HTTP client),
+    dependency-injector returns a Future for it, while its type stubs promise the value: ``await
+    resolve(container.db)`` is right in both cases and type-checks as ``DatabaseClient``.
+    """
+    value = provider()
+    if inspect.isawaitable(value):
+        return await value
+    return value

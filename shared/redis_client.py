@@ -159,6 +159,11 @@ class RedisClient:
         self._last_error = ""
 
     @property
+    def raw(self) -> aioredis.Redis:
+        """Return the underlying redis-py client, for what this cache does not wrap (no prefix, no degrading)."""
+        return self._redis
+
+    @property
     def available(self) -> bool:
         """Return whether the last call reached Redis."""
         return self._down_since is None

@@ -89,6 +89,12 @@ def _error_of(retry_state: tenacity.RetryCallState) -> BaseException | None:
     return outcome.exception() if outcome is not None and outcome.failed else None
 
 
+def _copyable(func: Callable[..., Any]) -> tuple[str, ...]:
+    """Return the metadata functools.wraps can copy (a mock's ``__qualname__`` is a Mock, which it refuses)."""
+    kinds = (str, dict, tuple, type(None))
+    return tuple(name for name in functools.WRAPPER_ASSIGNMENTS if isinstance(getattr(func, name, None), kinds))
+
+
 def _log_retry(logger: logging.Logger, name: str) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(retry_state: tenacity.RetryCallState) -> None:
         error = _error_of(retry_state)
@@ -171,7 +177,8 @@ def retry_with_backoff(
     log = logger or logging.getLogger("shared.retry")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:
-        name = getattr(func, "__qualname__", repr(func))
+        name = getattr(func, "__qualname__", None)
+        name = name if isinstance(name, str) else repr(func)
         common: dict[str, Any] = {
             "wait": policy.wait,
             "stop": policy.stop,
@@ -183,7 +190,7 @@ def retry_with_backoff(
             async_func = cast("Callable[P, Awaitable[Any]]", func)
             async_sleep = cast("AsyncSleep", sleep) if sleep is not None else asyncio.sleep
 
-            @functools.wraps(func)
+            @functools.wraps(func, assigned=_copyable(func))
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 retrying = tenacity.AsyncRetrying(sleep=async_sleep, **common)
                 return await retrying(async_func, *args, **kwargs)
@@ -192,7 +199,7 @@ def retry_with_backoff(
 
         sync_sleep = cast("SyncSleep", sleep) if sleep is not None else time.sleep
 
-        @functools.wraps(func)
+        @functools.wraps(func, assigned=_copyable(func))
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             retrying = tenacity.Retrying(sleep=sync_sleep, **common)
             return retrying(func, *args, **kwargs)

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.storage",
     "tests.fixtures.audio",
+    "shared.testing.fixtures",  # the kit module authors use: the examples' tests take it as they would
 ]

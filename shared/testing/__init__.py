@@ -1,3 +1,26 @@
-"""Fakes honouring the same contracts as the real collaborators, and pytest fixtures, for module authors."""
+"""The testing kit for pipeline modules: fakes that pass the real collaborators' contract suites, fixtures, and
+a check of ``@inject`` annotations.
 
-__all__: list[str] = []
+- :class:`FakeJobStore`, :class:`FakeCostTracker`, :class:`FakeCache`, :class:`FakeStorage`: in memory, one
+  process, the same answers and errors as JobRepository, CostTracker, RedisClient and the storage backends.
+- ``pytest_plugins = ["shared.testing.fixtures"]`` in a module's conftest gives ``fake_container`` and
+  ``real_container`` (see :mod:`shared.testing.fixtures`).
+- :func:`assert_injections` fails when an ``@inject`` parameter is annotated with a type its provider does
+  not produce (``Provide[...]`` is ``Any`` to mypy, so mypy cannot).
+"""
+
+from shared.testing.cache import FakeCache
+from shared.testing.costs import FakeCostTracker
+from shared.testing.injections import InjectionProblem, assert_injections, check_injections
+from shared.testing.jobs import FakeJobStore
+from shared.testing.storage import FakeStorage
+
+__all__ = [
+    "FakeCache",
+    "FakeCostTracker",
+    "FakeJobStore",
+    "FakeStorage",
+    "InjectionProblem",
+    "assert_injections",
+    "check_injections",
+]

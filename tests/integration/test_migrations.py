@@ -15,7 +15,7 @@ import pytest
 from shared.cli import main as cli_main
 from shared.errors import ConfigError, DatabaseError
 from shared.migrations import ensure_database, load_migrations, migrate, split_statements
-from tests.fixtures.postgres import admin_execute, dsn_for, run_sync
+from shared.testing.databases import admin_execute, dsn_for, run_sync
 
 
 @pytest.fixture

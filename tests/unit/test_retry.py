@@ -162,3 +162,22 @@ def test_decorator_works_without_parentheses_and_keeps_the_name() -> None:
 def test_nonsense_policies_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValidationError, match="must"):
         retry_with_backoff(**kwargs)  # type: ignore[call-overload]  # deliberately loose test input
+
+
+async def test_a_mock_of_a_paid_api_can_be_wrapped_and_retried() -> None:
+    """Module authors mock the paid APIs with autospec; its method's metadata is not a string."""
+    from unittest import mock  # noqa: PLC0415
+
+    class Api:
+        async def call(self) -> str:
+            return "real"
+
+    api = mock.create_autospec(Api, instance=True)
+    api.call.side_effect = [RetryableError("busy"), "answer"]
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    wrapped = retry_with_backoff(base_delay=0, sleep=no_sleep)(api.call)
+    assert "answer" == await wrapped()
+    assert 2 == api.call.call_count
