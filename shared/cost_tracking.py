@@ -30,7 +30,6 @@ __all__ = ["BudgetStatus", "CostLedger", "CostTracker", "Reservation", "to_money
 _log = logging.getLogger("shared.cost_tracking")
 _CENT_FRACTION = Decimal("0.0001")
 _MAX_MONEY = Decimal("99999999.9999")  # numeric(12, 4)
-_FK_VIOLATION = "23503"
 _RAISED = "P0001"
 
 

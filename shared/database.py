@@ -33,7 +33,7 @@ from shared.errors import DatabaseError, DatabaseUnavailableError, PipelineError
 from shared.health import HealthStatus
 from shared.retry import retry_with_backoff
 
-__all__ = ["Database", "DatabaseClient", "HealthStatus", "Record", "init_database", "translate_error"]
+__all__ = ["Database", "DatabaseClient", "Record", "init_database", "translate_error"]
 
 Record = asyncpg.Record
 _log = logging.getLogger("shared.database")
@@ -255,8 +255,8 @@ class DatabaseClient:
         try:
             await self._run_once("fetchval", "select 1", (), min(self._timeout, 5.0))
         except PipelineError as error:
-            return HealthStatus("postgres", "down", (time.perf_counter() - started) * 1000, str(error))
-        return HealthStatus("postgres", "ok", (time.perf_counter() - started) * 1000)
+            return HealthStatus.since("postgres", started, str(error))
+        return HealthStatus.since("postgres", started)
 
     async def aclose(self) -> None:
         """Close the pool, waiting for connections in use (safe to call twice)."""

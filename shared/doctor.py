@@ -68,7 +68,7 @@ async def _run(name: str, check: Check, settings: Settings) -> HealthStatus:
         detail = f"no answer within {CHECK_TIMEOUT_SECONDS:.0f} s"
     except PipelineError as error:
         detail = error.message
-    return HealthStatus(name, "down", (time.perf_counter() - started) * 1000, detail)
+    return HealthStatus.since(name, started, detail)
 
 
 async def check_services(settings: Settings, checks: dict[str, Check] | None = None) -> list[HealthStatus]:

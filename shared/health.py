@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,3 +22,9 @@ class HealthStatus:
     def ok(self) -> bool:
         """Return whether the service answered."""
         return self.status == "ok"
+
+    @classmethod
+    def since(cls, name: str, started: float, detail: str | None = None) -> HealthStatus:
+        """Return ``ok`` (or ``down`` with ``detail``) timed from ``started`` (a ``time.perf_counter()`` value)."""
+        latency = (time.perf_counter() - started) * 1000
+        return cls(name, "ok", latency) if detail is None else cls(name, "down", latency, detail)

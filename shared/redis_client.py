@@ -295,9 +295,9 @@ class RedisClient:
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
             detail = f"{self._where}: {type(exc).__name__}; is redis-server running? (make services)"
-            return HealthStatus("redis", "down", (time.perf_counter() - started) * 1000, detail)
+            return HealthStatus.since("redis", started, detail)
         self._mark_up()
-        return HealthStatus("redis", "ok", (time.perf_counter() - started) * 1000)
+        return HealthStatus.since("redis", started)
 
     async def aclose(self) -> None:
         """Close the client and its pool (safe to call twice; a server that is gone cannot stop it)."""

@@ -299,5 +299,5 @@ class SupabaseStorage:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             detail = f"{self._url}: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
             detail += "; check SUPABASE_URL and SUPABASE_SERVICE_KEY"
-            return HealthStatus("storage", "down", (time.perf_counter() - started) * 1000, detail)
-        return HealthStatus("storage", "ok", (time.perf_counter() - started) * 1000)
+            return HealthStatus.since("storage", started, detail)
+        return HealthStatus.since("storage", started)
