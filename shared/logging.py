@@ -177,16 +177,31 @@ class JsonFormatter(logging.Formatter):
 
 
 class _ContextQueueHandler(logging.handlers.QueueHandler):
-    """Enqueue records with the job context captured in the caller's task; format later, off the loop."""
+    """Format each record in the caller's thread (job context and arguments as the caller meant them) and
+    queue the finished line; the writer thread does the I/O.
+
+    Queuing lines, not LogRecords, is what keeps the event loop smooth: a str is not tracked by the garbage
+    collector, while thousands of queued records (each a dict) made one full collection stall the loop for
+    20-30 ms (benchmarks/bench_logging.py; about 1 ms with lines).
+    """
+
+    def __init__(self, lines: queue.SimpleQueue[str | None], formatter: logging.Formatter) -> None:
+        super().__init__(lines)
+        self.setFormatter(formatter)
+        self._lines = lines
 
     def handle(self, record: logging.LogRecord) -> bool:
         # The queue is thread-safe and this handler has no filters: skip the handler lock on the hot path.
-        self.queue.put_nowait(self.prepare(record))
+        try:
+            line = self.format(self.prepare(record))
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is reported, never fatal
+            self.handleError(record)
+            return True
+        self._lines.put_nowait(line + "\n")
         return True
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The message is rendered here, where its arguments are still what the caller meant; the JSON
-        # formatting, redaction and I/O happen in the listener thread.
+        # The message is rendered where its arguments are still what the caller meant.
         record.message = record.getMessage()
         record.msg = record.message
         record.args = None
@@ -208,53 +223,37 @@ class LoggerProvider(Protocol):
         ...
 
 
-_STOP = logging.makeLogRecord({"msg": "stop"})
-# Records formatted per batch: small enough that formatting one batch holds the GIL for about a millisecond,
-# so the event loop in the logging thread is never stalled for long; large enough to write in few syscalls.
-_BATCH = 64
+# Lines written per batch: one write and one flush per handler for up to this many lines.
+_BATCH = 256
 
 
 class _BatchWriter(threading.Thread):
-    """Drain the queue in batches: format each record once, write each batch with one call per handler.
+    """Drain the queue of formatted lines in batches, writing each batch with one call per handler.
 
     It does what :class:`logging.handlers.QueueListener` does, one batch at a time instead of one record at a
-    time: one write and one flush per batch instead of per line, which is what makes the queue cheaper than
-    writing in the caller (see benchmarks/README.md).
+    time: one write and one flush per batch instead of per line. ``None`` in the queue stops it.
     """
 
-    def __init__(
-        self,
-        records: queue.SimpleQueue[logging.LogRecord],
-        formatter: logging.Formatter,
-        handlers: list[logging.Handler],
-    ) -> None:
+    def __init__(self, lines: queue.SimpleQueue[str | None], handlers: list[logging.Handler]) -> None:
         super().__init__(name="videogen-log-writer", daemon=True)
-        self._records = records
-        self._formatter = formatter
+        self._lines = lines
         self._handlers = handlers
 
     def run(self) -> None:
-        records = self._records
+        lines = self._lines
         while True:
-            batch = [records.get()]
+            batch = [lines.get()]
             with contextlib.suppress(queue.Empty):
-                while len(batch) < _BATCH and batch[-1] is not _STOP:
-                    batch.append(records.get_nowait())
-            stopping = batch[-1] is _STOP
-            if stopping:
-                batch.pop()
-            if batch:
-                self._write(batch)
+                while len(batch) < _BATCH and batch[-1] is not None:
+                    batch.append(lines.get_nowait())
+            stopping = batch[-1] is None
+            text = [line for line in batch if line is not None]
+            if text:
+                self._write(text)
             if stopping:
                 return
 
-    def _write(self, batch: list[logging.LogRecord]) -> None:
-        lines = []
-        for record in batch:
-            try:
-                lines.append(self._formatter.format(record) + "\n")
-            except Exception:  # noqa: BLE001 - a record that cannot be formatted is reported, never fatal
-                logging.Handler.handleError(self._handlers[0] if self._handlers else logging.Handler(), record)
+    def _write(self, lines: list[str]) -> None:
         for handler in self._handlers:
             handler.acquire()
             try:
@@ -264,7 +263,7 @@ class _BatchWriter(threading.Thread):
                     handler.stream.write("".join(lines))
                     handler.flush()
             except Exception:  # noqa: BLE001 - a full disk or closed stream is reported, never fatal
-                handler.handleError(batch[0])
+                handler.handleError(logging.makeLogRecord({"msg": "writing log lines failed"}))
             finally:
                 handler.release()
 
@@ -318,8 +317,8 @@ class LoggerFactory:
         self._backup_count = backup_count
         self._stream = stream
         self._root = logging.getLogger(root or None)
-        self._queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        self._queue_handler = _ContextQueueHandler(self._queue)
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._queue_handler = _ContextQueueHandler(self._queue, self.formatter)
         self._handlers: list[logging.Handler] = []
         self._writer: _BatchWriter | None = None
         self._previous_level = self._root.level
@@ -345,7 +344,7 @@ class LoggerFactory:
                     encoding="utf-8",
                 )
             )
-        self._writer = _BatchWriter(self._queue, self.formatter, self._handlers)
+        self._writer = _BatchWriter(self._queue, self._handlers)
         self._writer.start()
         self._previous_level = self._root.level
         self._root.setLevel(self.level)
@@ -363,7 +362,7 @@ class LoggerFactory:
             return
         self._root.removeHandler(self._queue_handler)
         self._root.setLevel(self._previous_level)
-        self._queue.put(_STOP)
+        self._queue.put(None)
         writer.join()
         for handler in self._handlers:
             handler.flush()
