@@ -148,8 +148,13 @@ class RedisClient:
         strict: bool = False,
         operation_timeout: float = 1.0,
         where: str = "redis",
+        max_connections: int = 50,
     ) -> None:
         self._redis = client
+        # At most one call per pooled connection; the others wait here, first come first served. redis-py's
+        # BlockingConnectionPool wakes its waiters unfairly: under a burst some waited past the bound and a
+        # busy cache read as an outage (benchmarks/bench_redis.py found it).
+        self._slots = asyncio.Semaphore(max_connections)
         self._prefix = prefix
         self._strict = strict
         self._timeout = operation_timeout
@@ -181,8 +186,17 @@ class RedisClient:
                     retry_after=self._probe_at - now,
                 )
             return fallback
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            # Busy, not down: every connection was in use for the whole bound.
+            if self._strict:
+                raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
+            return fallback
+        try:
+            async with asyncio.timeout_at(deadline):
                 result = await operation()
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
@@ -190,6 +204,8 @@ class RedisClient:
                 msg = f"Redis at {self._where} failed ({type(exc).__name__}); retry, or run `python -m shared doctor`"
                 raise CacheError(msg, retry_after=RECOVERY_PROBE_SECONDS) from exc
             return fallback
+        finally:
+            self._slots.release()
         self._mark_up()
         return cast("T", result)
 
@@ -313,9 +329,10 @@ def build_client(settings: Settings) -> RedisClient:
     bound = settings.redis_operation_timeout_seconds
     # One retry after a short backoff; socket timeouts sized so two attempts fit in the bound.
     retry = Retry(ExponentialBackoff(cap=bound / 10, base=bound / 20), retries=1)
+    # One connection more than the client's slots (RedisClient queues callers fairly), for the health check.
     pool = aioredis.ConnectionPool.from_url(
         settings.redis_dsn,
-        max_connections=settings.redis_max_connections,
+        max_connections=settings.redis_max_connections + 1,
         socket_connect_timeout=bound * 0.4,
         socket_timeout=bound * 0.4,
         retry=retry,
@@ -326,7 +343,12 @@ def build_client(settings: Settings) -> RedisClient:
     where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never the password
     client = aioredis.Redis(connection_pool=pool, retry=retry)
     return RedisClient(
-        client, prefix=settings.redis_key_prefix, strict=settings.redis_strict, operation_timeout=bound, where=where
+        client,
+        prefix=settings.redis_key_prefix,
+        strict=settings.redis_strict,
+        operation_timeout=bound,
+        where=where,
+        max_connections=settings.redis_max_connections,
     )
 
 

@@ -12,10 +12,11 @@ from decimal import Decimal
 
 import pytest
 
-from shared.errors import ValidationError
+from shared.errors import CacheError, ValidationError
 from shared.models import AudioAnalysis, ClipBoundary, Mood
 from shared.redis_client import Cache, RedisClient, init_redis
 from shared.testing.cache import FakeCache
+from tests.fixtures.core import MakeSettings
 from tests.fixtures.redis import delete_prefixed
 
 
@@ -171,3 +172,38 @@ async def test_invalid_json_is_logged(redis_client: RedisClient, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="shared.redis_client"):
         assert await redis_client.get_json("bad") is None
     assert any("not valid JSON" in record.getMessage() for record in caplog.records)
+
+
+async def test_more_tasks_than_connections_wait_for_one_instead_of_missing(
+    make_settings: MakeSettings, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(
+        redis_url="redis://127.0.0.1:6379/0", redis_key_prefix=redis_prefix, redis_max_connections=3
+    )
+    async for client in init_redis(settings):
+        await client.set("k", b"v")
+        with caplog.at_level(logging.WARNING, logger="shared.redis_client"):
+            values = await asyncio.gather(*(client.get("k") for _ in range(200)))
+        assert [b"v"] * 200 == values
+        assert [] == [r for r in caplog.records if "unavailable" in r.getMessage()]
+    await delete_prefixed(redis_prefix)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+async def test_every_connection_busy_for_the_whole_bound_is_a_miss_not_an_outage(
+    make_settings: MakeSettings, redis_prefix: str, caplog: pytest.LogCaptureFixture, strict: bool
+) -> None:
+    settings = make_settings(
+        redis_key_prefix=redis_prefix, redis_max_connections=1, redis_operation_timeout_seconds=0.2, redis_strict=strict
+    )
+    async for client in init_redis(settings):
+        await client._slots.acquire()  # another caller holds the only connection
+        with caplog.at_level(logging.WARNING, logger="shared.redis_client"):
+            if strict:
+                with pytest.raises(CacheError, match="busy"):
+                    await client.get("k")
+            else:
+                assert await client.get("k") is None
+        client._slots.release()
+        assert client.available
+        assert [] == [r for r in caplog.records if "unavailable" in r.getMessage()]
