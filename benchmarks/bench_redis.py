@@ -51,7 +51,9 @@ def analysis() -> AudioAnalysis:
                 strict=True,
             )
         ],
-        lyrics=[Lyric(text=f"line {i} of the song", start=i * 4.0, end=i * 4.0 + 3.5) for i in range(90)],
+        lyrics=[
+            Lyric(text=f"line {i} of the song, a little longer", start=i * 2.5, end=i * 2.5 + 2.0) for i in range(90)
+        ],
         mood=Mood(primary="euphoric", secondary=["nostalgic"], energy_level="high", confidence=0.91),
         clip_boundaries=[ClipBoundary(start=i * 5.0, end=i * 5.0 + 5.0) for i in range(48)],
     )
