@@ -17,7 +17,6 @@ from shared.models import AudioAnalysis, ClipBoundary, Mood
 from shared.redis_client import Cache, RedisClient, init_redis
 from shared.testing.cache import FakeCache
 from tests.fixtures.core import MakeSettings
-from tests.fixtures.redis import delete_prefixed
 
 
 class Clock:
@@ -47,7 +46,6 @@ async def subject(request: pytest.FixtureRequest) -> AsyncIterator[Subject]:
     settings = request.getfixturevalue("redis_settings")
     async for client in init_redis(settings):
         yield Subject(client, asyncio.sleep)
-    await delete_prefixed(settings.redis_key_prefix)
 
 
 def analysis() -> AudioAnalysis:
@@ -186,7 +184,6 @@ async def test_more_tasks_than_connections_wait_for_one_instead_of_missing(
             values = await asyncio.gather(*(client.get("k") for _ in range(200)))
         assert [b"v"] * 200 == values
         assert [] == [r for r in caplog.records if "unavailable" in r.getMessage()]
-    await delete_prefixed(redis_prefix)
 
 
 @pytest.mark.parametrize("strict", [False, True])
