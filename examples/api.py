@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from containers import Container
 from shared.config import Settings
@@ -85,6 +86,13 @@ class ErrorBody(BaseModel):
     """The body of every error response."""
 
     error: ErrorDetail
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    """Give the framework's own errors (a malformed multipart body, an unknown route) the same body shape."""
+    assert isinstance(error, StarletteHTTPException)  # noqa: S101 - registered for HTTPException only
+    body = ErrorBody(error=ErrorDetail(code=f"http_{error.status_code}", message=str(error.detail)))
+    return JSONResponse(body.model_dump(), status_code=error.status_code, headers=error.headers)
 
 
 def status_for(error: PipelineError) -> int:
@@ -184,6 +192,7 @@ def create_app(container: Container | None = None) -> FastAPI:
     app = FastAPI(title="videogen gateway (example)", lifespan=app_lifespan)
     app.state.container = box
     app.add_exception_handler(PipelineError, _pipeline_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 402, 404, 409, 503)}
     app.add_api_route("/jobs", create_job, methods=["POST"], status_code=201, response_model=Job, responses=errors)
     app.add_api_route("/jobs/{job_id}", get_job, methods=["GET"], response_model=JobDetail, responses=errors)
