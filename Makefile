@@ -3,9 +3,10 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests and the audio corpus need (outage tests start their own servers).
-SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg
-SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg
+# Debian packages the tests and the audio corpus need (outage tests start their own servers; openssl makes
+# the TLS test's certificate).
+SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg openssl
+SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg openssl
 
 .PHONY: help venv system-deps services lint typecheck test test-fast demo bench lock clean
 
