@@ -3,6 +3,8 @@ PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip install -qq --disable-pip-version-check
+BOOTSTRAP_PIP := pip==26.3
 # Debian packages the tests and the audio corpus need (outage tests start their own servers; openssl makes
 # the TLS test's certificate).
 SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg openssl
@@ -16,10 +18,15 @@ help:
 	@echo "make bench  run the benchmarks (figures in benchmarks/README.md)"
 	@echo "make lint | typecheck | lock | clean"
 
-$(STAMP): pyproject.toml requirements-dev.lock
+# The interpreter's own pip (23.2.1 on a fresh Python 3.11 venv) only installs the pinned, hashed pip of
+# requirements-bootstrap.lock; that pip installs the lock exactly as written (--no-deps: no resolver runs, so no
+# release made after the lock can change what is installed), and `pip check` proves the lock is complete.
+$(STAMP): pyproject.toml requirements-dev.lock requirements-bootstrap.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --disable-pip-version-check --require-hashes -r requirements-dev.lock
-	$(BIN)/python -m pip install -qq --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PIP) --require-hashes --no-deps -r requirements-bootstrap.lock
+	$(PIP) --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip check
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -43,8 +50,11 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# coverage starts before pytest, so the fixtures plugin (loaded by its entry point, before any conftest) counts.
 test: venv system-deps services lint typecheck
-	$(BIN)/python -m pytest -p no:cacheprovider --cov --cov-report=term $(PYTEST_ARGS)
+	$(BIN)/python -m coverage erase
+	$(BIN)/python -m coverage run -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m coverage report
 
 test-fast: venv
 	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
@@ -55,10 +65,14 @@ demo: venv services
 bench: venv system-deps services
 	$(BIN)/python -m benchmarks
 
-lock:
+# Compiles both locks again (the existing pins are kept where pyproject.toml still admits them).
+lock: venv
 	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu -o requirements-dev.lock
+	echo "$(BOOTSTRAP_PIP)" | $(BIN)/uv pip compile - --generate-hashes --python-version 3.11 \
+	  --no-header -o requirements-bootstrap.lock
+	$(BIN)/python .ci/check_lock.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage htmlcov .data

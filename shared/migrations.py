@@ -58,11 +58,8 @@ class Migration:
 
 
 def default_migrations_dir() -> Path:
-    """Return ``supabase/migrations`` of this checkout, or the copy a wheel ships inside the package."""
-    checkout = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
-    if checkout.is_dir():
-        return checkout
-    return Path(str(resources.files("shared") / "sql" / "migrations"))  # pragma: no cover - wheel installs only
+    """Return the migrations the package ships (``supabase/migrations`` of the checkout links to them)."""
+    return Path(str(resources.files("shared") / "sql" / "migrations"))
 
 
 def load_migrations(directory: Path | None = None) -> list[Migration]:

@@ -6,5 +6,5 @@ pytest_plugins = [
     "tests.fixtures.redis",
     "tests.fixtures.storage",
     "tests.fixtures.audio",
-    "shared.testing.fixtures",  # the kit module authors use: the examples' tests take it as they would
 ]
+# shared.testing.fixtures (the kit module authors use) comes from its pytest11 entry point, as in a consumer.

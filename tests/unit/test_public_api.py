@@ -15,7 +15,7 @@ MODULES = sorted(
     if not info.name.rsplit(".", 1)[-1].startswith("_") or info.name.endswith("__init__")
 )
 
-# The import paths DESIGN.md promises module authors; removing one of these names breaks them.
+# The import paths the README promises module authors; removing one of these names breaks them.
 PROMISED = {
     "shared.config": {"Settings", "load_settings"},
     "shared.errors": {"PipelineError", "RetryableError", "ValidationError", "BudgetExceededError", "ConfigError"},
