@@ -1,149 +1,15 @@
-"""The composition root: the only place that names concrete classes and wires them together.
+"""The composition root of this repository: its examples, demo and tests wire :class:`Container`.
 
-Every collaborator is a provider of :class:`Container`; nothing is a module-level singleton. Start and stop
-the resources with ``async with shared.lifecycle.lifespan(container):``. Importing this module stays
-light: component modules (asyncpg, redis, httpx, supabase) load inside the resource functions, when first
-resolved.
+The library's container lives in the package (:mod:`shared.container`, typed for consumers); this module builds
+on it the way a pipeline module's own container does, and names the modules of this repository to wire.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from collections.abc import AsyncGenerator, Iterator
-from typing import TYPE_CHECKING
-
-from dependency_injector import containers, providers
-
-from shared.config import Settings
-from shared.logging import LoggerFactory
-from shared.storage import LocalStorage, SupabaseStorage, create_supabase_client
-
-if TYPE_CHECKING:
-    import httpx
-    from supabase import AsyncClient as SupabaseClient
-
-    from shared.cost_tracking import CostTracker
-    from shared.database import DatabaseClient
-    from shared.jobs import JobRepository
-    from shared.redis_client import RedisClient
+from shared.container import Container as SharedContainer
 
 __all__ = ["Container"]
 
 
-def init_logger_factory(settings: Settings) -> Iterator[LoggerFactory]:
-    """Start the JSON log handlers for this process; stop them, flushing the queue, on shutdown."""
-    factory = LoggerFactory(
-        level=settings.log_level,
-        secrets=settings.secret_values(),
-        log_file=settings.log_file,
-        max_bytes=settings.log_file_max_bytes,
-        backup_count=settings.log_file_backup_count,
-        stream=sys.stderr if settings.log_console else None,
-    )
-    factory.start()
-    try:
-        yield factory
-    finally:
-        factory.stop()
-
-
-async def init_database(settings: Settings) -> AsyncGenerator[DatabaseClient, None]:
-    """Open the asyncpg pool (three attempts with backoff) for this loop; close it on shutdown."""
-    from shared.database import init_database as open_database  # noqa: PLC0415 - asyncpg loads when first used
-
-    async for client in open_database(settings):
-        yield client
-
-
-async def init_redis(settings: Settings) -> AsyncGenerator[RedisClient, None]:
-    """Create the Redis pool for this loop (connections open on first use); close it on shutdown."""
-    from shared.redis_client import init_redis as open_redis  # noqa: PLC0415 - redis loads when first used
-
-    async for client in open_redis(settings):
-        yield client
-
-
-def make_job_repository(db: DatabaseClient) -> JobRepository:
-    """Build the JobRepository over the database client."""
-    from shared.jobs import JobRepository  # noqa: PLC0415 - asyncpg loads when first used
-
-    return JobRepository(db)
-
-
-def make_cost_tracker(db: DatabaseClient, settings: Settings) -> CostTracker:
-    """Build the CostTracker with the default budget and reservation TTL from the settings."""
-    from shared.cost_tracking import CostTracker  # noqa: PLC0415 - asyncpg loads when first used
-
-    return CostTracker(db, default_budget=settings.default_job_budget, reservation_ttl=settings.reservation_ttl)
-
-
-async def init_http_client(settings: Settings) -> AsyncGenerator[httpx.AsyncClient, None]:
-    """Open the httpx client that Supabase (which cannot close its own) and storage share; close it on shutdown."""
-    import httpx  # noqa: PLC0415 - imported when the container starts, never at import
-
-    timeout = httpx.Timeout(settings.storage_timeout_seconds, connect=min(10.0, settings.storage_timeout_seconds))
-    client = httpx.AsyncClient(http2=True, timeout=timeout, follow_redirects=True)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-def _service_key(settings: Settings) -> str:
-    key = settings.supabase_service_key
-    return key.get_secret_value() if key is not None else ""
-
-
-def supabase_client(settings: Settings, http_client: httpx.AsyncClient) -> SupabaseClient:
-    """Build supabase-py's async client on the container's httpx client (supabase is imported here, lazily)."""
-    return create_supabase_client(settings.supabase_url or "", _service_key(settings), http_client)
-
-
-def supabase_storage(settings: Settings, http_client: httpx.AsyncClient, client: SupabaseClient) -> SupabaseStorage:
-    """Build the Supabase Storage backend from the settings."""
-    return SupabaseStorage(
-        settings.supabase_url or "",
-        _service_key(settings),
-        http_client,
-        client=client,
-        max_upload_bytes=settings.storage_max_upload_bytes,
-        chunk_size=settings.storage_chunk_size_bytes,
-    )
-
-
-async def local_storage(settings: Settings) -> LocalStorage:
-    """Build the local-folder backend, creating its folder; signed URLs are keyed with JWT_SECRET_KEY if set.
-
-    A coroutine, like the Supabase backend's provider (its httpx client is an async Resource), so that
-    `await container.storage()` works whichever backend is configured.
-    """
-    key = settings.jwt_secret_key
-    await asyncio.to_thread(settings.storage_local_root.mkdir, parents=True, exist_ok=True)
-    return LocalStorage(
-        settings.storage_local_root,
-        signing_key=key.get_secret_value() if key is not None else None,
-        max_upload_bytes=settings.storage_max_upload_bytes,
-    )
-
-
-class Container(containers.DeclarativeContainer):
-    """Every collaborator of a pipeline module; override any of them with ``container.x.override(...)``."""
-
-    settings = providers.Singleton(Settings)
-    logger_factory = providers.Resource(init_logger_factory, settings=settings)
-
-    # --- components: each area adds its resource function above and its providers below ---
-    db = providers.Resource(init_database, settings=settings)
-    redis = providers.Resource(init_redis, settings=settings)
-    jobs = providers.Factory(make_job_repository, db=db)
-    cost_tracker = providers.Factory(make_cost_tracker, db=db, settings=settings)
-
-    http_client = providers.Resource(init_http_client, settings=settings)
-    supabase = providers.Singleton(supabase_client, settings=settings, http_client=http_client)
-    storage_supabase = providers.Singleton(
-        supabase_storage, settings=settings, http_client=http_client, client=supabase
-    )
-    storage_local = providers.Singleton(local_storage, settings=settings)
-    # Both backends resolve to awaitables (see local_storage): `await container.storage()`, or @inject.
-    storage = providers.Selector(settings.provided.storage_backend, supabase=storage_supabase, local=storage_local)
+class Container(SharedContainer):
+    """The shared Container with every shared provider and the lifecycle, as this repository wires it."""

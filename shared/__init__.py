@@ -1,7 +1,7 @@
 """videogen-shared: the foundation every pipeline module builds on.
 
 Import from the submodules (``shared.config``, ``shared.errors``, ``shared.database``...); the container that
-wires them is the top-level ``containers`` module. Nothing here runs at import.
+wires them is ``shared.container.Container``. Nothing here runs at import.
 """
 
 __all__ = ["__version__"]

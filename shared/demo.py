@@ -36,7 +36,7 @@ from shared.redis_client import Cache
 from shared.storage import Storage
 
 if TYPE_CHECKING:
-    from containers import Container
+    from shared.container import Container
 
 __all__ = ["DEMO_BUDGET", "generate_song", "run_demo"]
 
@@ -115,7 +115,7 @@ class _Services:
 
 async def run_demo(settings: Settings, *, out: TextIO, offline: bool = False, log_dir: Path | None = None) -> int:
     """Run the demo job and print what happens; return 0 when every component behaved as it should."""
-    from containers import Container  # noqa: PLC0415 - the CLI imports this module only for the demo
+    from shared.container import Container  # noqa: PLC0415 - the CLI imports this module only for the demo
     from shared.lifecycle import lifespan  # noqa: PLC0415
 
     report = _Report(out)

@@ -47,7 +47,7 @@ async def check_redis(settings: Settings) -> HealthStatus:
 async def check_storage(settings: Settings) -> HealthStatus:
     """Ask the configured storage backend (Supabase Storage or the local folder) whether it answers."""
     # The container's own builders, so the doctor checks what the pipeline would use.
-    from containers import init_http_client, local_storage, supabase_client, supabase_storage  # noqa: PLC0415
+    from shared.container import init_http_client, local_storage, supabase_client, supabase_storage  # noqa: PLC0415
 
     if settings.storage_backend == "local":
         return await (await local_storage(settings)).health_check()

@@ -21,8 +21,8 @@ import pytest
 from dependency_injector import providers
 from pydantic import SecretStr
 
-from containers import Container
 from shared.config import Settings
+from shared.container import Container
 from shared.lifecycle import lifespan, resolve
 from shared.models import Job
 from shared.testing.cache import FakeCache
