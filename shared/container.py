@@ -9,7 +9,6 @@ resolved.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 from dependency_injector import containers, providers
 
 from shared.config import Settings
+from shared.errors import ConfigError
 from shared.logging import LoggerFactory
 from shared.storage import LocalStorage, SupabaseStorage, create_supabase_client
 
@@ -97,7 +97,18 @@ def _service_key(settings: Settings) -> str:
 
 
 def supabase_client(settings: Settings, http_client: httpx.AsyncClient) -> SupabaseClient:
-    """Build supabase-py's async client on the container's httpx client (supabase is imported here, lazily)."""
+    """Build supabase-py's async client on the container's httpx client (supabase is imported here, lazily).
+
+    Raises:
+        ConfigError: SUPABASE_URL or SUPABASE_SERVICE_KEY is not set.
+    """
+    missing = [
+        f"{name} is not set; the Supabase client (and Supabase storage) needs it"
+        for name, value in (("SUPABASE_URL", settings.supabase_url), ("SUPABASE_SERVICE_KEY", _service_key(settings)))
+        if not value
+    ]
+    if missing:
+        raise ConfigError(missing)
     return create_supabase_client(settings.supabase_url or "", _service_key(settings), http_client)
 
 
@@ -113,14 +124,10 @@ def supabase_storage(settings: Settings, http_client: httpx.AsyncClient, client:
     )
 
 
-async def local_storage(settings: Settings) -> LocalStorage:
-    """Build the local-folder backend, creating its folder; signed URLs are keyed with JWT_SECRET_KEY if set.
-
-    A coroutine, like the Supabase backend's provider (its httpx client is an async Resource), so that
-    `await container.storage()` works whichever backend is configured.
-    """
+def local_storage(settings: Settings) -> LocalStorage:
+    """Build the local-folder backend, creating its folder; signed URLs are keyed with JWT_SECRET_KEY if set."""
     key = settings.jwt_secret_key
-    await asyncio.to_thread(settings.storage_local_root.mkdir, parents=True, exist_ok=True)
+    settings.storage_local_root.mkdir(parents=True, exist_ok=True)
     return LocalStorage(
         settings.storage_local_root,
         signing_key=key.get_secret_value() if key is not None else None,
@@ -146,5 +153,5 @@ class Container(containers.DeclarativeContainer):
         supabase_storage, settings=settings, http_client=http_client, client=supabase
     )
     storage_local = providers.Singleton(local_storage, settings=settings)
-    # Both backends resolve to awaitables (see local_storage): `await container.storage()`, or @inject.
+    # After `async with lifespan(container)`, every provider returns the object itself: `container.storage()`.
     storage = providers.Selector(settings.provided.storage_backend, supabase=storage_supabase, local=storage_local)

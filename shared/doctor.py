@@ -50,7 +50,7 @@ async def check_storage(settings: Settings) -> HealthStatus:
     from shared.container import init_http_client, local_storage, supabase_client, supabase_storage  # noqa: PLC0415
 
     if settings.storage_backend == "local":
-        return await (await local_storage(settings)).health_check()
+        return await local_storage(settings).health_check()
     async with contextlib.aclosing(init_http_client(settings)) as opened:
         async for http in opened:
             return await supabase_storage(settings, http, supabase_client(settings, http)).health_check()

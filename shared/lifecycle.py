@@ -29,6 +29,10 @@ _DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 
 # The loop each started container belongs to: its pools and clients are bound to that loop.
 _loops: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+# The Object overrides that pin each started async Resource to its value (see _pin_started).
+_pins: weakref.WeakKeyDictionary[Any, list[tuple[providers.Provider[Any], providers.Object[Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class LifecycleError(PipelineError):
@@ -56,6 +60,53 @@ def _timeouts(container: Any, startup: float | None, shutdown: float | None) -> 
 
 def _resources(container: Any) -> list[providers.Resource[Any]]:
     return list(container.traverse(types=[providers.Resource]))
+
+
+def _pin_started(container: Any) -> None:
+    """Make every provider return the object itself once the resources are open, as the type stubs promise.
+
+    dependency-injector hands out a Future for an async Resource, and for everything that depends on one
+    (``container.jobs()`` would be a Future typed as JobRepository). Once a Resource is open its value is final
+    until shutdown, so each one is overridden with ``providers.Object(value)`` and taken out of async mode,
+    the other providers recompute their mode on their next call, and the singletons built on a Future are
+    reset. :func:`_unpin` undoes it before the resources close. Only public provider methods are used.
+    """
+    pinned: list[tuple[providers.Provider[Any], providers.Object[Any]]] = []
+    for provider in _resources(container):
+        if not provider.initialized or provider.overridden:
+            continue
+        value = provider()
+        if isinstance(value, asyncio.Future) and value.done() and not value.cancelled():
+            pin = providers.Object(value.result())
+            provider.override(pin)
+            provider.disable_async_mode()
+            pinned.append((provider, pin))
+    _pins[container] = pinned
+    if pinned:
+        _recompute_modes(container, {id(provider) for provider, _ in pinned})
+
+
+def _recompute_modes(container: Any, resources: set[int]) -> None:
+    """Let every provider but the Resources find its async mode again; rebuild singletons built on ``resources``."""
+    for provider in container.traverse():
+        if not isinstance(provider, providers.Resource):
+            provider.reset_async_mode()
+    for singleton in container.traverse(types=[providers.BaseSingleton]):
+        if any(id(dependency) in resources for dependency in singleton.traverse(types=[providers.Resource])):
+            singleton.reset()
+
+
+def _unpin(container: Any) -> None:
+    """Remove the pins of :func:`_pin_started`, leaving any override a caller added on top in place."""
+    pinned = _pins.pop(container, [])
+    for provider, pin in pinned:
+        overrides = [override for override in provider.overridden if override is not pin]
+        provider.reset_override()
+        for override in overrides:
+            provider.override(override)
+        provider.enable_async_mode()
+    if pinned:
+        _recompute_modes(container, {id(provider) for provider, _ in pinned})
 
 
 async def _settle(container: Any) -> None:
@@ -108,6 +159,7 @@ async def start_resources(container: Any, *, timeout: float | None = None) -> No
         raise LifecycleError(
             f"A resource failed to start ({type(exc).__name__}); see the cause, then run `python -m shared doctor`"
         ) from exc
+    _pin_started(container)
     _loops[container] = running
 
 
@@ -119,6 +171,7 @@ async def stop_resources(container: Any, *, timeout: float | None = None) -> Non
     """
     _, shutdown = _timeouts(container, 1.0, timeout)
     _loops.pop(container, None)
+    _unpin(container)
     try:
         async with asyncio.timeout(shutdown):
             result = container.shutdown_resources()

@@ -3,6 +3,7 @@ a check of ``@inject`` annotations.
 
 - :class:`FakeJobStore`, :class:`FakeCostTracker`, :class:`FakeCache`, :class:`FakeStorage`: in memory, one
   process, the same answers and errors as JobRepository, CostTracker, RedisClient and the storage backends.
+  The job store and the cost tracker share one :class:`FakeWorld`, as the real pair shares one database.
 - ``pytest_plugins = ["shared.testing.fixtures"]`` in a module's conftest gives ``fake_container`` and
   ``real_container`` (see :mod:`shared.testing.fixtures`).
 - :func:`assert_injections` fails when an ``@inject`` parameter is annotated with a type its provider does
@@ -14,12 +15,14 @@ from shared.testing.costs import FakeCostTracker
 from shared.testing.injections import InjectionProblem, assert_injections, check_injections
 from shared.testing.jobs import FakeJobStore
 from shared.testing.storage import FakeStorage
+from shared.testing.world import FakeWorld
 
 __all__ = [
     "FakeCache",
     "FakeCostTracker",
     "FakeJobStore",
     "FakeStorage",
+    "FakeWorld",
     "InjectionProblem",
     "assert_injections",
     "check_injections",

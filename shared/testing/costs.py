@@ -13,6 +13,7 @@ from uuid import UUID
 from shared.cost_tracking import BudgetStatus, Reservation, check_names, to_money, warn_overshoot
 from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError
 from shared.models import JobCost, StageName
+from shared.testing.world import FakeWorld
 
 __all__ = ["FakeCostTracker"]
 
@@ -55,8 +56,9 @@ class _FakeReservation:
 class FakeCostTracker:
     """In-memory CostLedger: the same answers and errors as CostTracker, within one process.
 
-    Jobs must be registered first (``add_job``), as they must exist in PostgreSQL; ``clock`` lets a test move
-    time to expire reservations.
+    It knows the jobs of its ``world`` (those a FakeJobStore of the same world created), with their budget
+    limits, and writes each job's total cost back there; ``add_job`` registers a job without a job store.
+    ``clock`` lets a test move time to expire reservations.
     """
 
     def __init__(
@@ -65,10 +67,12 @@ class FakeCostTracker:
         default_budget: Decimal = Decimal(50),
         reservation_ttl: timedelta = timedelta(minutes=15),
         clock: Callable[[], datetime] | None = None,
+        world: FakeWorld | None = None,
     ) -> None:
         self._default = to_money(default_budget, field="default_budget")
         self._ttl = reservation_ttl
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self.world = world or FakeWorld(clock=clock or (lambda: datetime.now(UTC)))
+        self._clock = clock or self.world.clock
         self._jobs: dict[UUID, _Job] = {}
         self._held: dict[UUID, _Held] = {}
 
@@ -77,10 +81,15 @@ class FakeCostTracker:
         self._jobs.setdefault(job_id, _Job(budget_limit))
 
     def _job(self, job_id: UUID) -> _Job:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise JobNotFoundError(job_id=job_id) from None
+        ledger = self._jobs.get(job_id)
+        exists, budget_limit = self.world.budget_limit(job_id)
+        if ledger is None:
+            if not exists:
+                raise JobNotFoundError(job_id=job_id)
+            ledger = self._jobs[job_id] = _Job(budget_limit)
+        elif exists:
+            ledger.budget_limit = budget_limit
+        return ledger
 
     def _record(
         self, job_id: UUID, stage: StageName, api_name: str, cost: Decimal, key: str | None
@@ -101,6 +110,7 @@ class FakeCostTracker:
         )
         job.costs.append(row)
         job.spent += cost
+        self.world.set_total_cost(job_id, job.spent)
         return row, True
 
     def _limit(self, job: _Job, limit: Decimal | None) -> Decimal:

@@ -1,6 +1,11 @@
-"""Pytest fixtures for pipeline modules: one line in a module's conftest makes them available::
+"""Pytest fixtures for pipeline modules, loaded by pytest itself wherever videogen-shared[testing] is installed.
 
-    pytest_plugins = ["shared.testing.fixtures"]
+Nothing goes in a module's conftest: this module is a pytest plugin (the ``pytest11`` entry point
+``videogen_shared``). Two ini options point the fixtures at the module's own container and modules::
+
+    [tool.pytest.ini_options]
+    videogen_container = "my_stage.container:StageContainer"   # default: shared.container:Container
+    videogen_wire = ["my_stage.stage"]                         # modules wired for the test, unwired after
 
 ``fake_container``: the Container with every collaborator replaced by its in-memory fake (no service needed),
 opened and closed around the test; the fakes are also the ``fakes`` fixture, to arrange and inspect.
@@ -11,9 +16,10 @@ and local storage in the test's temporary folder. Both belong to the test's even
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -23,33 +29,72 @@ from pydantic import SecretStr
 
 from shared.config import Settings
 from shared.container import Container
-from shared.lifecycle import lifespan, resolve
+from shared.lifecycle import lifespan
 from shared.models import Job
 from shared.testing.cache import FakeCache
 from shared.testing.costs import FakeCostTracker
 from shared.testing.databases import database_for_test
 from shared.testing.jobs import FakeJobStore
 from shared.testing.storage import FakeStorage
+from shared.testing.world import FakeWorld
 
-__all__ = ["Fakes", "fake_container", "fakes", "real_container", "test_settings"]
+__all__ = [
+    "Fakes",
+    "container_class",
+    "fake_container",
+    "fakes",
+    "pytest_addoption",
+    "real_container",
+    "test_settings",
+    "wired_modules",
+]
+
+_CONTAINER_OPTION = "videogen_container"
+_WIRE_OPTION = "videogen_wire"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Declare the ini options that name the module's container and the modules to wire."""
+    parser.addini(
+        _CONTAINER_OPTION,
+        "the Container the videogen fixtures build, as 'package.module:Class' (default shared.container:Container)",
+        default="shared.container:Container",
+    )
+    parser.addini(_WIRE_OPTION, "modules the videogen fixtures wire to the container for each test", type="linelist")
+
+
+@pytest.fixture
+def container_class(pytestconfig: pytest.Config) -> type[Container]:
+    """Return the Container class the fixtures build (ini option ``videogen_container``)."""
+    target = str(pytestconfig.getini(_CONTAINER_OPTION))
+    module_name, _, attribute = target.partition(":")
+    found = getattr(importlib.import_module(module_name), attribute or "Container", None)
+    if not (isinstance(found, type) and issubclass(found, Container)):
+        raise pytest.UsageError(f"{_CONTAINER_OPTION} = {target!r} is not a subclass of shared.container.Container")
+    return found
+
+
+@pytest.fixture
+def wired_modules(pytestconfig: pytest.Config) -> list[str]:
+    """Return the modules to wire for each test (ini option ``videogen_wire``); override the fixture to change."""
+    return [str(name) for name in pytestconfig.getini(_WIRE_OPTION)]
 
 
 @dataclass
 class Fakes:
-    """The in-memory collaborators a ``fake_container`` hands out."""
+    """The in-memory collaborators a ``fake_container`` hands out, sharing one :class:`FakeWorld`."""
 
     jobs: FakeJobStore
     costs: FakeCostTracker
     cache: FakeCache
     storage: FakeStorage
+    world: FakeWorld = field(default_factory=FakeWorld)
 
     async def add_job(self, *, budget_limit: Decimal | None = None, prompt: str = "a test prompt") -> Job:
-        """Create a user and a queued job known to both the job store and the cost tracker."""
-        job = await self.jobs.create_job(
+        """Create a user and a queued job (known to the cost tracker too, as in the database)."""
+        return await self.jobs.create_job(
             user_id=self.jobs.add_user(), audio_url="audio/test.wav", user_prompt=prompt, budget_limit=budget_limit
         )
-        self.costs.add_job(job.id, budget_limit)
-        return job
 
 
 @pytest.fixture
@@ -66,19 +111,25 @@ def test_settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def fakes(test_settings: Settings) -> Fakes:
-    """Return a fresh set of fakes (the ones ``fake_container`` provides)."""
+    """Return a fresh set of fakes (the ones ``fake_container`` provides), sharing one world."""
+    world = FakeWorld()
     return Fakes(
-        FakeJobStore(),
-        FakeCostTracker(default_budget=test_settings.default_job_budget, reservation_ttl=test_settings.reservation_ttl),
+        FakeJobStore(world=world),
+        FakeCostTracker(
+            default_budget=test_settings.default_job_budget, reservation_ttl=test_settings.reservation_ttl, world=world
+        ),
         FakeCache(),
         FakeStorage(),
+        world,
     )
 
 
 @pytest.fixture
-async def fake_container(test_settings: Settings, fakes: Fakes) -> AsyncIterator[Container]:
-    """Yield the Container with every service replaced by its fake, opened and closed around the test."""
-    container = Container()
+async def fake_container(
+    test_settings: Settings, fakes: Fakes, container_class: type[Container], wired_modules: list[str]
+) -> AsyncIterator[Container]:
+    """Yield the Container with every service replaced by its fake, wired, opened and closed around the test."""
+    container = container_class()
     container.settings.override(test_settings)
     replacements: dict[str, object] = {
         "db": None,
@@ -89,10 +140,14 @@ async def fake_container(test_settings: Settings, fakes: Fakes) -> AsyncIterator
     }
     for name, fake in replacements.items():
         getattr(container, name).override(providers.Object(fake))
-    async with lifespan(container):
-        yield container
-    container.unwire()
-    container.reset_override()
+    if wired_modules:
+        container.wire(modules=wired_modules)
+    try:
+        async with lifespan(container):
+            yield container
+    finally:
+        container.unwire()
+        container.reset_override()
 
 
 @pytest.fixture
@@ -102,16 +157,23 @@ def _real_database() -> Iterator[str]:
 
 
 @pytest.fixture
-async def real_container(test_settings: Settings, _real_database: str) -> AsyncIterator[Container]:
+async def real_container(
+    test_settings: Settings, _real_database: str, container_class: type[Container], wired_modules: list[str]
+) -> AsyncIterator[Container]:
     """Yield the Container on the real local services (a database and a Redis key prefix of the test's own)."""
     prefix = f"test:{uuid.uuid4().hex[:12]}:"
     settings = test_settings.model_copy(update={"database_url": SecretStr(_real_database), "redis_key_prefix": prefix})
-    container = Container()
+    container = container_class()
     container.settings.override(settings)
-    async with lifespan(container):
-        yield container
-        cache = await resolve(container.redis)
-        keys = [key async for key in cache.raw.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await cache.raw.delete(*keys)
-    container.unwire()
+    if wired_modules:
+        container.wire(modules=wired_modules)
+    try:
+        async with lifespan(container):
+            yield container
+            cache = container.redis()
+            keys = [key async for key in cache.raw.scan_iter(match=f"{prefix}*")]
+            if keys:
+                await cache.raw.delete(*keys)
+    finally:
+        container.unwire()
+        container.reset_override()

@@ -12,6 +12,7 @@ from uuid import UUID
 from shared.errors import InvalidStateError, JobNotFoundError, NotFoundError
 from shared.jobs import check_job_input, check_page_limit, check_progress, check_text
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
+from shared.testing.world import FakeWorld
 
 __all__ = ["FakeJobStore"]
 
@@ -22,14 +23,15 @@ class FakeJobStore:
     """In-memory JobStore: the same answers and errors as JobRepository.
 
     Users must be registered (``add_user``), as they must exist in ``auth.users``; ``clock`` lets a test
-    control timestamps.
+    control timestamps. Pass the same ``world`` to a FakeCostTracker to make the pair behave as the real one.
     """
 
-    def __init__(self, *, clock: Callable[[], datetime] | None = None) -> None:
-        self._clock = clock or (lambda: datetime.now(UTC))
-        self._users: set[UUID] = set()
-        self._jobs: dict[UUID, Job] = {}
-        self._stages: dict[tuple[UUID, StageName], JobStage] = {}
+    def __init__(self, *, clock: Callable[[], datetime] | None = None, world: FakeWorld | None = None) -> None:
+        self.world = world or FakeWorld(clock=clock or (lambda: datetime.now(UTC)))
+        self._clock = clock or self.world.clock
+        self._users = self.world.users
+        self._jobs = self.world.jobs
+        self._stages = self.world.stages
 
     def add_user(self, user_id: UUID | None = None) -> UUID:
         """Register a user (a row in auth.users) and return its id."""

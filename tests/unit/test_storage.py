@@ -197,23 +197,30 @@ async def test_the_fake_fails_as_told_then_recovers() -> None:
     assert [("upload_file", "media", "a")] * 3 == fake.calls
 
 
-async def test_the_container_selects_the_local_backend_by_default(make_settings: MakeSettings) -> None:
+async def test_the_container_selects_the_local_backend_by_default(make_settings: MakeSettings, pg_dsn: str) -> None:
     container = containers.Container()
-    container.settings.override(make_settings())
+    container.settings.override(make_settings(database_url=pg_dsn))
     async with lifespan(container):
-        storage = await container.storage()
+        storage = container.storage()
         assert isinstance(storage, LocalStorage)
-        assert storage is await container.storage()
+        assert storage is container.storage()
 
 
-async def test_the_container_selects_supabase_and_closes_its_http_client(make_settings: MakeSettings) -> None:
+async def test_the_container_selects_supabase_and_closes_its_http_client(
+    make_settings: MakeSettings, pg_dsn: str
+) -> None:
     container = containers.Container()
     container.settings.override(
-        make_settings(storage_backend="supabase", supabase_url="http://127.0.0.1:9", supabase_service_key="sb_secret_x")
+        make_settings(
+            database_url=pg_dsn,
+            storage_backend="supabase",
+            supabase_url="http://127.0.0.1:9",
+            supabase_service_key="sb_secret_x",
+        )
     )
     async with lifespan(container):
-        storage = await container.storage()
-        client = await container.http_client()  # type: ignore[misc]  # an async Resource resolves to a Future
+        storage = container.storage()
+        client = container.http_client()
         assert isinstance(storage, SupabaseStorage)
         assert not client.is_closed
     assert client.is_closed
