@@ -10,12 +10,13 @@ BOOTSTRAP_PIP := pip==26.3
 SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg openssl
 SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg openssl
 
-.PHONY: help venv system-deps services lint typecheck test test-fast demo bench lock clean
+.PHONY: help venv system-deps services lint typecheck test test-fast consumer demo bench lock clean
 
 help:
 	@echo "make demo   run one simulated job end to end against the local services"
 	@echo "make test   lint, type-check and run the whole test suite with the coverage gate"
 	@echo "make bench  run the benchmarks (figures in benchmarks/README.md)"
+	@echo "make consumer  the example module project on the built wheel, in a fresh venv"
 	@echo "make lint | typecheck | lock | clean"
 
 # The interpreter's own pip (23.2.1 on a fresh Python 3.11 venv) only installs the pinned, hashed pip of
@@ -59,6 +60,10 @@ test: venv system-deps services lint typecheck
 test-fast: venv
 	$(BIN)/python -m pytest -x -q $(PYTEST_ARGS)
 
+# The example module project (examples/consumer) on the built wheel, in a fresh venv: its tests, mypy, ruff.
+consumer: venv services
+	bash .ci/consumer.sh
+
 demo: venv services
 	$(BIN)/python -m shared demo
 
@@ -72,6 +77,7 @@ lock: venv
 	  --python-platform x86_64-unknown-linux-gnu -o requirements-dev.lock
 	echo "$(BOOTSTRAP_PIP)" | $(BIN)/uv pip compile - --generate-hashes --python-version 3.11 \
 	  --no-header -o requirements-bootstrap.lock
+	$(MAKE) venv
 	$(BIN)/python .ci/check_lock.py
 
 clean:
