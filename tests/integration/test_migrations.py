@@ -21,7 +21,6 @@ from shared.errors import ConfigError, DatabaseError
 from shared.migrations import (
     MigrationsMissingLocallyError,
     MigrationsOutOfOrderError,
-    apply_migrations,
     ensure_database,
     load_migrations,
     migrate,
@@ -158,9 +157,7 @@ async def history(dsn: str) -> list[str]:
     return [row["version"] for row in rows]
 
 
-async def test_a_file_older_than_the_newest_applied_is_refused_unless_included(
-    empty_dsn: str, tmp_path: Path
-) -> None:
+async def test_a_file_older_than_the_newest_applied_is_refused_unless_included(empty_dsn: str, tmp_path: Path) -> None:
     """The CLI's ErrMissingRemote: before, the late file was applied silently, out of order."""
     await ensure_database(empty_dsn)
     (tmp_path / "20200101000000_first.sql").write_text("create table first (id int);")
@@ -169,7 +166,7 @@ async def test_a_file_older_than_the_newest_applied_is_refused_unless_included(
     (tmp_path / "20200201000000_second.sql").write_text("create table second (id int);")
     (tmp_path / "20200401000000_fourth.sql").write_text("create table fourth (id int);")
 
-    with pytest.raises(MigrationsOutOfOrderError, match="20200201000000_second.*include_all") as caught:
+    with pytest.raises(MigrationsOutOfOrderError, match=r"20200201000000_second.*include_all") as caught:
         await migrate(empty_dsn, tmp_path)
     assert ("20200201000000",) == caught.value.versions
     assert ["20200101000000", "20200301000000"] == await history(empty_dsn)  # nothing applied, not even fourth
@@ -188,7 +185,7 @@ async def test_a_version_the_folder_lacks_stops_everything(empty_dsn: str, tmp_p
     (tmp_path / "20200201000000_gone.sql").unlink()
     (tmp_path / "20200301000000_next.sql").write_text("create table next (id int);")
     for include_all in (False, True):
-        with pytest.raises(MigrationsMissingLocallyError, match="20200201000000.*migration repair") as caught:
+        with pytest.raises(MigrationsMissingLocallyError, match=r"20200201000000.*migration repair") as caught:
             await migrate(empty_dsn, tmp_path, include_all=include_all)
         assert ("20200201000000",) == caught.value.versions
     assert ["20200101000000", "20200201000000"] == await history(empty_dsn)
