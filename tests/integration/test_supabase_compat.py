@@ -8,6 +8,7 @@ on auth.users.email. Then the script's own duty on a Supabase server, as the non
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +18,8 @@ import asyncpg
 import orjson
 import pytest
 
-from shared.migrations import apply_migrations, ensure_database
+from shared.cli import main as cli_main
+from shared.migrations import apply_migrations, ensure_database, load_migrations
 from shared.testing.databases import admin_execute, database_for_test, dsn_for, run_sync
 from tests.fixtures.postgres import PgServers
 
@@ -171,15 +173,22 @@ async def test_compat_script_applies_what_is_missing_as_the_non_superuser_postgr
         await conn.close()
 
 
-async def test_compat_script_says_what_it_may_not_do(pg_servers: PgServers, new_supabase_database: str) -> None:
-    """A role attribute only a superuser may set is skipped and reported; everything else is applied."""
+def test_compat_script_says_what_it_may_not_do(
+    pg_servers: PgServers, new_supabase_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A role attribute only a superuser may set is skipped and reported by `db migrate`; the rest is applied."""
     superuser = pg_servers.admin_url("supabase").replace("postgresql://postgres@", "postgresql://supabase_admin@")
-    await admin_execute("alter role service_role nobypassrls", superuser)
+    monkeypatch.setenv("DATABASE_URL", new_supabase_database)
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    out = io.StringIO()
+    run_sync(admin_execute("alter role service_role nobypassrls", superuser))
     try:
-        await ensure_database(new_supabase_database)
-        report = await apply_migrations(new_supabase_database)
+        status = cli_main(["db", "migrate"], out=out)
     finally:
-        await admin_execute("alter role service_role bypassrls", superuser)
-    assert 1 == len(report.compat_skipped), report.compat_skipped
-    assert "alter role service_role bypassrls (must be superuser" in report.compat_skipped[0]
-    assert report.applied  # the migrations ran all the same
+        run_sync(admin_execute("alter role service_role bypassrls", superuser))
+    assert 0 == status, out.getvalue()
+    lines = out.getvalue().splitlines()
+    skipped = [line for line in lines if line.startswith("compatibility script skipped: ")]
+    assert 1 == len(skipped), lines
+    assert "alter role service_role bypassrls (must be superuser" in skipped[0]
+    assert any(line.startswith(f"applied {len(load_migrations())} migration(s)") for line in lines)
