@@ -257,7 +257,7 @@ def find_pending(local: list[Migration], applied: set[str], *, include_all: bool
     MigrationsOutOfOrderError for an unapplied file older than the newest applied one, unless ``include_all``.
     """
     known = {migration.version for migration in local}
-    missing = sorted(applied - known, key=int)
+    missing = sorted(applied - known, key=_order)
     if missing:
         msg = (
             f"the database has applied migration(s) {', '.join(missing)} that {len(local)} local file(s) lack: "
@@ -265,17 +265,23 @@ def find_pending(local: list[Migration], applied: set[str], *, include_all: bool
             f"`supabase migration repair --status reverted {' '.join(missing)}`"
         )
         raise MigrationsMissingLocallyError(msg, missing)
-    newest = max(applied, key=int, default=None)
+    newest = max(applied, key=_order, default=None)
     unapplied = [migration for migration in local if migration.version not in applied]
-    older = [migration for migration in unapplied if newest is not None and int(migration.version) < int(newest)]
+    older = [m for m in unapplied if newest is not None and _order(m.version) < _order(newest)]
     if older and not include_all:
         labels = [migration.label for migration in older]
         msg = (
             f"migration file(s) {', '.join(labels)} are older than {newest}, the newest applied: rename them with "
-            "a later timestamp, or apply them anyway with include_all (the Supabase CLI's --include-all)"
+            "a later timestamp, or apply them anyway: `python -m shared db migrate --include-all` (include_all=True, "
+            "as `supabase db push --include-all`)"
         )
         raise MigrationsOutOfOrderError(msg, [migration.version for migration in older])
     return unapplied
+
+
+def _order(version: str) -> tuple[int, str]:
+    """Order versions as numbers (the files' timestamps); a stray non-numeric one the CLI wrote sorts first."""
+    return (int(version) if version.isdigit() else -1, version)
 
 
 async def migrate(dsn: str, directory: Path | None = None, *, include_all: bool = False) -> list[str]:
