@@ -10,6 +10,16 @@ BOOTSTRAP_PIP := pip==26.3
 SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg openssl
 SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg openssl
 
+# Supabase's own SQL, for the second database the data-layer tests run on (tests/fixtures/supabase_db.py reads
+# SUPABASE_POSTGRES_SQL and SUPABASE_AUTH_SQL; unset, it downloads the public repositories at pinned revisions).
+# A machine without internet keeps snapshots in real-services/ beside the checkout: found here, not in the code.
+REAL_SERVICES_DIR ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/real-services) /work/shared/real-services))
+ifneq ($(REAL_SERVICES_DIR),)
+SUPABASE_POSTGRES_SQL ?= $(firstword $(wildcard $(REAL_SERVICES_DIR)/supabase-postgres-*-migrations.tar.gz))
+SUPABASE_AUTH_SQL ?= $(firstword $(wildcard $(REAL_SERVICES_DIR)/supabase-auth-*-migrations.tar.gz))
+export SUPABASE_POSTGRES_SQL SUPABASE_AUTH_SQL
+endif
+
 .PHONY: help venv system-deps services lint typecheck test test-fast consumer demo bench lock clean
 
 help:

@@ -29,7 +29,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--offline", action="store_true", help="run on the in-memory fakes instead of the services")
     db = commands.add_parser("db", help="database commands")
     db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("migrate", help="apply pending migrations from supabase/migrations")
+    migrate = db_commands.add_parser("migrate", help="apply pending migrations from supabase/migrations")
+    migrate.add_argument(
+        "--include-all",
+        action="store_true",
+        help="also apply files older than the newest applied migration (as `supabase db push --include-all`)",
+    )
     return parser
 
 
@@ -51,20 +56,22 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             from shared.demo import run_demo  # noqa: PLC0415
 
             return asyncio.run(run_demo(settings, out=stream, offline=args.offline))
-        return asyncio.run(_migrate(settings, stream))
+        return asyncio.run(_migrate(settings, stream, include_all=args.include_all))
     except PipelineError as error:
         print(f"error: {error}", file=stream)
         return EXIT_FAILED
 
 
-async def _migrate(settings: Settings, out: TextIO) -> int:
-    from shared.migrations import ensure_database, migrate  # noqa: PLC0415 - asyncpg loads only for this command
+async def _migrate(settings: Settings, out: TextIO, *, include_all: bool = False) -> int:
+    from shared.migrations import apply_migrations, ensure_database  # noqa: PLC0415 - asyncpg loads only here
 
     if settings.environment == "development" and await ensure_database(settings.database_dsn):
         print("created the database", file=out)
-    applied = await migrate(settings.database_dsn)
-    if applied:
-        print(f"applied {len(applied)} migration(s): {', '.join(applied)}", file=out)
+    report = await apply_migrations(settings.database_dsn, include_all=include_all)
+    for skipped in report.compat_skipped:
+        print(f"compatibility script skipped: {skipped}", file=out)
+    if report.applied:
+        print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}", file=out)
     else:
         print("the database is up to date", file=out)
     return EXIT_OK

@@ -181,12 +181,14 @@ def _fakes(container: Any, settings: Settings) -> _Services:
 
 
 async def _real(container: Container) -> _Services:
+    from shared.testing.users import create_user, unique_email  # noqa: PLC0415 - only the real services need it
+
     db = await resolve(container.db)
 
     async def add_user() -> uuid.UUID:
-        user_id = uuid.uuid4()
-        await db.execute("insert into auth.users (id, email) values ($1, $2)", user_id, "demo@videogen.invalid")
-        return user_id
+        # An email of its own per run: Supabase's auth.users has a unique index on email, so a fixed address
+        # made the second run fail.
+        return await create_user(db, email=unique_email("demo"))
 
     return _Services(
         await resolve(container.jobs),

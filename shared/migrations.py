@@ -1,17 +1,30 @@
-"""Apply ``supabase/migrations/<version>_<name>.sql`` in order, recording them the way the Supabase CLI does.
+"""Apply ``supabase/migrations/<version>_<name>.sql`` the way the Supabase CLI does (``supabase db push``).
 
-Each pending migration runs in its own transaction and is recorded in
-``supabase_migrations.schema_migrations (version, statements, name)`` in the same transaction, so this command
-and ``supabase db push`` agree on what has been applied. A session advisory lock makes concurrent runs (two
-workers starting at once) apply each migration once. On a vanilla PostgreSQL (tests, local development) the
-compatibility script ``shared/sql/supabase_compat.sql`` first creates what Supabase has (roles, ``auth``);
-it is never applied where the ``auth`` schema exists.
+As the CLI's ``pkg/migration`` (list.go, apply.go, history.go, and pkg/parser for the statements):
+
+- The folder and ``supabase_migrations.schema_migrations`` are compared first. A version the database has and
+  the folder lacks stops everything (the CLI's ``ErrMissingLocal``: :class:`MigrationsMissingLocallyError`). A
+  file older than the newest applied version is refused (``ErrMissingRemote``:
+  :class:`MigrationsOutOfOrderError`) unless ``include_all`` is given (the CLI's ``--include-all``), which
+  applies those first.
+- ``RESET ALL`` runs before each file, so that a dump-style ``set_config('search_path', '', false)`` in one
+  file cannot change the next.
+- Each file's statements (split as the CLI splits them, each without its ``;`` and trimmed) run in one
+  transaction with the history row ``(version, name, statements)``, so this command and ``supabase db push``
+  agree on what has been applied.
+
+A session advisory lock makes concurrent runs (two workers starting at once) apply each migration once. On a
+vanilla PostgreSQL (tests, local development) the compatibility script ``shared/sql/supabase_compat.sql``
+first creates what Supabase has (roles, ``auth``); it is never applied where the ``auth`` schema exists, and
+where the connected role may not do part of it (a non-superuser ``postgres`` in a new database on a Supabase
+server), that part is skipped and reported (:attr:`MigrationReport.compat_skipped`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -22,25 +35,67 @@ from shared.errors import ConfigError, DatabaseError, DatabaseUnavailableError
 
 __all__ = [
     "Migration",
+    "MigrationHistoryError",
+    "MigrationReport",
+    "MigrationsMissingLocallyError",
+    "MigrationsOutOfOrderError",
     "applied_versions",
+    "apply_migrations",
     "default_migrations_dir",
     "ensure_database",
+    "find_pending",
     "load_migrations",
     "migrate",
     "split_statements",
 ]
 
+logger = logging.getLogger(__name__)
+
 # Any constant key: two `migrate` runs against one database wait for each other on it.
 _LOCK_KEY = 7_404_186_520_196_183_045
 _FILE = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9_.-]+)\.sql$")
 
-# The table as the Supabase CLI creates it (pkg/migration/history.go): version first, the rest added later.
-_HISTORY_DDL = """
-create schema if not exists supabase_migrations;
-create table if not exists supabase_migrations.schema_migrations (version text not null primary key);
-alter table supabase_migrations.schema_migrations add column if not exists statements text[];
-alter table supabase_migrations.schema_migrations add column if not exists name text;
-"""
+# The table as the Supabase CLI creates it (pkg/migration/history.go): version first, the rest added later,
+# under a lock timeout that ends with the transaction.
+_HISTORY_DDL = [
+    "set local lock_timeout = '4s'",
+    "create schema if not exists supabase_migrations",
+    "create table if not exists supabase_migrations.schema_migrations (version text not null primary key)",
+    "alter table supabase_migrations.schema_migrations add column if not exists statements text[]",
+    "alter table supabase_migrations.schema_migrations add column if not exists name text",
+]
+_INSERT_VERSION = "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)"
+
+
+class MigrationHistoryError(DatabaseError):
+    """The folder and the database's migration history disagree; ``versions`` are the ones in question."""
+
+    default_code = "migration_history"
+
+    def __init__(self, message: str, versions: list[str]) -> None:
+        super().__init__(message)
+        self.versions = tuple(versions)
+
+
+class MigrationsMissingLocallyError(MigrationHistoryError):
+    """The database has applied versions the folder lacks (the Supabase CLI's ErrMissingLocal)."""
+
+    default_code = "migrations_missing_locally"
+
+
+class MigrationsOutOfOrderError(MigrationHistoryError):
+    """Files older than the newest applied version are not applied yet (the Supabase CLI's ErrMissingRemote)."""
+
+    default_code = "migrations_out_of_order"
+
+
+@dataclass
+class MigrationReport:
+    """What one run did: the labels of the migrations applied, and what the compatibility script skipped."""
+
+    applied: list[str] = field(default_factory=list)
+    compat_applied: bool = False
+    compat_skipped: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +135,16 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 
 
 def split_statements(sql: str) -> list[str]:
-    """Split a script into statements at top-level semicolons (quotes, dollar quotes and comments respected)."""
+    """Split a script into statements as the Supabase CLI does (pkg/parser ``SplitAndTrim``).
+
+    A statement ends at a ``;`` outside quotes (``'`` and ``"``, doubled to escape), dollar quotes, ``--`` and
+    nested ``/* */`` comments, parentheses and ``BEGIN ATOMIC ... END`` bodies; a backslash escapes the next
+    character. Each statement keeps its comments, loses its trailing ``;`` and surrounding whitespace, and an
+    empty one is dropped: what the CLI stores in ``schema_migrations.statements`` and executes.
+    """
     statements: list[str] = []
     start = index = 0
+    depth: list[str] = []  # closers of the open parentheses and BEGIN ATOMIC bodies
     length = len(sql)
     while index < length:
         char = sql[index]
@@ -90,34 +152,83 @@ def split_statements(sql: str) -> list[str]:
             end = sql.find("\n", index)
             index = length if end < 0 else end + 1
         elif sql.startswith("/*", index):
-            end = sql.find("*/", index + 2)
-            index = length if end < 0 else end + 2
+            index = _block_comment_end(sql, index)
         elif char in {"'", '"'}:
-            end = index + 1
-            while end < length:
-                if sql[end] == char:
-                    if sql.startswith(char * 2, end):  # a doubled quote escapes itself
-                        end += 2
-                        continue
-                    break
-                end += 1
-            index = end + 1
-        elif char == "$" and (tag := re.match(r"\$[A-Za-z_]*\$", sql[index:])):
+            index = _quote_end(sql, index, char)
+        elif char == "$" and (tag := _DOLLAR_TAG.match(sql, index)):
             end = sql.find(tag.group(), index + len(tag.group()))
             index = length if end < 0 else end + len(tag.group())
-        elif char == ";":
+        elif char == "\\":
+            index += 2
+        elif char == "(":
+            depth.append(")")
+            index += 1
+        elif depth and depth[-1] == ")" and char == ")":
+            depth.pop()
+            index += 1
+        elif char in "cC" and _begins_atomic(sql, index):
+            depth.append("end")
+            index += 1
+        elif depth and depth[-1] == "end" and sql[index : index + 3].lower() == "end":
+            depth.pop()
+            index += 3
+        elif char == ";" and not depth:
             statements.append(sql[start : index + 1])
             start = index = index + 1
         else:
             index += 1
     statements.append(sql[start:])
-    return [text for statement in statements if (text := _strip_comments_only(statement))]
+    return [text for statement in statements if (text := statement.rstrip(";").strip())]
 
 
-def _strip_comments_only(statement: str) -> str:
-    """Return the statement trimmed, or '' when it holds nothing but comments and whitespace."""
-    lines = [line for line in statement.strip().splitlines() if not line.strip().startswith("--")]
-    return statement.strip() if "".join(lines).strip() else ""
+# A dollar-quote tag: letters, digits and underscores between two `$`, as the CLI's parser accepts them.
+_DOLLAR_TAG = re.compile(r"\$\w*\$")
+
+
+def _begins_atomic(sql: str, index: int) -> bool:
+    """Whether ``index`` ends a whitespace-preceded ``ATOMIC`` (the CLI omits BEGIN: any space may split them)."""
+    start = index - len("atomic") + 1
+    return start > 0 and sql[start : index + 1].lower() == "atomic" and sql[start - 1].isspace()
+
+
+def _only_comments(statement: str) -> bool:
+    """Whether ``statement`` holds nothing but comments: the CLI stores it; PostgreSQL would run nothing."""
+    rest = statement.strip()
+    while rest:
+        if rest.startswith("--"):
+            end = rest.find("\n")
+            rest = "" if end < 0 else rest[end + 1 :].strip()
+        elif rest.startswith("/*"):
+            rest = rest[_block_comment_end(rest, 0) :].strip()
+        else:
+            return False
+    return True
+
+
+def _block_comment_end(sql: str, index: int) -> int:
+    """Return the index after the ``*/`` closing the (nested) block comment that opens at ``index``."""
+    depth, index = 1, index + 2
+    while index < len(sql) and depth:
+        if sql.startswith("/*", index):
+            depth, index = depth + 1, index + 2
+        elif sql.startswith("*/", index):
+            depth, index = depth - 1, index + 2
+        else:
+            index += 1
+    return index
+
+
+def _quote_end(sql: str, index: int, quote: str) -> int:
+    """Return the index after the quote opening at ``index`` (a doubled quote escapes itself)."""
+    end = index + 1
+    while end < len(sql):
+        if sql[end] == quote:
+            if sql.startswith(quote * 2, end):
+                end += 2
+                continue
+            return end + 1
+        end += 1
+    return end
 
 
 async def _connect(dsn: str) -> asyncpg.Connection:
@@ -139,45 +250,124 @@ async def applied_versions(connection: asyncpg.Connection) -> set[str]:
     return {row["version"] for row in rows}
 
 
-async def migrate(dsn: str, directory: Path | None = None) -> list[str]:
+def find_pending(local: list[Migration], applied: set[str], *, include_all: bool = False) -> list[Migration]:
+    """Return the migrations to apply, in order, as the CLI's FindPendingMigrations (and ``--include-all``).
+
+    Raises MigrationsMissingLocallyError when ``applied`` holds a version the folder lacks, and
+    MigrationsOutOfOrderError for an unapplied file older than the newest applied one, unless ``include_all``.
+    """
+    known = {migration.version for migration in local}
+    missing = sorted(applied - known, key=_order)
+    if missing:
+        msg = (
+            f"the database has applied migration(s) {', '.join(missing)} that {len(local)} local file(s) lack: "
+            "update this checkout (git pull), or, if they were reverted, repair the history with "
+            f"`supabase migration repair --status reverted {' '.join(missing)}`"
+        )
+        raise MigrationsMissingLocallyError(msg, missing)
+    newest = max(applied, key=_order, default=None)
+    unapplied = [migration for migration in local if migration.version not in applied]
+    older = [m for m in unapplied if newest is not None and _order(m.version) < _order(newest)]
+    if older and not include_all:
+        labels = [migration.label for migration in older]
+        msg = (
+            f"migration file(s) {', '.join(labels)} are older than {newest}, the newest applied: rename them with "
+            "a later timestamp, or apply them anyway: `python -m shared db migrate --include-all` (include_all=True, "
+            "as `supabase db push --include-all`)"
+        )
+        raise MigrationsOutOfOrderError(msg, [migration.version for migration in older])
+    return unapplied
+
+
+def _order(version: str) -> tuple[int, str]:
+    """Order versions as numbers (the files' timestamps); a stray non-numeric one the CLI wrote sorts first."""
+    return (int(version) if version.isdigit() else -1, version)
+
+
+async def migrate(dsn: str, directory: Path | None = None, *, include_all: bool = False) -> list[str]:
     """Apply the pending migrations in order, each in a transaction; return the labels of those applied."""
+    return (await apply_migrations(dsn, directory, include_all=include_all)).applied
+
+
+async def apply_migrations(dsn: str, directory: Path | None = None, *, include_all: bool = False) -> MigrationReport:
+    """Apply the pending migrations as :func:`migrate` does; return what was applied and what was skipped."""
     migrations = load_migrations(directory)
     connection = await _connect(dsn)
     try:
         await connection.execute("select pg_advisory_lock($1)", _LOCK_KEY)
         try:
-            return await _apply_pending(connection, migrations)
+            return await _apply_pending(connection, migrations, include_all=include_all)
         finally:
             await connection.execute("select pg_advisory_unlock($1)", _LOCK_KEY)
     except asyncpg.PostgresError as exc:
-        msg = f"migration failed ({type(exc).__name__}: {exc}); it was rolled back: fix it and run again"
-        raise DatabaseError(msg, sqlstate=exc.sqlstate) from exc
+        raise _failed(exc, "reading the migration history") from exc
     finally:
         await connection.close()
 
 
-async def _apply_pending(connection: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+def _failed(exc: asyncpg.PostgresError, what: str) -> DatabaseError:
+    msg = f"{what} failed ({type(exc).__name__}: {exc}); it was rolled back: fix it and run again"
+    return DatabaseError(msg, sqlstate=exc.sqlstate)
+
+
+async def _apply_compat(connection: asyncpg.Connection, report: MigrationReport) -> None:
     has_auth = await connection.fetchval("select exists (select 1 from pg_namespace where nspname = 'auth')")
-    if not has_auth:
-        compat = (resources.files("shared") / "sql" / "supabase_compat.sql").read_text(encoding="utf-8")
+    if has_auth:
+        return
+    compat = (resources.files("shared") / "sql" / "supabase_compat.sql").read_text(encoding="utf-8")
+    skipped: list[str] = []
+
+    def listen(_: object, message: asyncpg.PostgresLogMessage) -> None:
+        text = str(message.message)
+        if text.startswith("skipped: "):
+            skipped.append(text.removeprefix("skipped: "))
+
+    connection.add_log_listener(listen)
+    try:
         async with connection.transaction():
-            await connection.execute(compat)
-    await connection.execute(_HISTORY_DDL)
-    done = await applied_versions(connection)
-    applied: list[str] = []
-    for migration in migrations:
-        if migration.version in done:
-            continue
+            for statement in split_statements(compat):
+                if not _only_comments(statement):
+                    await connection.execute(statement)
+    except asyncpg.PostgresError as exc:
+        raise _failed(exc, "the compatibility script (shared/sql/supabase_compat.sql)") from exc
+    finally:
+        connection.remove_log_listener(listen)
+    report.compat_applied = True
+    report.compat_skipped = skipped
+    for item in skipped:
+        logger.warning("compatibility script skipped: %s", item)
+
+
+async def _apply_pending(
+    connection: asyncpg.Connection, migrations: list[Migration], *, include_all: bool
+) -> MigrationReport:
+    report = MigrationReport()
+    await _apply_compat(connection, report)
+    pending = find_pending(migrations, await applied_versions(connection), include_all=include_all)
+    if not pending:
+        return report
+    try:
         async with connection.transaction():
-            await connection.execute(migration.sql)
-            await connection.execute(
-                "insert into supabase_migrations.schema_migrations (version, statements, name) values ($1, $2, $3)",
-                migration.version,
-                split_statements(migration.sql),
-                migration.name,
-            )
-        applied.append(migration.label)
-    return applied
+            for statement in _HISTORY_DDL:
+                await connection.execute(statement)
+    except asyncpg.PostgresError as exc:
+        raise _failed(exc, "creating supabase_migrations.schema_migrations") from exc
+    for migration in pending:
+        # As the CLI: nothing a file set on the session (search_path, role, ...) reaches the next one.
+        await connection.execute("reset all")
+        statements = split_statements(migration.sql)
+        number = 0
+        try:
+            async with connection.transaction():
+                for number, statement in enumerate(statements, start=1):  # noqa: B007 - reported on failure
+                    if not _only_comments(statement):  # asyncpg cannot run an empty query
+                        await connection.execute(statement)
+                await connection.execute(_INSERT_VERSION, migration.version, migration.name, statements)
+        except asyncpg.PostgresError as exc:
+            raise _failed(exc, f"migration {migration.label} (statement {number} of {len(statements)})") from exc
+        report.applied.append(migration.label)
+    await connection.execute("reset all")
+    return report
 
 
 async def ensure_database(dsn: str) -> bool:

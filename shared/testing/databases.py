@@ -44,9 +44,12 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def admin_execute(statement: str) -> None:
-    """Run one statement on the server's maintenance database (create or drop a database)."""
-    admin = await asyncpg.connect(admin_dsn())
+async def admin_execute(statement: str, admin_url: str | None = None) -> None:
+    """Run one statement on the server's maintenance database (create or drop a database).
+
+    ``admin_url`` selects another server's maintenance database (default :func:`admin_dsn`).
+    """
+    admin = await asyncpg.connect(admin_url or admin_dsn())
     try:
         await admin.execute(statement)
     finally:
@@ -61,8 +64,8 @@ def _migrations_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-async def _build_template(name: str) -> None:
-    admin = await asyncpg.connect(admin_dsn())
+async def _build_template(name: str, admin_url: str, base: str | None) -> None:
+    admin = await asyncpg.connect(admin_url)
     try:
         # One builder at a time across concurrent test runs on this server.
         await admin.execute("select pg_advisory_lock(hashtext($1))", name)
@@ -71,8 +74,9 @@ async def _build_template(name: str) -> None:
                 return
             building = f"{name}_building"
             await admin.execute(f'drop database if exists "{building}"')
-            await admin.execute(f'create database "{building}"')
-            await migrate(dsn_for(building))
+            source = f' template "{base}"' if base else ""
+            await admin.execute(f'create database "{building}"{source}')
+            await migrate(dsn_for(building, admin_url))
             await admin.execute(f'alter database "{building}" rename to "{name}"')
         finally:
             await admin.execute("select pg_advisory_unlock(hashtext($1))", name)
@@ -80,20 +84,24 @@ async def _build_template(name: str) -> None:
         await admin.close()
 
 
-def template_database() -> str:
-    """Return the name of the migrated template database, building it when it does not exist yet."""
-    name = f"vg_template_{_migrations_hash()}"
-    run_sync(_build_template(name))
+def template_database(admin_url: str | None = None, base: str | None = None) -> str:
+    """Return the name of the migrated template database, building it when it does not exist yet.
+
+    ``admin_url`` selects the server (default :func:`admin_dsn`); ``base`` is a database to start from instead
+    of an empty one (on a server built from Supabase's SQL, the database that SQL was applied to).
+    """
+    name = f"vg_template_{_migrations_hash()}" + (f"_{base}" if base else "")
+    run_sync(_build_template(name, admin_url or admin_dsn(), base))
     return name
 
 
 @contextlib.contextmanager
-def database_for_test(template: str | None = None) -> Iterator[str]:
-    """Create a migrated database of the caller's own; yield its DSN; drop it afterwards."""
-    source = template or template_database()
+def database_for_test(template: str | None = None, admin_url: str | None = None) -> Iterator[str]:
+    """Create a migrated database of the caller's own (on ``admin_url``'s server); yield its DSN; drop it after."""
+    source = template or template_database(admin_url)
     name = f"vg_test_{uuid.uuid4().hex[:12]}"
-    run_sync(admin_execute(f'create database "{name}" template "{source}"'))
+    run_sync(admin_execute(f'create database "{name}" template "{source}"', admin_url))
     try:
-        yield dsn_for(name)
+        yield dsn_for(name, admin_url)
     finally:
-        run_sync(admin_execute(f'drop database if exists "{name}" with (force)'))
+        run_sync(admin_execute(f'drop database if exists "{name}" with (force)', admin_url))

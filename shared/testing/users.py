@@ -1,37 +1,50 @@
-"""Sign up users on the real database for tests, the way Supabase Auth leaves them in ``auth.users``."""
+"""Users (and their jobs) on the real services, for tests and demos: no raw SQL into ``auth.users`` by the caller.
+
+On Supabase a user comes from signing up (GoTrue writes ``auth.users``); a test or a demo has no GoTrue, so
+:func:`create_user` writes the row the way GoTrue leaves it for an email sign-up, with the columns both the
+compatibility script's ``auth.users`` and Supabase's own have. Every user gets an email of its own: the real
+``auth.users`` has a unique index on email (``users_email_partial_key``), so a fixed address fails the second
+time, as the demo's did.
+"""
 
 from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from uuid import UUID
 
-from shared.database import Database
-from shared.jobs import JobStore
+from shared.database import DatabaseClient
+from shared.jobs import JobRepository
 from shared.models import Job
 
-__all__ = ["create_job_for_new_user", "create_user"]
+__all__ = ["create_job_for_new_user", "create_user", "unique_email"]
+
+# RFC 2606: .invalid never resolves, so no mail can ever be sent to these users.
+EMAIL_DOMAIN = "videogen.invalid"
 
 
-async def create_user(db: Database, *, email: str | None = None, user_id: UUID | None = None) -> UUID:
-    """Insert a signed-up user (its id and a unique email, the columns every ``auth.users`` has); return its id.
+def unique_email(label: str = "user") -> str:
+    """Return an address no other user has: ``<label>+<random>@videogen.invalid``."""
+    return f"{label}+{uuid.uuid4().hex}@{EMAIL_DOMAIN}"
 
-    The email is unique per call unless given, since ``auth.users`` has a unique index on it on Supabase.
-    """
+
+async def create_user(db: DatabaseClient, *, email: str | None = None, user_id: uuid.UUID | None = None) -> uuid.UUID:
+    """Create a signed-up user in ``auth.users`` (a unique email unless given) and return its id."""
     new_id = user_id or uuid.uuid4()
     await db.execute(
-        "insert into auth.users (id, email) values ($1, $2)",
-        new_id,
-        email or f"user-{new_id.hex}@example.test",
+        "insert into auth.users (id, email, created_at) values ($1, $2, now())", new_id, email or unique_email()
     )
     return new_id
 
 
 async def create_job_for_new_user(
-    db: Database, jobs: JobStore, *, budget_limit: Decimal | None = None, prompt: str = "a test prompt"
+    db: DatabaseClient,
+    *,
+    budget_limit: Decimal | None = None,
+    audio_url: str = "audio/test.wav",
+    user_prompt: str = "a test prompt",
 ) -> Job:
-    """Sign up a user and create a queued job of theirs."""
+    """Create a new user and a queued job of theirs through JobRepository; return the job."""
     user_id = await create_user(db)
-    return await jobs.create_job(
-        user_id=user_id, audio_url="audio/test.wav", user_prompt=prompt, budget_limit=budget_limit
+    return await JobRepository(db).create_job(
+        user_id=user_id, audio_url=audio_url, user_prompt=user_prompt, budget_limit=budget_limit
     )

@@ -1,4 +1,8 @@
-"""`db migrate` on real databases: order, idempotence, CLI-compatible history, compat only where needed, RLS."""
+"""`db migrate` on real databases: order, idempotence, CLI-compatible history, compat only where needed, RLS.
+
+Every test runs on both databases (tests/fixtures/postgres.py): the machine's PostgreSQL, migrated as its
+superuser, and the one built from Supabase's own SQL, migrated as the non-superuser ``postgres``.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,23 @@ import pytest
 
 from shared.cli import main as cli_main
 from shared.errors import ConfigError, DatabaseError
-from shared.migrations import ensure_database, load_migrations, migrate, split_statements
+from shared.migrations import (
+    MigrationsMissingLocallyError,
+    MigrationsOutOfOrderError,
+    ensure_database,
+    load_migrations,
+    migrate,
+    split_statements,
+)
 from shared.testing.databases import admin_execute, dsn_for, run_sync
 
 
 @pytest.fixture
-def empty_dsn() -> Iterator[str]:
-    """Yield an empty database of this test's own (no migrations, no compat)."""
+def empty_dsn(pg_admin_dsn: str) -> Iterator[str]:
+    """Yield an empty database of this test's own (no migrations, no compat), on this test's server."""
     name = f"vg_empty_{uuid.uuid4().hex[:12]}"
-    yield dsn_for(name)
-    run_sync(admin_execute(f'drop database if exists "{name}" with (force)'))
+    yield dsn_for(name, pg_admin_dsn)
+    run_sync(admin_execute(f'drop database if exists "{name}" with (force)', pg_admin_dsn))
 
 
 @pytest.fixture
@@ -50,8 +61,11 @@ async def test_migrate_applies_everything_once_and_records_it_like_the_cli(empty
     finally:
         await connection.close()
     assert [label.split("_", 1) for label in expected] == [[row["version"], row["name"]] for row in rows]
-    assert all(row["statements"] for row in rows)
+    # As the CLI stores them: the file's statements, each without its `;`, in order.
+    for row, migration in zip(rows, load_migrations(), strict=True):
+        assert split_statements(migration.sql) == row["statements"]
     assert any("create table public.jobs (" in statement for statement in rows[0]["statements"])
+    assert not any(statement.endswith(";") for row in rows for statement in row["statements"])
 
 
 async def test_concurrent_runs_apply_each_migration_once(empty_dsn: str) -> None:
@@ -105,15 +119,102 @@ def test_split_statements_respects_quotes_dollar_quotes_and_comments() -> None:
     -- a comment; with a semicolon
     create function f() returns int language sql as $$ select 1; $$;
     insert into t values ('a;b', 'it''s;');
-    /* block; comment */ select "odd;name" from t;
+    /* block; /* nested; */ comment */ select "odd;name" from t;
     do $body$ begin perform 1; end $body$;
     -- trailing comment only
     """
-    statements = split_statements(script)
-    assert 4 == len(statements)
-    assert statements[0].endswith("$$ select 1; $$;")
-    assert "'it''s;'" in statements[1]
-    assert statements[3].startswith("do $body$")
+    # What the Supabase CLI's parser.SplitAndTrim returns: comments kept, `;` and surrounding space trimmed.
+    assert [
+        "-- a comment; with a semicolon\n    create function f() returns int language sql as $$ select 1; $$",
+        "insert into t values ('a;b', 'it''s;')",
+        '/* block; /* nested; */ comment */ select "odd;name" from t',
+        "do $body$ begin perform 1; end $body$",
+        "-- trailing comment only",
+    ] == split_statements(script)
+
+
+def test_split_statements_keeps_atomic_bodies_parentheses_and_escapes_whole() -> None:
+    script = (
+        "create function g() returns int language sql begin atomic select 1; select 2; end;\n"
+        "create rule r as on insert to t do also (insert into u values (1); insert into u values (2));\n"
+        "select 'a' \\; select 'b';;\n"
+        "select 1"
+    )
+    assert [
+        "create function g() returns int language sql begin atomic select 1; select 2; end",
+        "create rule r as on insert to t do also (insert into u values (1); insert into u values (2))",
+        "select 'a' \\; select 'b'",
+        "select 1",
+    ] == split_statements(script)
+
+
+async def history(dsn: str) -> list[str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch("select version from supabase_migrations.schema_migrations order by version")
+    finally:
+        await connection.close()
+    return [row["version"] for row in rows]
+
+
+async def test_a_file_older_than_the_newest_applied_is_refused_unless_included(empty_dsn: str, tmp_path: Path) -> None:
+    """The CLI's ErrMissingRemote: before, the late file was applied silently, out of order."""
+    await ensure_database(empty_dsn)
+    (tmp_path / "20200101000000_first.sql").write_text("create table first (id int);")
+    (tmp_path / "20200301000000_third.sql").write_text("create table third (id int);")
+    assert ["20200101000000_first", "20200301000000_third"] == await migrate(empty_dsn, tmp_path)
+    (tmp_path / "20200201000000_second.sql").write_text("create table second (id int);")
+    (tmp_path / "20200401000000_fourth.sql").write_text("create table fourth (id int);")
+
+    with pytest.raises(MigrationsOutOfOrderError, match=r"20200201000000_second.*include_all") as caught:
+        await migrate(empty_dsn, tmp_path)
+    assert ("20200201000000",) == caught.value.versions
+    assert ["20200101000000", "20200301000000"] == await history(empty_dsn)  # nothing applied, not even fourth
+
+    applied = await migrate(empty_dsn, tmp_path, include_all=True)
+    assert ["20200201000000_second", "20200401000000_fourth"] == applied
+    assert ["20200101000000", "20200201000000", "20200301000000", "20200401000000"] == await history(empty_dsn)
+
+
+async def test_a_version_the_folder_lacks_stops_everything(empty_dsn: str, tmp_path: Path) -> None:
+    """The CLI's ErrMissingLocal, include_all or not: the database is ahead of this checkout."""
+    await ensure_database(empty_dsn)
+    (tmp_path / "20200101000000_first.sql").write_text("create table first (id int);")
+    (tmp_path / "20200201000000_gone.sql").write_text("create table gone (id int);")
+    await migrate(empty_dsn, tmp_path)
+    (tmp_path / "20200201000000_gone.sql").unlink()
+    (tmp_path / "20200301000000_next.sql").write_text("create table next (id int);")
+    for include_all in (False, True):
+        with pytest.raises(MigrationsMissingLocallyError, match=r"20200201000000.*migration repair") as caught:
+            await migrate(empty_dsn, tmp_path, include_all=include_all)
+        assert ("20200201000000",) == caught.value.versions
+    assert ["20200101000000", "20200201000000"] == await history(empty_dsn)
+
+
+async def test_settings_of_one_file_do_not_reach_the_next(empty_dsn: str, tmp_path: Path) -> None:
+    """RESET ALL between files: before, a dump's empty search_path made the next file's create fail (3F000).
+
+    The read-only default would fail it too (25006), and nothing of either stays on the connection after.
+    """
+    await ensure_database(empty_dsn)
+    (tmp_path / "20200101000000_dump.sql").write_text(
+        "SELECT pg_catalog.set_config('search_path', '', false);\ncreate table public.dumped (id int);\n"
+        "set default_transaction_read_only = on;"
+    )
+    (tmp_path / "20200102000000_next.sql").write_text("create table plain (id int);")
+    assert ["20200101000000_dump", "20200102000000_next"] == await migrate(empty_dsn, tmp_path)
+    connection = await asyncpg.connect(empty_dsn)
+    try:
+        assert await connection.fetchval("select to_regclass('public.plain') is not null")
+    finally:
+        await connection.close()
+
+
+async def test_failing_statement_is_named_in_the_error(empty_dsn: str, tmp_path: Path) -> None:
+    await ensure_database(empty_dsn)
+    (tmp_path / "20200101000000_bad.sql").write_text("create table ok (id int);\nselect * from nowhere;\n-- end")
+    with pytest.raises(DatabaseError, match=r"20200101000000_bad \(statement 2 of 3\)"):
+        await migrate(empty_dsn, tmp_path)
 
 
 def test_cli_migrate_reports_what_it_did(empty_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,10 +222,11 @@ def test_cli_migrate_reports_what_it_did(empty_dsn: str, monkeypatch: pytest.Mon
     monkeypatch.setenv("ENVIRONMENT", "development")
     out = io.StringIO()
     assert 0 == cli_main(["db", "migrate"], out=out)
-    assert "applied 2 migration(s)" in out.getvalue()
-    out = io.StringIO()
-    assert 0 == cli_main(["db", "migrate"], out=out)
-    assert "up to date" in out.getvalue()
+    assert f"applied {len(load_migrations())} migration(s)" in out.getvalue()
+    for args in (["db", "migrate"], ["db", "migrate", "--include-all"]):
+        out = io.StringIO()
+        assert 0 == cli_main(args, out=out)
+        assert "up to date" in out.getvalue()
 
 
 async def as_user(conn: asyncpg.Connection, user: uuid.UUID | None, query: str, *args: object) -> list[asyncpg.Record]:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,8 +19,10 @@ from tests.fixtures.servers import PgBouncer, start_pgbouncer
 
 
 @pytest.fixture
-def bouncer() -> Iterator[PgBouncer]:
-    server = start_pgbouncer(pool_mode="transaction", pool_size=2)
+def bouncer(pg_admin_dsn: str) -> Iterator[PgBouncer]:
+    """A pgbouncer in front of the server this test's database lives on (the machine's or the Supabase-built)."""
+    upstream = urlsplit(pg_admin_dsn).port or 5432
+    server = start_pgbouncer(pool_mode="transaction", pool_size=2, upstream_port=upstream)
     yield server
     server.stop()
 

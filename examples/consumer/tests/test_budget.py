@@ -30,7 +30,7 @@ def setup(request: pytest.FixtureRequest) -> tuple[StageContainer, MakeJob]:
     real: StageContainer = request.getfixturevalue("real_container")
 
     async def real_job(limit: Decimal) -> UUID:
-        return (await create_job_for_new_user(real.db(), real.jobs(), budget_limit=limit)).id
+        return (await create_job_for_new_user(real.db(), budget_limit=limit)).id
 
     return real, real_job
 

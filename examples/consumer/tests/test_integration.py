@@ -13,7 +13,7 @@ from title_stage.stage import BUCKET, title_job
 
 async def test_the_stage_runs_end_to_end_on_the_real_services(real_container: StageContainer) -> None:
     job = await create_job_for_new_user(
-        real_container.db(), real_container.jobs(), budget_limit=Decimal(1), prompt="a tide of paper boats"
+        real_container.db(), budget_limit=Decimal(1), user_prompt="a tide of paper boats"
     )
     result = await title_job(job.id)
     assert "A Tide Of Paper Boats" == result.title
