@@ -6,8 +6,10 @@ rename wins; without ``upsert`` a hard link claims the path atomically and the l
 
 No path escapes the root, even while someone swaps a folder for a symlink: every operation walks from a
 descriptor of the root one segment at a time (``os.open(name, O_DIRECTORY | O_NOFOLLOW, dir_fd=parent)``,
-openat-style), then acts on the last name relative to its parent's descriptor. A symlink met anywhere is
-refused (StoragePermissionError), and what is checked is what is used: no path is resolved twice.
+openat-style), then acts on the last name relative to its parent's descriptor. A symlink met on the way is
+refused (StoragePermissionError), and so is reading through a last name that is a symlink; a write or a
+delete acts on that name itself (rename and unlink never follow one). What is checked is what is used: no
+path is resolved twice.
 """
 
 from __future__ import annotations
@@ -260,9 +262,7 @@ class LocalStorage:
                 mode = _mode_at(parent, leaf)
                 if mode is None or stat.S_ISDIR(mode):
                     return False
-                if stat.S_ISLNK(mode):
-                    raise _symlink()
-                os.unlink(leaf, dir_fd=parent)
+                os.unlink(leaf, dir_fd=parent)  # a symlink is removed itself, never its target
         except (FileNotFoundError, NotADirectoryError):
             return False
         return True
@@ -337,7 +337,9 @@ def _open_at(parent: int | None, name: str, flags: int) -> int:
     try:
         return os.open(name, flags, dir_fd=parent)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_link(parent, name)):
+        # O_DIRECTORY | O_NOFOLLOW on a symlink fails with ENOTDIR: only a name that is a file (or another
+        # non-folder) now really is "not a directory"; a folder or nothing there means it was swapped meanwhile.
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and not _is_other(parent, name)):
             raise _symlink() from exc
         raise
 
@@ -353,9 +355,10 @@ def _open_folder_at(parent: int, name: str, *, create: bool) -> int:
     return _open_at(parent, name, _DIRECTORY)
 
 
-def _is_link(parent: int | None, name: str) -> bool:
+def _is_other(parent: int | None, name: str) -> bool:
+    """Return whether ``name`` exists and is neither a folder nor a symlink (a file, a FIFO...)."""
     mode = _mode_at(parent, name)
-    return mode is not None and stat.S_ISLNK(mode)
+    return mode is not None and not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode)
 
 
 def _mode_at(parent: int | None, name: str) -> int | None:

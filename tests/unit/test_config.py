@@ -411,7 +411,7 @@ numbers = st.one_of(
 )
 
 
-@settings_profile(max_examples=300)
+@settings_profile(max_examples=300, deadline=None)
 @given(st.sampled_from(NUMERIC_FIELDS), numbers)
 def test_every_numeric_setting_is_refused_or_usable(field: str, value: object) -> None:
     try:
@@ -424,6 +424,7 @@ def test_every_numeric_setting_is_refused_or_usable(field: str, value: object) -
     assert all(line.split(":", 1)[0] == field.upper() or "must not be larger" in line for line in problems)
 
 
+@settings_profile(deadline=None)
 @given(st.dictionaries(st.sampled_from(NUMERIC_FIELDS), numbers, max_size=6))
 def test_any_mix_of_numbers_gives_a_config_error_or_usable_ordered_settings(values: dict[str, object]) -> None:
     try:
@@ -543,6 +544,7 @@ def test_url_credentials_are_redacted_from_the_logs() -> None:
         assert secret not in output
 
 
+@settings_profile(deadline=None)
 @given(st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/?#[]% ", min_size=6, max_size=40))
 def test_any_database_password_is_masked_and_redacted(password: str) -> None:
     marked = "Zq9" + password
