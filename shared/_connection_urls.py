@@ -62,7 +62,11 @@ def host_kind(host: str) -> HostKind:
 
 def query_values(url: str, name: str) -> list[str]:
     """Return every value of query parameter ``name`` (decoded), in order."""
-    return [value for key, value in parse_qsl(urlsplit(url).query, keep_blank_values=True) if key == name]
+    try:
+        query = urlsplit(url).query
+    except ValueError:  # a malformed IPv6 host: the format checks refuse such a URL anyway
+        return []
+    return [value for key, value in parse_qsl(query, keep_blank_values=True) if key == name]
 
 
 def url_hosts(url: str) -> list[str]:
@@ -70,7 +74,10 @@ def url_hosts(url: str) -> list[str]:
     from_query = query_values(url, "host")
     if from_query:
         return [host for value in from_query for host in value.split(",")]
-    netloc = urlsplit(url).netloc.rpartition("@")[2]
+    try:
+        netloc = urlsplit(url).netloc.rpartition("@")[2]
+    except ValueError:
+        return []
     hosts: list[str] = []
     for item in netloc.split(","):
         if item.startswith("["):

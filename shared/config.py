@@ -191,7 +191,12 @@ class Settings(BaseSettings):
                 failed.add(field)
                 problems.append(f"{field.upper() or 'SETTINGS'}: {error['msg']}")
             raw = dict(data) if isinstance(data, dict) else {}
-            partial = cls.model_construct(**{k: v for k, v in raw.items() if k not in failed})
+            rest = {key: value for key, value in raw.items() if key not in failed}
+            try:
+                # The fields that passed, typed (the failed ones at their defaults), for the cross-field checks.
+                partial: Settings = handler(rest)
+            except pydantic.ValidationError:
+                partial = cls.model_construct(**rest)
             problems.extend(partial._credential_problems(skip=failed))
             problems.extend(partial._order_problems(skip=failed))
             raise ConfigError(problems) from None

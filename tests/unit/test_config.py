@@ -11,13 +11,14 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import settings as settings_profile
 from hypothesis import strategies as st
 
+from shared._connection_urls import MASK, host_kind, mask_url, url_credentials, url_hosts
 from shared.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL, PLACEHOLDER_VALUES, Environment, Settings
 from shared.errors import ConfigError
 from shared.logging import LoggerFactory
@@ -466,6 +467,18 @@ def test_production_lists_every_unsafe_choice_at_once() -> None:
     assert not any("Sb-Pass-x9" in line or "Redis-Pw-q1" in line for line in problems)
 
 
+def test_crossed_bounds_from_the_environment_are_listed_beside_type_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")
+    monkeypatch.setenv("DB_POOL_MIN_SIZE", "30")
+    monkeypatch.setenv("DB_POOL_MAX_SIZE", "3")
+    monkeypatch.setenv("REDIS_URL", "redis://cache.example.com:6379/0")
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    problems = problems_of()
+    variables = [line.split(":", 1)[0] for line in problems]
+    assert {"LOG_LEVEL", "DB_POOL_MIN_SIZE", "REDIS_URL"} <= set(variables)
+    assert len(variables) == len(set(variables))
+
+
 # --- credentials inside URLs appear nowhere ---
 
 URL_SECRETS = {
@@ -554,3 +567,103 @@ def test_any_database_password_is_masked_and_redacted(password: str) -> None:
     assert marked not in text
     assert quote(marked, safe="") not in text
     assert marked in settings.secret_values()
+
+
+# --- the URL reader behind these checks ---
+
+
+@pytest.mark.parametrize(
+    ("host", "kind"),
+    [
+        ("", "socket"),
+        ("%2Fvar%2Frun%2Fpostgresql", "socket"),
+        ("localhost", "private"),
+        ("db.localhost", "private"),
+        ("127.0.0.1", "private"),
+        ("[::1]", "private"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.9", "private"),
+        ("192.168.0.1", "private"),
+        ("100.64.3.4", "private"),
+        ("169.254.1.1", "private"),
+        ("fd12::1", "private"),
+        ("fe80::1%eth0", "private"),
+        ("::ffff:10.0.0.1", "private"),
+        ("redis", "private"),
+        ("db.prod.internal", "private"),
+        ("pg.default.svc", "private"),
+        ("nas.home.arpa", "private"),
+        ("abcdefgh.supabase.co", "public"),
+        ("8.8.8.8", "public"),
+        ("2001:4860::8888", "public"),
+        ("::ffff:8.8.8.8", "public"),
+    ],
+)
+def test_hosts_are_classified_by_where_their_traffic_goes(host: str, kind: str) -> None:
+    assert kind == host_kind(host)
+
+
+@pytest.mark.parametrize(
+    ("url", "hosts"),
+    [
+        ("postgresql://u:p@h1:5432,h2:5433/db", ["h1", "h2"]),
+        ("postgresql://u:p@[fd00::1]:5432/db", ["fd00::1"]),
+        ("postgresql://u@ignored/db?host=a.example.com,b.internal", ["a.example.com", "b.internal"]),
+        ("postgresql:///db", [""]),
+        ("postgresql://u@[fd00::1/db", []),
+    ],
+)
+def test_url_hosts_read_like_libpq(url: str, hosts: list[str]) -> None:
+    assert hosts == url_hosts(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:pw@h/db?sslmode=require", f"postgresql://u:{MASK}@h/db?sslmode=require"),
+        ("https://token@x.supabase.co/", f"https://{MASK}@x.supabase.co/"),
+        ("redis://default@h:6379/0", "redis://default@h:6379/0"),
+        (
+            "postgresql://u@h/db?Password=x&sslmode=require#frag",
+            f"postgresql://u@h/db?Password={MASK}&sslmode=require#frag",
+        ),
+        ("https://h/cb#access_token=abc&x=1", f"https://h/cb#access_token={MASK}&x=1"),
+        ("postgresql:///db?host=/run/pg", "postgresql:///db?host=/run/pg"),
+        ("http://[::1", MASK),
+    ],
+)
+def test_mask_url_hides_only_the_credentials(url: str, masked: str) -> None:
+    assert masked == mask_url(url)
+
+
+url_text = st.text(alphabet=string.ascii_letters + string.digits + "-._~%!$&'()*+,;=", min_size=1, max_size=20)
+query_text = st.text(alphabet=string.ascii_letters + string.digits + "-._~%!$'()*+,;", min_size=1, max_size=20)
+
+
+@given(
+    st.sampled_from(["postgresql", "redis", "rediss", "https", "http"]),
+    url_text,
+    url_text,
+    query_text,
+    st.sampled_from(["db.example.com", "10.0.0.1", "[fd00::1]", "redis", ""]),
+    st.sampled_from(["password", "PASSWORD", "sslpassword", "apikey", "token", "pass%77ord"]),
+)
+def test_mask_url_never_shows_a_credential_it_finds(
+    scheme: str, user: str, secret: str, in_query: str, host: str, parameter: str
+) -> None:
+    password, query_secret = f"Pw{secret}Zz", f"Qs{in_query}Yy"
+    url = f"{scheme}://{user}:{password}@{host}/x?{parameter}={query_secret}&sslmode=require"
+    found = url_credentials(url)
+    assert {password, query_secret} <= found
+    masked = mask_url(url)
+    for credential in found:
+        assert credential not in masked
+    assert url_credentials(f"{scheme}://{user}@{host}/x") == (
+        {user} | {unquote(user)} if scheme.startswith("http") else set()
+    )
+
+
+@given(st.text(max_size=200))
+def test_mask_url_and_url_credentials_accept_any_text(text: str) -> None:
+    masked = mask_url(text)
+    assert all(credential not in masked for credential in url_credentials(text) if len(credential) > 12)
