@@ -523,6 +523,9 @@ def test_a_url_field_added_later_is_masked_too() -> None:
         assert secret not in text
         assert secret in settings.secret_values()
     assert "hooks.example.com" in text  # the rest of the URL stays readable
+    unchecked = Settings.model_construct(supabase_url="https://user:Sb-Built-Pw-4@abcdefgh.supabase.co")
+    assert "Sb-Built-Pw-4" not in _every_rendering(unchecked)  # even one built without validation
+    assert "Sb-Built-Pw-4" in unchecked.secret_values()
 
 
 @pytest.mark.parametrize(

@@ -415,3 +415,22 @@ async def test_downloads_never_read_outside_the_root_while_a_parent_is_swapped(
     assert [] == [
         r for r in reads if r not in (b"inside", len(b"inside"), True) and not isinstance(r, StoragePermissionError)
     ]
+
+
+async def test_deletes_never_remove_a_file_outside_the_root_while_a_parent_is_swapped(
+    swapped: tuple[LocalStorage, Path, Path],
+) -> None:
+    storage, folder, outside = swapped
+    await storage.upload_file("media", "jobs/object.bin", b"inside")
+    outcomes: list[object] = []
+    with FolderSwapper(folder, outside) as swapper:
+        for _ in range(60):
+            outcomes += await asyncio.gather(
+                storage.upload_file("media", "jobs/object.bin", b"inside", upsert=True),
+                storage.delete_file("media", "jobs/object.bin"),
+                return_exceptions=True,
+            )
+    assert swapper.swaps > 0
+    assert [] == [o for o in outcomes if not isinstance(o, str | bool | StoragePermissionError)]
+    assert b"OUTSIDE" == (outside / "object.bin").read_bytes()
+    assert ["object.bin"] == sorted(p.name for p in outside.iterdir())
