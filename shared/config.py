@@ -7,6 +7,7 @@ variable and what was expected, never the value of a secret.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -198,12 +199,14 @@ class Settings(BaseSettings):
             except pydantic.ValidationError:
                 partial = cls.model_construct(**rest)
             problems.extend(partial._credential_problems(skip=failed))
+            problems.extend(partial._number_problems(skip=failed))
             problems.extend(partial._order_problems(skip=failed))
-            raise ConfigError(problems) from None
+            raise ConfigError(problems=tuple(problems)) from None
         problems.extend(settings._credential_problems(skip=set()))
+        problems.extend(settings._number_problems(skip=set()))
         problems.extend(settings._order_problems(skip=set()))
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(problems=tuple(problems))
         return settings
 
     def _credential_problems(self, *, skip: set[str]) -> list[str]:
@@ -238,6 +241,24 @@ class Settings(BaseSettings):
                 problem = _deployed_problem(field, value, allow_private=allow_private)
             if problem:
                 problems.append(f"{variable}: {problem}")
+        return problems
+
+    def _number_problems(self, *, skip: set[str]) -> list[str]:
+        """Refuse what a field's own bounds let through: NaN, infinity, and sizes no consumer can hold.
+
+        Every field here declares its range; this net catches a field added without one, so that no number
+        reaches ``timedelta``, a socket timeout or a C integer it would overflow.
+        """
+        problems: list[str] = []
+        for field in type(self).model_fields:
+            value = getattr(self, field, None)
+            if field in skip or isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+                continue
+            limit = next((bound for suffix, bound in _UNIT_LIMITS if field.endswith(suffix)), _INT64_MAX)
+            if isinstance(value, float | Decimal) and not math.isfinite(value):
+                problems.append(f"{field.upper()}: must be a finite number")
+            elif (abs(value) if isinstance(value, int) else abs(float(value))) > limit:
+                problems.append(f"{field.upper()}: must be at most {limit}")
         return problems
 
     def _order_problems(self, *, skip: set[str]) -> list[str]:
@@ -312,6 +333,10 @@ class Settings(BaseSettings):
             for key, value in data.items()
         }
 
+
+_INT64_MAX = 2**63 - 1
+# The largest value that makes sense for a field named with this unit: one year of seconds, ten of days.
+_UNIT_LIMITS = (("_seconds", 366 * 24 * 3600), ("_days", 3660))
 
 # Lower and upper bounds that must be ordered: (lower field, upper field, factor applied to the lower).
 _ORDERED: tuple[tuple[str, str, int], ...] = (
