@@ -167,6 +167,7 @@ class LocalStorage:
 
     @staticmethod
     def _place(temp: str, partial: int, leaf: str, parent: int, *, upsert: bool, bucket: str, path: str) -> None:
+        """Rename (upsert) or hard-link the temp file to ``leaf``, both names relative to open folders."""
         folder = StorageConflictError(
             f"Cannot store {bucket}/{path}: it is a folder of other objects", bucket=bucket, path=path
         )
