@@ -7,7 +7,9 @@ variable and what was expected, never the value of a secret.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -16,9 +18,18 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pydantic
-from pydantic import Field, SecretStr, ValidatorFunctionWrapHandler, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    SerializerFunctionWrapHandler,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared._connection_urls import host_kind, looks_like_url, mask_url, query_values, url_credentials, url_hosts
 from shared.errors import ConfigError
 
 __all__ = [
@@ -103,8 +114,8 @@ class Settings(BaseSettings):
     environment: Environment = Environment.DEVELOPMENT
     log_level: LogLevel = "INFO"
     log_file: Path | None = Field(default=None, description="JSON log file (rotated at 100 MB, 5 kept); off if unset")
-    log_file_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
-    log_file_backup_count: int = Field(default=5, ge=0)
+    log_file_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0, le=1024**4)
+    log_file_backup_count: int = Field(default=5, ge=0, le=1000)
     log_console: bool = Field(default=True, description="JSON lines on stderr too (off when only the file is wanted)")
 
     supabase_url: str | None = None
@@ -113,41 +124,44 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = None
     replicate_api_token: SecretStr | None = None
     jwt_secret_key: SecretStr | None = None
+    # The one way to let staging or production talk plaintext (http://, redis://, sslmode other than
+    # require/verify-*) and only to hosts on a private network: loopback, private ranges, internal names.
+    allow_insecure_private_network: bool = False
 
     database_url: SecretStr | None = Field(
         default=None, description=f"defaults to {DEFAULT_DATABASE_URL} in development"
     )
-    db_pool_min_size: int = Field(default=1, ge=0)
-    db_pool_max_size: int = Field(default=10, ge=1)
-    db_connect_timeout_seconds: float = Field(default=10.0, gt=0)
-    db_command_timeout_seconds: float = Field(default=30.0, gt=0)
-    db_connect_attempts: int = Field(default=3, ge=1)
+    db_pool_min_size: int = Field(default=1, ge=0, le=1000)
+    db_pool_max_size: int = Field(default=10, ge=1, le=1000)
+    db_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, allow_inf_nan=False)
+    db_command_timeout_seconds: float = Field(default=30.0, gt=0, le=24 * 3600, allow_inf_nan=False)
+    db_connect_attempts: int = Field(default=3, ge=1, le=100)
     # None: automatic (0 behind Supabase's transaction pooler on port 6543, else asyncpg's default of 100).
-    db_statement_cache_size: int | None = Field(default=None, ge=0)
+    db_statement_cache_size: int | None = Field(default=None, ge=0, le=100_000)
 
     redis_url: SecretStr | None = Field(default=None, description=f"defaults to {DEFAULT_REDIS_URL} in development")
     redis_key_prefix: str = "videogen:cache:"
-    redis_max_connections: int = Field(default=50, ge=1)
-    redis_operation_timeout_seconds: float = Field(default=1.0, gt=0)
+    redis_max_connections: int = Field(default=50, ge=1, le=10_000)
+    redis_operation_timeout_seconds: float = Field(default=1.0, gt=0, le=300, allow_inf_nan=False)
     redis_strict: bool = False
 
     storage_backend: StorageBackend = "local"
     storage_local_root: Path = Path(".data/storage")
-    storage_max_upload_bytes: int = Field(default=2 * 1024**3, gt=0)
-    storage_timeout_seconds: float = Field(default=60.0, gt=0)
-    storage_chunk_size_bytes: int = Field(default=6 * 1024 * 1024, ge=5 * 1024 * 1024)
+    storage_max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, le=5 * 1024**4)
+    storage_timeout_seconds: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
+    storage_chunk_size_bytes: int = Field(default=6 * 1024 * 1024, ge=5 * 1024 * 1024, le=1024**3)
 
     default_job_budget: Decimal = Field(default=Decimal("50.0000"), ge=0, max_digits=12, decimal_places=4)
-    reservation_ttl_seconds: int = Field(default=15 * 60, gt=0)
+    reservation_ttl_seconds: int = Field(default=15 * 60, gt=0, le=7 * 24 * 3600)
 
-    audio_max_size_mb: int = Field(default=100, gt=0)
-    audio_min_duration_seconds: float = Field(default=5.0, ge=0)
-    audio_max_duration_seconds: float = Field(default=15 * 60.0, gt=0)
-    prompt_min_length: int = Field(default=3, ge=1)
-    prompt_max_length: int = Field(default=2000, ge=1)
+    audio_max_size_mb: int = Field(default=100, gt=0, le=10 * 1024)
+    audio_min_duration_seconds: float = Field(default=5.0, ge=0, le=24 * 3600, allow_inf_nan=False)
+    audio_max_duration_seconds: float = Field(default=15 * 60.0, gt=0, le=24 * 3600, allow_inf_nan=False)
+    prompt_min_length: int = Field(default=3, ge=1, le=100_000)
+    prompt_max_length: int = Field(default=2000, ge=1, le=100_000)
 
-    startup_timeout_seconds: float = Field(default=30.0, gt=0)
-    shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+    startup_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -178,16 +192,25 @@ class Settings(BaseSettings):
                 failed.add(field)
                 problems.append(f"{field.upper() or 'SETTINGS'}: {error['msg']}")
             raw = dict(data) if isinstance(data, dict) else {}
-            partial = cls.model_construct(**{k: v for k, v in raw.items() if k not in failed})
+            rest = {key: value for key, value in raw.items() if key not in failed}
+            try:
+                # The fields that passed, typed (the failed ones at their defaults), for the cross-field checks.
+                partial: Settings = handler(rest)
+            except pydantic.ValidationError:
+                partial = cls.model_construct(**rest)
             problems.extend(partial._credential_problems(skip=failed))
-            raise ConfigError(problems) from None
+            problems.extend(partial._number_problems(skip=failed))
+            problems.extend(partial._order_problems(skip=failed))
+            raise ConfigError(problems=tuple(problems)) from None
         problems.extend(settings._credential_problems(skip=set()))
+        problems.extend(settings._number_problems(skip=set()))
+        problems.extend(settings._order_problems(skip=set()))
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(problems=tuple(problems))
         return settings
 
     def _credential_problems(self, *, skip: set[str]) -> list[str]:
-        """Check formats and what the environment requires; never quote a value."""
+        """Check formats, transport and what the environment requires; never quote a secret."""
         problems: list[str] = []
         values = {field: _plain(getattr(self, field, None)) for field in CREDENTIALS}
         try:
@@ -196,6 +219,7 @@ class Settings(BaseSettings):
             environment = Environment.DEVELOPMENT
         deployed = environment is not Environment.DEVELOPMENT
         backend = str(getattr(self, "storage_backend", "local"))
+        allow_private = getattr(self, "allow_insecure_private_network", False) is True
 
         required = set(CREDENTIALS) if deployed else set()
         if backend == "supabase":
@@ -212,13 +236,40 @@ class Settings(BaseSettings):
             if deployed and value in PLACEHOLDER_VALUES:
                 problems.append(f"{variable}: still the placeholder from .env.example; set the real value")
                 continue
-            problem = _format_problem(field, value, deployed=deployed)
+            problem = _format_problem(field, value)
+            if problem is None and deployed:
+                problem = _deployed_problem(field, value, allow_private=allow_private)
             if problem:
                 problems.append(f"{variable}: {problem}")
-        if "db_pool_max_size" not in skip and "db_pool_min_size" not in skip:
-            low, high = getattr(self, "db_pool_min_size", 1), getattr(self, "db_pool_max_size", 10)
-            if isinstance(low, int) and isinstance(high, int) and low > high:
-                problems.append("DB_POOL_MIN_SIZE: must not be larger than DB_POOL_MAX_SIZE")
+        return problems
+
+    def _number_problems(self, *, skip: set[str]) -> list[str]:
+        """Refuse what a field's own bounds let through: NaN, infinity, and sizes no consumer can hold.
+
+        Every field here declares its range; this net catches a field added without one, so that no number
+        reaches ``timedelta``, a socket timeout or a C integer it would overflow.
+        """
+        problems: list[str] = []
+        for field in type(self).model_fields:
+            value = getattr(self, field, None)
+            if field in skip or isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+                continue
+            limit = next((bound for suffix, bound in _UNIT_LIMITS if field.endswith(suffix)), _INT64_MAX)
+            if isinstance(value, float | Decimal) and not math.isfinite(value):
+                problems.append(f"{field.upper()}: must be a finite number")
+            elif (abs(value) if isinstance(value, int) else abs(float(value))) > limit:
+                problems.append(f"{field.upper()}: must be at most {limit}")
+        return problems
+
+    def _order_problems(self, *, skip: set[str]) -> list[str]:
+        """Refuse a lower bound above its upper bound (pool sizes, durations, prompt lengths, sizes)."""
+        problems: list[str] = []
+        for low_field, high_field, scale in _ORDERED:
+            if {low_field, high_field} & skip:
+                continue
+            low, high = getattr(self, low_field, None), getattr(self, high_field, None)
+            if isinstance(low, int | float) and isinstance(high, int | float) and low * scale > high:
+                problems.append(f"{low_field.upper()}: must not be larger than {high_field.upper()}")
         return problems
 
     @property
@@ -248,28 +299,78 @@ class Settings(BaseSettings):
         return timedelta(seconds=self.reservation_ttl_seconds)
 
     def secret_values(self) -> list[str]:
-        """Return the value of every secret set, for log redaction (longest first)."""
+        """Return the value of every secret set, for log redaction (longest first).
+
+        Besides the keys, every credential embedded in a URL-valued setting: the password of its user part
+        (as written and percent-decoded) and credential query parameters such as ``?password=``.
+        """
         secrets = [_plain(getattr(self, field)) for field in CREDENTIALS if field != "supabase_url"]
         found = {s for s in secrets if s and len(s) >= 6}
-        # A URL's password is a secret of its own: redact it even where the URL is logged in pieces.
-        for dsn in (self.database_dsn, self.redis_dsn):
-            try:
-                password = urlsplit(dsn).password
-            except ValueError:
-                password = None
-            if password and len(password) >= 4:
-                found.add(password)
+        for dsn in (self.database_dsn, self.redis_dsn, *self._url_values().values()):
+            found |= url_credentials(dsn)
         return sorted(found, key=len, reverse=True)
 
+    def _url_values(self) -> dict[str, str]:
+        """Return every setting whose value is a URL, by field name (secret ones revealed)."""
+        urls: dict[str, str] = {}
+        for field in type(self).model_fields:
+            text = _plain(getattr(self, field, None))
+            if isinstance(getattr(self, field, None), str | SecretStr) and text and looks_like_url(text):
+                urls[field] = text
+        return urls
 
-def _format_problem(field: str, value: str, *, deployed: bool) -> str | None:
-    """Return what is wrong with one credential's format, or None."""
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Show URL-valued settings with their credentials masked (secret ones are masked whole)."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if isinstance(value, str) and looks_like_url(value) else value
+
+    @model_serializer(mode="wrap")
+    def _mask_urls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump URL-valued settings with their credentials masked, in model_dump() and model_dump_json()."""
+        data: dict[str, Any] = handler(self)
+        return {
+            key: mask_url(value) if isinstance(value, str) and looks_like_url(value) else value
+            for key, value in data.items()
+        }
+
+
+_INT64_MAX = 2**63 - 1
+# The largest value that makes sense for a field named with this unit: one year of seconds, ten of days.
+_UNIT_LIMITS = (("_seconds", 366 * 24 * 3600), ("_days", 3660))
+
+# Lower and upper bounds that must be ordered: (lower field, upper field, factor applied to the lower).
+_ORDERED: tuple[tuple[str, str, int], ...] = (
+    ("db_pool_min_size", "db_pool_max_size", 1),
+    ("audio_min_duration_seconds", "audio_max_duration_seconds", 1),
+    ("prompt_min_length", "prompt_max_length", 1),
+    ("audio_max_size_mb", "storage_max_upload_bytes", 1024 * 1024),  # a valid audio file must be storable
+)
+_SECURE_SSLMODES = frozenset({"require", "verify-ca", "verify-full"})
+_UNVERIFIED_CERT_REQS = frozenset({"none", "optional", "cert_none", "cert_optional"})
+# Query parameters of REDIS_URL that redis-py lets override the bounded settings.
+_REDIS_OVERRIDES = {
+    "socket_timeout": "REDIS_OPERATION_TIMEOUT_SECONDS",
+    "socket_connect_timeout": "REDIS_OPERATION_TIMEOUT_SECONDS",
+    "timeout": "REDIS_OPERATION_TIMEOUT_SECONDS",
+    "max_connections": "REDIS_MAX_CONNECTIONS",
+}
+
+
+def _format_problem(field: str, value: str) -> str | None:
+    """Return what is wrong with one credential's format in any environment, or None."""
     if field == "supabase_url":
-        parts = urlsplit(value)
-        if parts.scheme not in {"http", "https"} or not parts.hostname:
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+        except ValueError:
+            host = None
+        if parts.scheme not in {"http", "https"} or not host:
             return "expected an http(s) URL with a host, such as https://<project-ref>.supabase.co"
-        if deployed and parts.scheme != "https":
-            return "must use https:// outside development"
+        if url_credentials(value):
+            return (
+                "must not carry a user, password or key (before '@' or in the query): Supabase authenticates "
+                "with SUPABASE_SERVICE_KEY, and a URL is logged and shown; remove it"
+            )
         return None
     if field == "database_url":
         scheme = value.split("://", 1)[0] if "://" in value else ""
@@ -284,6 +385,13 @@ def _format_problem(field: str, value: str, *, deployed: bool) -> str | None:
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in {"redis", "rediss"}:
             return "expected a redis:// or rediss:// (TLS) URL"
+        try:
+            urlsplit(value).port  # noqa: B018 - parsing the port validates it
+        except ValueError:
+            return "the port is not a number between 0 and 65535"
+        for parameter, setting in _REDIS_OVERRIDES.items():
+            if query_values(value, parameter):
+                return f"its query sets {parameter}, which would override {setting}; remove it and set {setting}"
         return None
     if field == "supabase_service_key":
         ok = _is_supabase_key(value, "sb_secret_")
@@ -298,6 +406,49 @@ def _format_problem(field: str, value: str, *, deployed: bool) -> str | None:
     if field == "jwt_secret_key":
         return None if len(value) >= 32 else f"expected at least 32 characters (got {len(value)})"
     return None
+
+
+def _deployed_problem(field: str, value: str, *, allow_private: bool) -> str | None:
+    """Return why a well-formed URL is unsafe in staging or production, or None."""
+    if field == "database_url" and value == DEFAULT_DATABASE_URL:
+        return "still the development default (the local PostgreSQL); set the deployed database's URL"
+    if field == "redis_url" and value == DEFAULT_REDIS_URL:
+        return "still the development default (the local Redis); set the deployed Redis URL (rediss://)"
+    weakness, fix = _plaintext(field, value)
+    if weakness is None:
+        return None
+    hosts = {host: host_kind(host) for host in url_hosts(value)}
+    public = sorted(host for host, kind in hosts.items() if kind == "public")
+    if public:
+        only = "ALLOW_INSECURE_PRIVATE_NETWORK covers private hosts only"
+        return f"{weakness}, to the public host {public[0]}; {fix} ({only})"
+    if set(hosts.values()) != {"socket"} and not allow_private:
+        # A Unix socket alone crosses no network; anything else on a private network needs the explicit setting.
+        return f"{weakness}; {fix}, or set ALLOW_INSECURE_PRIVATE_NETWORK=true if its private network is trusted"
+    return None
+
+
+def _plaintext(field: str, value: str) -> tuple[str | None, str]:
+    """Return how the URL's traffic would go unprotected (or None) and how to protect it."""
+    if field == "supabase_url":
+        plain = value.split("://", 1)[0].lower() == "http"
+        return ("http:// sends the service key in plaintext" if plain else None), "use https://"
+    if field == "database_url":
+        fix = "add sslmode=require (or verify-full) to the URL"
+        modes = query_values(value, "sslmode")
+        if not modes:
+            return "has no sslmode, so the driver falls back to plaintext when TLS fails", fix
+        weak = [mode for mode in modes if mode.lower() not in _SECURE_SSLMODES]
+        return (f"sslmode={weak[0]} allows plaintext" if weak else None), fix
+    if field == "redis_url":
+        fix = "use rediss:// with certificate checks"
+        if value.split("://", 1)[0].lower() == "redis":
+            return "redis:// sends the password and data in plaintext", fix
+        if any(v.lower() in _UNVERIFIED_CERT_REQS for v in query_values(value, "ssl_cert_reqs")):
+            return "ssl_cert_reqs turns off certificate checks", fix
+        if any(v.lower() in {"false", "no", "0", "n", "f"} for v in query_values(value, "ssl_check_hostname")):
+            return "ssl_check_hostname=false turns off host name checks", fix
+    return None, ""
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -3,21 +3,35 @@
 ``<root>/<bucket>/<path>``. Writes go to a temporary file under ``<root>/.partial`` and are renamed into
 place, so readers never see half a file and concurrent writers of one path cannot interleave (the last
 rename wins; without ``upsert`` a hard link claims the path atomically and the loser gets a conflict).
-No path escapes the root: every target is resolved, symlinks included, and checked to lie inside it.
+
+No path escapes the root, even while someone swaps a folder for a symlink: every operation walks from a
+descriptor of the root one segment at a time (``os.open(name, O_DIRECTORY | O_NOFOLLOW, dir_fd=parent)``,
+openat-style), then acts on the last name relative to its parent's descriptor. A symlink met on the way is
+refused (StoragePermissionError), and so is reading through a last name that is a symlink; a write or a
+delete acts on that name itself (rename and unlink never follow one). What is checked is what is used: no
+path is resolved twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import secrets
-import tempfile
+import stat
 import time
-from collections.abc import Callable, Iterable
-from io import BufferedReader
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from io import BufferedReader, BufferedWriter
 from pathlib import Path
 
-from shared.errors import PipelineError, StorageConflictError, StorageNotFoundError, StoragePermissionError
+from shared.errors import (
+    PipelineError,
+    StorageConflictError,
+    StorageNotFoundError,
+    StoragePermissionError,
+    ValidationError,
+)
 from shared.health import HealthStatus
 from shared.storage._common import (
     READ_SIZE,
@@ -25,7 +39,6 @@ from shared.storage._common import (
     atomic_destination,
     detect_content_type,
     open_body,
-    remove_quietly,
     validate_bucket,
     validate_content_type,
     validate_expires_in,
@@ -37,6 +50,10 @@ from shared.storage._signing import SignedObject, UrlSigner
 __all__ = ["LocalStorage"]
 
 _PARTIAL = ".partial"  # bucket names cannot start with '.', so this never collides with a bucket
+NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems (a smaller limit reads as ENAMETOOLONG)
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # non-blocking: a FIFO must not hang us
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class LocalStorage:
@@ -77,26 +94,16 @@ class LocalStorage:
         """The folder holding the buckets."""
         return self._root
 
-    def _bucket_dir(self, bucket: str) -> Path:
+    def _segments(self, bucket: str, path: str) -> list[str]:
+        """Return ``[bucket, *folders, name]`` after every check that needs no I/O."""
         validate_bucket(bucket)
+        validate_path(path)
         if self._buckets is not None and bucket not in self._buckets:
             raise StorageNotFoundError(f"Bucket not found: {bucket}", bucket=bucket, status=404)
-        return self._root / bucket
-
-    def _target(self, bucket: str, path: str) -> Path:
-        """Return the file of ``bucket/path``, refusing any that resolves outside the bucket's folder."""
-        validate_path(path)
-        bucket_dir = self._bucket_dir(bucket)
-        resolved_bucket = bucket_dir.resolve()
-        target = bucket_dir / path
-        resolved = target.resolve()
-        if resolved_bucket.parent != self._root or not resolved.is_relative_to(resolved_bucket):
-            raise StoragePermissionError(
-                f"{bucket}/{path} resolves outside the storage folder (a symlink?); refusing it",
-                bucket=bucket,
-                path=path,
-            )
-        return target
+        segments = [bucket, *path.split("/")]
+        if any(len(segment.encode()) > NAME_MAX for segment in segments):
+            raise _name_too_long(bucket, path)
+        return segments
 
     # --- uploads ---
 
@@ -110,51 +117,72 @@ class LocalStorage:
         upsert: bool = False,
     ) -> str:
         """Write ``data`` to ``bucket/path`` atomically and return the path; refuse an existing one unless upsert."""
-        validate_bucket(bucket)
-        validate_path(path)
+        segments = self._segments(bucket, path)
         validate_content_type(content_type)
         async with open_body(data, limit=self._max_upload_bytes) as body:
             if content_type is None:
                 detect_content_type(body.head, path)  # the same checks as the other backends; not stored here
-            target = self._target(bucket, path)
-            partial = self._root / _PARTIAL
             try:
-                await asyncio.to_thread(partial.mkdir, parents=True, exist_ok=True)
-                handle, temp_name = await asyncio.to_thread(tempfile.mkstemp, dir=partial, suffix=".part")
-                temp = Path(temp_name)
+                name, file = await asyncio.to_thread(self._create_temp)
                 try:
-                    with os.fdopen(handle, "wb") as file:
-                        async for chunk in body.chunks(READ_SIZE):
-                            await asyncio.to_thread(file.write, chunk)
-                        await asyncio.to_thread(os.fsync, file.fileno())
-                    await asyncio.to_thread(self._commit, temp, target, upsert=upsert, bucket=bucket, path=path)
+                    async for chunk in body.chunks(READ_SIZE):
+                        await asyncio.to_thread(file.write, chunk)
+                    await asyncio.to_thread(_flush_and_close, file)
+                    await asyncio.to_thread(self._commit, name, segments, upsert=upsert, bucket=bucket, path=path)
                 finally:
-                    remove_quietly(temp)
+                    file.close()  # waits for a write still running in a thread (the buffer's lock)
+                    self._remove_temp(name)
             except PipelineError:
                 raise
             except OSError as exc:
-                raise from_os_error(exc, bucket=bucket, path=path) from exc
+                raise _translate(exc, bucket=bucket, path=path) from exc
         return path
 
-    def _commit(self, temp: Path, target: Path, *, upsert: bool, bucket: str, path: str) -> None:
+    def _create_temp(self) -> tuple[str, BufferedWriter]:
+        """Create an empty temp file in ``<root>/.partial`` (runs in a worker thread)."""
+        self._root.mkdir(parents=True, exist_ok=True)  # the root itself is configuration, trusted
+        name = f"{secrets.token_hex(12)}.part"
+        with self._folder([_PARTIAL], create=True) as partial:
+            handle = os.open(name, _CREATE, 0o600, dir_fd=partial)
+        return name, os.fdopen(handle, "wb")
+
+    def _remove_temp(self, name: str) -> None:
+        """Delete a temp file if it is still there (sync: it must also run while being cancelled)."""
+        with contextlib.suppress(OSError), self._folder([_PARTIAL], create=False) as partial:
+            os.unlink(name, dir_fd=partial)
+
+    def _commit(self, temp: str, segments: Sequence[str], *, upsert: bool, bucket: str, path: str) -> None:
         """Move the finished temp file into place (runs in a worker thread)."""
+        *folders, leaf = segments
+        with self._folder([_PARTIAL], create=False) as partial:
+            try:
+                with self._folder(folders, create=True) as parent:
+                    self._place(temp, partial, leaf, parent, upsert=upsert, bucket=bucket, path=path)
+            except NotADirectoryError as exc:
+                raise StorageConflictError(
+                    f"Cannot store {bucket}/{path}: a parent of it is an object, and local storage keeps folders",
+                    bucket=bucket,
+                    path=path,
+                ) from exc
+
+    @staticmethod
+    def _place(temp: str, partial: int, leaf: str, parent: int, *, upsert: bool, bucket: str, path: str) -> None:
+        """Rename (upsert) or hard-link the temp file to ``leaf``, both names relative to open folders."""
+        folder = StorageConflictError(
+            f"Cannot store {bucket}/{path}: it is a folder of other objects", bucket=bucket, path=path
+        )
+        mode = _mode_at(parent, leaf)
+        if mode is not None and stat.S_ISDIR(mode):
+            raise folder
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as exc:
-            raise StorageConflictError(
-                f"Cannot store {bucket}/{path}: a parent of it is an object, and local storage keeps folders",
-                bucket=bucket,
-                path=path,
-            ) from exc
-        if target.is_dir():
-            raise StorageConflictError(
-                f"Cannot store {bucket}/{path}: it is a folder of other objects", bucket=bucket, path=path
-            )
-        if upsert:
-            os.replace(temp, target)
-            return
-        try:
-            os.link(temp, target)  # atomic create-if-absent: of two writers only one claims the path
+            if upsert:
+                # rename(2) replaces the name itself: a symlink there is replaced, never followed.
+                os.replace(temp, leaf, src_dir_fd=partial, dst_dir_fd=parent)
+            else:
+                # Atomic create-if-absent: of two writers only one claims the path.
+                os.link(temp, leaf, src_dir_fd=partial, dst_dir_fd=parent, follow_symlinks=False)
+        except IsADirectoryError as exc:
+            raise folder from exc
         except FileExistsError as exc:
             raise StorageConflictError(
                 f"An object already exists at {bucket}/{path}; pass upsert=True to replace it",
@@ -167,19 +195,19 @@ class LocalStorage:
 
     async def download_file(self, bucket: str, path: str) -> bytes:
         """Return the whole object (use :meth:`download_to` for large ones)."""
-        target = self._target(bucket, path)
+        segments = self._segments(bucket, path)
         try:
-            return await asyncio.to_thread(_read_file, target)
+            return await asyncio.to_thread(self._read_all, segments)
         except OSError as exc:
-            raise from_os_error(exc, bucket=bucket, path=path) from exc
+            raise _translate(exc, bucket=bucket, path=path) from exc
 
     async def download_to(self, bucket: str, path: str, destination: os.PathLike[str]) -> int:
         """Copy the object to ``destination`` atomically (no partial file on failure); return its size."""
-        target = self._target(bucket, path)
+        segments = self._segments(bucket, path)
         try:
-            source = await asyncio.to_thread(_open_file, target)
+            source = await asyncio.to_thread(self._open_object, segments)
         except OSError as exc:
-            raise from_os_error(exc, bucket=bucket, path=path) from exc
+            raise _translate(exc, bucket=bucket, path=path) from exc
         written = 0
         try:
             async with atomic_destination(Path(destination)) as sink:
@@ -187,10 +215,25 @@ class LocalStorage:
                     await asyncio.to_thread(sink.write, chunk)
                     written += len(chunk)
         except OSError as exc:
-            raise from_os_error(exc, bucket=bucket, path=path) from exc
+            raise _translate(exc, bucket=bucket, path=path) from exc
         finally:
             source.close()
         return written
+
+    def _read_all(self, segments: Sequence[str]) -> bytes:
+        with self._open_object(segments) as file:
+            return file.read()
+
+    def _open_object(self, segments: Sequence[str]) -> BufferedReader:
+        """Open the object's file for reading, never through a symlink (runs in a worker thread)."""
+        *folders, leaf = segments
+        with self._folder(folders, create=False) as parent:
+            handle = _open_at(parent, leaf, _READ)
+        if not stat.S_ISREG(os.fstat(handle).st_mode):  # a folder of other objects, a FIFO...
+            os.close(handle)
+            raise FileNotFoundError(errno.ENOENT, "not a file")
+        os.set_blocking(handle, True)
+        return os.fdopen(handle, "rb")
 
     # --- the rest ---
 
@@ -207,21 +250,61 @@ class LocalStorage:
 
     async def delete_file(self, bucket: str, path: str) -> bool:
         """Delete the object; return False when there was none."""
-        target = self._target(bucket, path)
+        segments = self._segments(bucket, path)
         try:
-            await asyncio.to_thread(target.unlink)
-        except FileNotFoundError:
-            return False
-        except IsADirectoryError:
-            return False
+            return await asyncio.to_thread(self._delete, segments)
         except OSError as exc:
-            raise from_os_error(exc, bucket=bucket, path=path) from exc
+            raise _translate(exc, bucket=bucket, path=path) from exc
+
+    def _delete(self, segments: Sequence[str]) -> bool:
+        *folders, leaf = segments
+        try:
+            with self._folder(folders, create=False) as parent:
+                mode = _mode_at(parent, leaf)
+                if mode is None or stat.S_ISDIR(mode):
+                    return False
+                os.unlink(leaf, dir_fd=parent)  # a symlink is removed itself, never its target
+        except (FileNotFoundError, NotADirectoryError):
+            return False
         return True
 
     async def exists(self, bucket: str, path: str) -> bool:
         """Return whether the object exists."""
-        target = self._target(bucket, path)
-        return await asyncio.to_thread(target.is_file)
+        segments = self._segments(bucket, path)
+        try:
+            return await asyncio.to_thread(self._exists, segments)
+        except OSError as exc:
+            raise _translate(exc, bucket=bucket, path=path) from exc
+
+    def _exists(self, segments: Sequence[str]) -> bool:
+        *folders, leaf = segments
+        try:
+            with self._folder(folders, create=False) as parent:
+                mode = _mode_at(parent, leaf)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if mode is not None and stat.S_ISLNK(mode):
+            raise _symlink()
+        return mode is not None and stat.S_ISREG(mode)
+
+    @contextlib.contextmanager
+    def _folder(self, names: Sequence[str], *, create: bool) -> Iterator[int]:
+        """Yield a descriptor of ``<root>/<names...>``, walked one name at a time, never through a symlink.
+
+        Raises:
+            FileNotFoundError: a folder is missing (and ``create`` is False).
+            NotADirectoryError: a name on the way is a file.
+            _SymlinkError: a name on the way is a symlink.
+        """
+        handle = _open_at(None, str(self._root), _DIRECTORY)
+        try:
+            for name in names:
+                child = _open_folder_at(handle, name, create=create)
+                os.close(handle)
+                handle = child
+            yield handle
+        finally:
+            os.close(handle)
 
     def _usable(self) -> bool:
         """Create the root folder if it is missing (as the first upload would) and check it can be written."""
@@ -242,13 +325,73 @@ class LocalStorage:
         return HealthStatus("storage", "ok", elapsed)
 
 
-def _read_file(path: Path) -> bytes:
-    if path.is_dir():
-        raise FileNotFoundError(path)
-    return path.read_bytes()
+class _SymlinkError(OSError):
+    """A symlink met while walking a path inside the root."""
 
 
-def _open_file(path: Path) -> BufferedReader:
-    if path.is_dir():
-        raise FileNotFoundError(path)
-    return path.open("rb")
+def _symlink() -> _SymlinkError:
+    return _SymlinkError(errno.ELOOP, "a symlink inside the storage folder")
+
+
+def _open_at(parent: int | None, name: str, flags: int) -> int:
+    """``os.open`` relative to ``parent``; a symlink where ``O_NOFOLLOW`` forbids one is a _SymlinkError."""
+    try:
+        return os.open(name, flags, dir_fd=parent)
+    except OSError as exc:
+        # O_DIRECTORY | O_NOFOLLOW on a symlink fails with ENOTDIR: only a name that is a file (or another
+        # non-folder) now really is "not a directory"; a folder or nothing there means it was swapped meanwhile.
+        if exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and not _is_other(parent, name)):
+            raise _symlink() from exc
+        raise
+
+
+def _open_folder_at(parent: int, name: str, *, create: bool) -> int:
+    try:
+        return _open_at(parent, name, _DIRECTORY)
+    except FileNotFoundError:
+        if not create:
+            raise
+    with contextlib.suppress(FileExistsError):  # made by a concurrent writer, or not a folder: the open decides
+        os.mkdir(name, 0o777, dir_fd=parent)
+    return _open_at(parent, name, _DIRECTORY)
+
+
+def _is_other(parent: int | None, name: str) -> bool:
+    """Return whether ``name`` exists and is neither a folder nor a symlink (a file, a FIFO...)."""
+    mode = _mode_at(parent, name)
+    return mode is not None and not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode)
+
+
+def _mode_at(parent: int | None, name: str) -> int | None:
+    """Return the mode of ``name`` itself (a symlink is not followed), or None when there is none."""
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _name_too_long(bucket: str, path: str) -> ValidationError:
+    return ValidationError(
+        f"A folder or file name in {bucket}/{path[:80]} is longer than the file system allows "
+        f"({NAME_MAX} bytes per name in local storage); shorten it",
+        field="path",
+    )
+
+
+def _translate(exc: OSError, *, bucket: str, path: str) -> PipelineError:
+    """Map a filesystem error to our error class, the local backend's own cases first."""
+    if isinstance(exc, _SymlinkError):
+        return StoragePermissionError(
+            f"{bucket}/{path} passes through a symlink inside the storage folder; refusing it",
+            bucket=bucket,
+            path=path,
+        )
+    if exc.errno == errno.ENAMETOOLONG:
+        return _name_too_long(bucket, path)
+    return from_os_error(exc, bucket=bucket, path=path)
+
+
+def _flush_and_close(file: BufferedWriter) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+    file.close()

@@ -339,3 +339,31 @@ async def test_health_check_reports_ok(subject: Subject) -> None:
     health = await subject.storage.health_check()
     assert ("storage", "ok") == (health.name, health.status)
     assert health.latency_ms >= 0
+
+
+@pytest.mark.parametrize("path", ["x" * 300, f"jobs/{'y' * 300}/clip.mp4", "/".join(["z" * 250] * 4)])
+async def test_a_long_name_is_stored_whole_or_refused_as_a_validation_error(
+    subject: Subject, path: str, tmp_path: Path
+) -> None:
+    """S3 keys allow 1024 bytes in any segment; a file system 255 per name. Never a raw OSError."""
+    data = payload(100)
+    if subject.name == "local" and max(len(name) for name in path.split("/")) > 255:
+        for call in (
+            subject.storage.upload_file(BUCKET, path, data),
+            subject.storage.download_file(BUCKET, path),
+            subject.storage.download_to(BUCKET, path, tmp_path / "copy"),
+            subject.storage.exists(BUCKET, path),
+            subject.storage.delete_file(BUCKET, path),
+            subject.storage.get_signed_url(BUCKET, path),
+        ):
+            with pytest.raises(ValidationError) as caught:
+                await call
+            assert "path" == caught.value.field
+        assert not (tmp_path / "copy").exists()
+        return
+    await subject.storage.upload_file(BUCKET, path, data)
+    assert data == await subject.storage.download_file(BUCKET, path)
+    assert await subject.storage.exists(BUCKET, path)
+    assert data == await subject.fetch_signed(await subject.storage.get_signed_url(BUCKET, path))
+    assert await subject.storage.delete_file(BUCKET, path)
+    assert not await subject.storage.exists(BUCKET, path)

@@ -4,12 +4,17 @@ signed URLs, the fake's injected failures, and the container's backend selection
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import io
+import os
 import string
+import tempfile
+import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import containers
@@ -25,6 +30,7 @@ from shared.errors import (
 )
 from shared.lifecycle import lifespan
 from shared.storage import LocalStorage, SupabaseStorage, detect_content_type, validate_bucket, validate_path
+from shared.storage import _local as local_module
 from shared.storage._errors import from_os_error
 from shared.storage._signing import UrlSigner
 from shared.testing.storage import FakeStorage
@@ -67,11 +73,21 @@ def test_paths_of_allowed_segments_are_accepted(path: str) -> None:
     assert path == validate_path(path)
 
 
+@settings(max_examples=60, deadline=None)  # file I/O per example: no timing claims
 @given(good_paths)
-def test_an_accepted_path_never_leaves_the_local_root(tmp_path_factory: pytest.TempPathFactory, path: str) -> None:
-    root = tmp_path_factory.getbasetemp() / "prop-root"
-    target = LocalStorage(root, signing_key="k" * 32)._target("media", path)
-    assert target.resolve().is_relative_to((root / "media").resolve())
+def test_an_accepted_path_is_stored_under_the_local_root_and_nowhere_else(path: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder)
+        (base / "root").mkdir()
+        storage = LocalStorage(base / "root", signing_key="k" * 32)
+        try:
+            asyncio.run(storage.upload_file("media", path, b"content"))
+        except StorageConflictError:
+            return  # an earlier segment named like the leaf, e.g. "a/a" is fine but "a" then "a/b" is not
+        assert ["root"] == [p.name for p in base.iterdir()]
+        stored = [p for p in (base / "root").rglob("*") if p.is_file()]
+        assert [(base / "root" / "media" / path).resolve()] == [p.resolve() for p in stored]
+        assert b"content" == asyncio.run(storage.download_file("media", path))
 
 
 @pytest.mark.parametrize("bucket", ["", ".x", "a/b", "x" * 64, None])
@@ -231,3 +247,197 @@ def test_settings_field_names_the_container_reads_exist() -> None:
     assert {"storage_backend", "storage_local_root", "storage_max_upload_bytes", "storage_chunk_size_bytes"} <= set(
         fields
     )
+
+
+# --- the path is checked where it is used ---
+
+LONG = "x" * 300  # one name over the file system's 255 bytes
+
+
+def _methods(storage: LocalStorage, path: str, tmp_path: Path) -> dict[str, Callable[[], Awaitable[object]]]:
+    return {
+        "upload_file": lambda: storage.upload_file("media", path, b"x"),
+        "download_file": lambda: storage.download_file("media", path),
+        "download_to": lambda: storage.download_to("media", path, tmp_path / "copy.bin"),
+        "get_signed_url": lambda: storage.get_signed_url("media", path),
+        "exists": lambda: storage.exists("media", path),
+        "delete_file": lambda: storage.delete_file("media", path),
+    }
+
+
+@pytest.mark.parametrize("path", [LONG, f"jobs/{LONG}/a.bin", f"jobs/{'é' * 128}.bin".replace("é", "e" * 2)])
+@pytest.mark.parametrize(
+    "method", ["upload_file", "download_file", "download_to", "get_signed_url", "exists", "delete_file"]
+)
+async def test_a_name_too_long_for_the_file_system_is_a_validation_error(
+    tmp_path: Path, path: str, method: str
+) -> None:
+    storage = LocalStorage(tmp_path / "root", signing_key="k" * 32)
+    await storage.upload_file("media", "jobs/other.bin", b"x")  # the folders exist: the OS would be asked
+    with pytest.raises(ValidationError) as caught:
+        await _methods(storage, path, tmp_path)[method]()
+    assert "path" == caught.value.field
+    assert "255 bytes" in str(caught.value)
+    assert not (tmp_path / "copy.bin").exists()
+
+
+async def test_a_name_the_file_system_refuses_as_too_long_is_a_validation_error(tmp_path: Path) -> None:
+    """Under NAME_MAX for us but not for a file system with a smaller limit: the OS's ENAMETOOLONG is mapped."""
+    storage = LocalStorage(tmp_path / "root", signing_key="k" * 32)
+    fifo_free_limit = local_module.NAME_MAX
+    try:
+        local_module.NAME_MAX = 10_000  # as if the limit were unknown: the file system's own refusal must map
+        for method in _methods(storage, LONG, tmp_path).values():
+            with pytest.raises(ValidationError):
+                await method()
+    finally:
+        local_module.NAME_MAX = fifo_free_limit
+
+
+async def test_a_symlinked_object_is_never_followed(tmp_path: Path) -> None:
+    """Reads through a symlink are refused; writes and deletes act on the link's name, never on its target."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("outside")
+    storage = LocalStorage(tmp_path / "root", signing_key="k" * 32)
+    await storage.upload_file("media", "a.bin", b"inside")
+    link = tmp_path / "root" / "media" / "link.bin"
+    link.symlink_to(outside)
+    for call in (
+        storage.download_file("media", "link.bin"),
+        storage.download_to("media", "link.bin", tmp_path / "copy"),
+        storage.exists("media", "link.bin"),
+        storage.get_signed_url("media", "link.bin"),
+    ):
+        with pytest.raises(StoragePermissionError):
+            await call
+    with pytest.raises(StorageConflictError):
+        await storage.upload_file("media", "link.bin", b"new")  # the name is taken
+    assert await storage.delete_file("media", "link.bin")
+    assert not link.is_symlink()
+    link.symlink_to(outside)
+    await storage.upload_file("media", "link.bin", b"new", upsert=True)  # replaces the link itself
+    assert "outside" == outside.read_text()
+    assert b"new" == await storage.download_file("media", "link.bin")
+    assert not (tmp_path / "copy").exists()
+
+
+async def test_a_fifo_in_the_folder_is_not_an_object_and_does_not_hang(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "root", signing_key="k" * 32)
+    await storage.upload_file("media", "a.bin", b"x")
+    os.mkfifo(tmp_path / "root" / "media" / "pipe")
+    assert not await storage.exists("media", "pipe")
+    with pytest.raises(StorageNotFoundError):
+        await storage.download_file("media", "pipe")
+
+
+def _exchange(first: Path, second: Path) -> None:
+    """Swap two names atomically (renameat2 RENAME_EXCHANGE): the folder is never missing, only swapped."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    if libc.renameat2(at_fdcwd, bytes(first), at_fdcwd, bytes(second), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+class FolderSwapper(threading.Thread):
+    """Swap ``folder`` with a symlink to ``outside`` and back, as fast as it can, until stopped."""
+
+    def __init__(self, folder: Path, outside: Path) -> None:
+        super().__init__(daemon=True)
+        self._folder, self._link = folder, folder.with_name(folder.name + ".swap")
+        self._link.symlink_to(outside, target_is_directory=True)
+        self._halt = threading.Event()
+        self.swaps = 0
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            _exchange(self._folder, self._link)  # now the folder's name is the symlink
+            _exchange(self._folder, self._link)  # and back
+            self.swaps += 2
+
+    def __enter__(self) -> FolderSwapper:
+        try:
+            _exchange(self._folder, self._link)
+            _exchange(self._folder, self._link)
+        except OSError as exc:  # pragma: no cover - every Linux file system in CI supports it
+            pytest.skip(f"renameat2(RENAME_EXCHANGE) is not supported here: {exc}")
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._halt.set()
+        self.join()
+
+
+@pytest.fixture
+def swapped(tmp_path: Path) -> tuple[LocalStorage, Path, Path]:
+    """Local storage whose ``media/jobs`` folder a thread keeps swapping for a symlink to ``outside``."""
+    storage = LocalStorage(tmp_path / "root", signing_key="k" * 32)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "object.bin").write_bytes(b"OUTSIDE")
+    return storage, tmp_path / "root" / "media" / "jobs", outside
+
+
+async def test_uploads_never_land_outside_the_root_while_a_parent_is_swapped(
+    swapped: tuple[LocalStorage, Path, Path],
+) -> None:
+    storage, folder, outside = swapped
+    await storage.upload_file("media", "jobs/object.bin", b"inside")
+    outcomes: list[object] = []
+    with FolderSwapper(folder, outside) as swapper:
+        for round_ in range(20):
+            outcomes += await asyncio.gather(
+                *(
+                    storage.upload_file("media", f"jobs/up-{round_}-{i}.bin", b"u" * 5000, upsert=i % 2 == 0)
+                    for i in range(10)
+                ),
+                return_exceptions=True,
+            )
+    assert swapper.swaps > 0
+    assert [] == [o for o in outcomes if not isinstance(o, str | StoragePermissionError)]
+    assert ["object.bin"] == sorted(p.name for p in outside.iterdir())
+    assert b"OUTSIDE" == (outside / "object.bin").read_bytes()
+    stored = {p.name for p in folder.iterdir()}
+    assert {Path(o).name for o in outcomes if isinstance(o, str)} <= stored
+
+
+async def test_downloads_never_read_outside_the_root_while_a_parent_is_swapped(
+    swapped: tuple[LocalStorage, Path, Path], tmp_path: Path
+) -> None:
+    storage, folder, outside = swapped
+    await storage.upload_file("media", "jobs/object.bin", b"inside")
+    reads: list[object] = []
+    with FolderSwapper(folder, outside) as swapper:
+        for round_ in range(30):
+            copies = [tmp_path / f"copy-{round_}-{i}" for i in range(4)]
+            reads += await asyncio.gather(
+                *(storage.download_file("media", "jobs/object.bin") for _ in range(6)),
+                *(storage.download_to("media", "jobs/object.bin", copy) for copy in copies),
+                *(storage.exists("media", "jobs/object.bin") for _ in range(2)),
+                return_exceptions=True,
+            )
+            reads += [copy.read_bytes() for copy in copies if copy.exists()]
+    assert swapper.swaps > 0
+    assert [] == [
+        r for r in reads if r not in (b"inside", len(b"inside"), True) and not isinstance(r, StoragePermissionError)
+    ]
+
+
+async def test_deletes_never_remove_a_file_outside_the_root_while_a_parent_is_swapped(
+    swapped: tuple[LocalStorage, Path, Path],
+) -> None:
+    storage, folder, outside = swapped
+    await storage.upload_file("media", "jobs/object.bin", b"inside")
+    outcomes: list[object] = []
+    with FolderSwapper(folder, outside) as swapper:
+        for _ in range(60):
+            outcomes += await asyncio.gather(
+                storage.upload_file("media", "jobs/object.bin", b"inside", upsert=True),
+                storage.delete_file("media", "jobs/object.bin"),
+                return_exceptions=True,
+            )
+    assert swapper.swaps > 0
+    assert [] == [o for o in outcomes if not isinstance(o, str | bool | StoragePermissionError)]
+    assert b"OUTSIDE" == (outside / "object.bin").read_bytes()
+    assert ["object.bin"] == sorted(p.name for p in outside.iterdir())
