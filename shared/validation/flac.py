@@ -55,17 +55,23 @@ def _crc8(data: bytes) -> int:
 
 
 def _frame_end(body: bytes) -> int:
-    """Return where the frame at the start of ``body`` ends: the first end whose CRC-16 checks, or -1.
+    """Return how long the frame at the start of ``body`` is: ``len(body)`` if it ends exactly there, else -1 or less.
 
-    A frame followed by its CRC-16 has a CRC of 0 (and zeros appended keep it 0), so the first prefix with a
-    CRC of 0 is where the frame ends; a prefix of random bytes checks by chance once in 65,536.
+    A frame followed by its CRC-16 has a CRC of 0, and zeros appended keep it 0: so the whole of ``body`` must
+    check and the body one byte short must not. When the whole does not check, a shorter prefix that does
+    means the frame ended earlier and other data follows (-2); none means the frame is cut off (-1).
     """
-    crc, table = 0, _CRC16
+    crc, table, earlier = 0, _CRC16, False
+    last = len(body) - 1
     for index, byte in enumerate(body):
+        if crc == 0 and index >= _MIN_FRAME:
+            earlier = True
+            if index == last:
+                return -2  # zeros (or a byte) appended after a frame that checked
         crc = ((crc << 8) & 0xFFFF) ^ table[(crc >> 8) ^ byte]
-        if crc == 0 and index + 1 >= _MIN_FRAME:
-            return index + 1
-    return -1
+    if crc == 0 and len(body) >= _MIN_FRAME:
+        return len(body)
+    return -2 if earlier else -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +225,7 @@ def parse_flac(reader: Reader, start: int, limits: Limits) -> Stream:
         point = last_offset + span
     offset, frame, length = _last_frame(walk, last_offset, last_sample, end)
     heard = walk.sample(frame) + frame.block_size
-    if offset + length != end:
+    if length < 0:
         if length == -1:
             raise truncated(
                 f"its last frame (at byte {offset:,}) is cut off, at {heard / info.sample_rate:.1f} s of the "

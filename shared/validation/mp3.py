@@ -226,7 +226,7 @@ def _measure(
                 f"{audio_frames * samples_per_frame / rate:.1f} s (or the header is wrong: export it again)"
             )
     samples = audio_frames * samples_per_frame
-    if vbr is not None and vbr.frames == audio_frames and vbr.encoder_delay + vbr.encoder_padding < samples:
+    if vbr is not None and vbr.encoder_delay + vbr.encoder_padding < samples:
         samples -= vbr.encoder_delay + vbr.encoder_padding  # what a decoder plays, as ffmpeg trims it
     if samples <= 0:
         raise refuse("The MP3 file holds no audio")
