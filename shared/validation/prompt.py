@@ -51,8 +51,8 @@ _FORBIDDEN: Final = regex.compile(
 _KINDS: Final = {
     "control": "a control character",
     "surrogate": "a lone surrogate",
-    "private": "a private-use character (invisible or shown differently on every device)",
-    "bidi": "a bidirectional control (it reorders how the text is shown)",
+    "private": "a private-use character",
+    "bidi": "a bidirectional control",
     "tag": "an invisible TAG character",
     "joiner": "a zero-width joiner that joins nothing",
     "format": "an invisible format character",
