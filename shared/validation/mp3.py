@@ -37,6 +37,7 @@ _STREAM_MASK: Final = 0xFFFE0C00  # sync, version, layer, sample rate: the same 
 _LOOKAHEAD: Final = 4 + 2 + 32  # header, CRC, the largest side information
 _MAX_FRAME: Final = 2 * 1441 + 2
 _PADDING_RUN: Final = 4096
+_SIDE_CACHE: Final = 4096
 
 _unpack_header = struct.Struct(">I").unpack_from
 
@@ -68,6 +69,15 @@ def _side_shifts(mpeg1: bool, channels: int, side_length: int) -> tuple[tuple[in
             )
             offset += granule_bits
     return tuple(shifts)
+
+
+def _side_info_ok(side: bytes, shifts: tuple[tuple[int, int, int], ...]) -> bool:
+    """Tell whether a frame's side information can be decoded: big_values at most 288, no reserved block type."""
+    bits = int.from_bytes(side, "big")
+    for values_shift, switch_shift, block_shift in shifts:
+        if (bits >> values_shift) & 0x1FF > 288 or ((bits >> switch_shift) & 1 and not (bits >> block_shift) & 3):
+            return False
+    return True
 
 
 def _frame_kind(header: int, stream: int) -> _Kind | None:
@@ -124,6 +134,7 @@ def parse_mp3(reader: Reader, start: int, end: int, limits: Limits) -> Stream:  
     stream = _unpack_header(head)[0] & _STREAM_MASK
     max_frames = limits.max_units(rate / samples_per_frame) + 1
     kinds: dict[int, _Kind | None] = {}
+    checked: dict[bytes, bool] = {}  # side information already judged (silence repeats it frame after frame)
     channels = 1 if (_unpack_header(head)[0] >> 6) & 3 == 3 else 2
     frames, position, vbr = 0, start, None
     buffer, base = reader.window(position, _MAX_FRAME)
@@ -147,11 +158,13 @@ def parse_mp3(reader: Reader, start: int, end: int, limits: Limits) -> Stream:  
         if position + length > end:
             raise truncated(f"its MPEG frame at byte {position:,} needs {position + length - end:,} more bytes")
         side = index + side_offset
-        bits = int.from_bytes(buffer[side : side + side_length], "big")
-        for values_shift, switch_shift, block_shift in shifts:
-            if (bits >> values_shift) & 0x1FF > 288 or ((bits >> switch_shift) & 1 and not (bits >> block_shift) & 3):
-                break
-        else:
+        side_bytes = buffer[side : side + side_length]
+        decodable = checked.get(side_bytes)
+        if decodable is None:
+            decodable = _side_info_ok(side_bytes, shifts)
+            if len(checked) < _SIDE_CACHE:
+                checked[side_bytes] = decodable
+        if decodable:
             if frames == 0:
                 vbr = _vbr(buffer[index : index + length], side_offset + side_length, samples_per_frame)
             frames += 1
