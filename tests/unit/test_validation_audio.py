@@ -389,3 +389,68 @@ def test_validate_file_size_refuses_negative_and_over_the_limit() -> None:
 def test_public_names() -> None:
     assert sorted(validation.__all__) == sorted(name for name in validation.__all__ if hasattr(validation, name))
     assert {"AudioFileInfo", "validate_audio_file", "validate_prompt", "validate_file_size"} <= set(validation.__all__)
+
+
+PCM16 = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
+
+
+def _riff(*chunks: bytes, size: int | None = None) -> bytes:
+    body = b"WAVE" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body) if size is None else size) + body
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (_riff(_chunk(b"data", bytes(16)), _chunk(b"fmt ", PCM16)), "data chunk before its fmt chunk"),
+        (_riff(_chunk(b"fmt ", PCM16), *[_chunk(b"junk", b"")] * 300, _chunk(b"data", bytes(16))), "more than 256"),
+        (_riff(_chunk(b"fmt ", PCM16), _chunk(b"data", bytes(16))) + b"\x01\x02garbage!", "not RIFF chunks"),
+        (_riff(_chunk(b"fmt ", PCM16), _chunk(b"data", bytes(16))) + b"LIST" + struct.pack("<I", 999), "more bytes"),
+    ],
+)
+def test_wav_chunks_are_walked_to_the_end(data: bytes, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        validate_audio_file(data, min_duration_seconds=0)
+
+
+@pytest.mark.parametrize(("riff_size", "data_size"), [(0xFFFFFFFF, 0xFFFFFFFF), (0, 0), (0xFFFFFFFF, 0)])
+def test_streamed_wav_runs_to_the_end_of_the_file(riff_size: int, data_size: int) -> None:
+    """A WAV written to a pipe cannot go back to fill in its sizes; the audio is what follows the header."""
+    data = b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + _chunk(b"fmt ", PCM16)
+    data += b"data" + struct.pack("<I", data_size) + bytes(2 * 8000 * 6 + 1)  # an odd last byte is ignored
+    assert 6.0 == validate_audio_file(data).duration_seconds
+
+
+def test_a_wav_with_a_list_chunk_after_its_data_is_accepted() -> None:
+    data = _riff(
+        _chunk(b"fmt ", PCM16), _chunk(b"data", bytes(2 * 8000 * 6)), _chunk(b"LIST", b"INFOISFT\x03\x00\x00\x00ab")
+    )
+    assert 6.0 == validate_audio_file(data).duration_seconds
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"ID3\x09\x00\x00\x00\x00\x00\x10" + bytes(100), "malformed ID3v2 tag header"),
+        (b"ID3\x03\x00\x00\x00\x00\x00\x80" + bytes(100), "malformed ID3v2 tag header"),
+        (b"ID3\x03\x00\x00\x00\x00\x01\x00", "ID3 tag but no audio"),
+        ((b"ID3\x03\x00\x00\x00\x00\x00\x00") * 17 + b"\xff\xfb\x90\x64", "more than 16 ID3v2 tags"),
+        (b"\xff\xfb\x90\x64" + bytes(100), "needs 313 more bytes"),
+        (b"\xff\xff\xff\xff" + bytes(100), "begin like an MPEG frame header but are not one"),
+    ],
+)
+def test_malformed_mp3_is_refused(data: bytes, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        validate_audio_file(data, min_duration_seconds=0)
+
+
+def test_mp3_frame_cut_short_and_vbr_byte_count_are_checked(audio_corpus: AudioCorpus) -> None:
+    data = audio_corpus.good["mp3_no_xing"].path.read_bytes()
+    with pytest.raises(ValidationError, match="cut short"):
+        validate_audio_file(data[:-100])
+    fake_frame = b"\xff\xfb\x90\x64" + bytes(413)
+    assert validate_audio_file(data + fake_frame).duration_seconds > 6.0  # silence is audio
