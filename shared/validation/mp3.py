@@ -142,7 +142,7 @@ def parse_mp3(reader: Reader, start: int, end: int, limits: Limits) -> Stream:  
         index = position - base
         if index + _LOOKAHEAD > len(buffer):
             buffer, base = reader.window(position, _MAX_FRAME)
-            index = 0
+            index = position - base
         if end - position < 4:
             break
         header = _unpack_header(buffer, index)[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import pytest
 from shared import validation
 from shared.errors import ValidationError
 from shared.validation import ACCEPTED_AUDIO, AudioFileInfo, AudioInput, validate_audio_file, validate_file_size
-from tests.fixtures.audio import AudioCorpus, MakeAudio, id3v2_tag, sparse_wav, wav_header
+from tests.fixtures.audio import (
+    AudioCorpus,
+    MakeAudio,
+    id3v2_tag,
+    patch_flac_total_samples,
+    patch_xing_frames,
+    sparse_wav,
+    wav_header,
+)
 
 GOOD = [
     "mp3_id3v2_cover",
@@ -187,12 +196,12 @@ def test_missing_path_is_a_validation_error(tmp_path: Path) -> None:
     assert isinstance(caught.value.__cause__, OSError)
 
 
-def test_wrong_argument_kinds_are_type_errors() -> None:
+def test_wrong_argument_kinds_are_validation_errors() -> None:
     with pytest.raises(ValidationError, match="path, bytes or a binary file"):
         validate_audio_file(42)  # type: ignore[arg-type]  # proving the runtime check
 
 
-def test_unseekable_stream_is_a_type_error() -> None:
+def test_unseekable_stream_is_a_validation_error() -> None:
     read_end, write_end = os.pipe()
     os.close(write_end)
     with open(read_end, "rb", buffering=0) as pipe, pytest.raises(ValidationError, match="seekable"):
@@ -454,3 +463,41 @@ def test_mp3_frame_cut_short_and_vbr_byte_count_are_checked(audio_corpus: AudioC
         validate_audio_file(data[:-100])
     fake_frame = b"\xff\xfb\x90\x64" + bytes(413)
     assert validate_audio_file(data + fake_frame).duration_seconds > 6.0  # silence is audio
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac"])
+def test_a_20_minute_file_whose_header_claims_8_s_is_too_long(make_audio: MakeAudio, tmp_path: Path, fmt: str) -> None:
+    """Issue 14: a 1,200 s MP3 (Xing patched) and FLAC (STREAMINFO patched) passed the 900 s limit."""
+    if fmt == "mp3":  # VBR, so that lame writes a Xing header (its CBR files at low rates have none)
+        wav = make_audio("wav", 1200.0, rate=16000, channels=1)
+        subprocess.run(["lame", "--quiet", "-V", "5", str(wav), str(tmp_path / "long.mp3")], check=True, timeout=120)
+        data = (tmp_path / "long.mp3").read_bytes()
+    else:
+        data = make_audio(fmt, 1200.0, rate=16000, channels=1).read_bytes()
+    forged = patch_xing_frames(data, 8 * 16000 // 576) if fmt == "mp3" else patch_flac_total_samples(data, 8 * 16000)
+    with pytest.raises(ValidationError, match=r"too long: (at least )?\d+\.\d s, the maximum is 900 s"):
+        validate_audio_file(forged)
+    assert 1200.0 == pytest.approx(validate_audio_file(forged, max_duration_seconds=2000).duration_seconds, abs=0.1)
+
+
+def test_an_8_s_mp3_whose_xing_header_claims_600_s_is_refused(make_audio: MakeAudio) -> None:
+    """Issue 14: it validated as 600.74 s; its frames hold 8 s, so its header is forged or the file is cut."""
+    data = make_audio("mp3", 8.0).read_bytes()
+    with pytest.raises(ValidationError, match=r"promises 600\.\d s but its frames hold 8\.\d s"):
+        validate_audio_file(patch_xing_frames(data, 600 * 44100 // 1152))
+
+
+def test_bytes_and_paths_agree_when_the_last_frame_is_tiny(tmp_path: Path) -> None:
+    """A regression: in memory, the walk lost its place in the last 38 bytes (a 36-byte final MP3 frame)."""
+    frame = b"\xff\xf3\x18\xc4" + bytes(32)  # MPEG-2 Layer III, 8 kb/s, 16 kHz, mono: 36 bytes, silent
+    data = frame * 1000
+    path = tmp_path / "tiny-frames.mp3"
+    path.write_bytes(data)
+    assert validate_audio_file(path, min_duration_seconds=0) == validate_audio_file(data, min_duration_seconds=0)
+    assert 1000 * 576 / 16000 == validate_audio_file(data, min_duration_seconds=0).duration_seconds
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_every_accepted_variant_gives_the_same_answer_from_bytes(audio_corpus: AudioCorpus, name: str) -> None:
+    path = audio_corpus.good[name].path
+    assert validate_audio_file(path) == validate_audio_file(path.read_bytes())
