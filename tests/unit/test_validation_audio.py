@@ -489,8 +489,9 @@ def test_an_8_s_mp3_whose_xing_header_claims_600_s_is_refused(make_audio: MakeAu
 
 def test_bytes_and_paths_agree_when_the_last_frame_is_tiny(tmp_path: Path) -> None:
     """A regression: in memory, the walk lost its place in the last 38 bytes (a 36-byte final MP3 frame)."""
-    frame = b"\xff\xf3\x18\xc4" + bytes(32)  # MPEG-2 Layer III, 8 kb/s, 16 kHz, mono: 36 bytes, silent
-    data = frame * 1000
+    first = b"\xff\xf3\x88\xc4" + bytes(284)  # MPEG-2 Layer III, 64 kb/s, 16 kHz, mono: 288 bytes, silent
+    frame = b"\xff\xf3\x18\xc4" + bytes(32)  # the same at 8 kb/s: 36 bytes
+    data = first + frame * 999
     path = tmp_path / "tiny-frames.mp3"
     path.write_bytes(data)
     assert validate_audio_file(path, min_duration_seconds=0) == validate_audio_file(data, min_duration_seconds=0)
