@@ -7,6 +7,10 @@
    machine's noise falls on every contender alike; the best round of each is reported.
 2. Bytes read per validation, counted by a file object that wraps the file.
 3. Peak Python memory (tracemalloc) validating a 500 MB WAV, against mutagen's ``WAVE`` on the same file.
+4. The crafted files of issue 14 at full size (a FLAC with max_framesize 16 MB and a 16 MB tail of fake frame
+   headers, 3 million chained ID3 tags, 10 MB of MP3 frames of 24 bytes, ...) and 10 MB real files: the
+   validation time per 10 MB (best of 3) and the bytes read over the file's size, beside one plain read of the
+   same file (the baseline: reading it once with nothing checked).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from mutagen.flac import FLAC
 from mutagen.mp3 import MP3
 from mutagen.wave import WAVE
 
+from shared.errors import ValidationError
 from shared.validation import validate_audio_file
 
 __all__ = ["main"]
@@ -103,6 +108,50 @@ def _large_wav(path: Path) -> Path:
     return path
 
 
+def _hostile_files(directory: Path, song: dict[str, Path]) -> dict[str, Path]:
+    """Write the crafted files at the sizes issue 14 observed, and 10 MB real files."""
+    from tests.fixtures.audio import chained_id3, fake_flac_tail, flac_max_framesize  # noqa: PLC0415
+
+    files: dict[str, Path] = {}
+
+    def write(name: str, data: bytes) -> None:
+        files[name] = directory / f"hostile-{len(files)}.bin"
+        files[name].write_bytes(data)
+
+    flac, mp3 = song["flac"].read_bytes(), song["mp3"].read_bytes()
+    write(
+        "FLAC, max_framesize 16 MB, 16 MB tail of fake frame headers",
+        flac_max_framesize(flac, 0xFFFFFF) + fake_flac_tail(16 << 20),
+    )
+    write("3 million chained ID3 tags (33 MB) before an MP3", chained_id3(3_000_000) + mp3)
+    tiny = b"\xff\xf3\x14\xc0" + bytes(20)  # MPEG-2 Layer III, 8 kb/s, 24 kHz, mono: the smallest frame, 24 bytes
+    write("10 MB of 24-byte MP3 frames (the most frames per byte)", tiny * ((10 << 20) // len(tiny)))
+    silent = b"\xff\xfb\x90\xc4" + bytes(413)  # MPEG-1, 128 kb/s, 44.1 kHz, mono, silent: valid, 10 MB, 11 min
+    write("10 MB of valid silent 128 kb/s MP3 frames", silent * ((10 << 20) // len(silent)))
+    write("900 s of 24-byte MP3 frames (0.9 MB: the most frames a file may hold)", tiny * 37_500)
+    repeats = (10 << 20) // len(mp3) + 1
+    write("a real FLAC with a 10 MB tail of fake frame headers", flac + fake_flac_tail(10 << 20))
+    write(f"{repeats} real VBR MP3s concatenated (about 10 MB)", mp3 * repeats)
+    return files
+
+
+def _seconds_per_10mb(call: Callable[[], object], size: int) -> float:
+    best = float("inf")
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - started)
+    return best * (10 << 20) / size
+
+
+def _quiet(path: Path) -> str:
+    try:
+        validate_audio_file(path, max_size_mb=100)
+    except ValidationError as exc:
+        return f"refused: {exc.message[:70]}"
+    return "accepted"
+
+
 def main() -> str:
     """Run the validation measurements and return a Markdown report."""
     with tempfile.TemporaryDirectory() as folder:
@@ -146,8 +195,26 @@ def main() -> str:
             "|---|---:|---:|",
             f"| ours | {ours_peak / 1024:,.0f} KiB | {ours_read:,} |",
             f"| mutagen `WAVE` (no checks) | {mutagen_peak / 1024:,.0f} KiB | {_bytes_read(MUTAGEN['wav'], large):,} |",
+            "",
+            f"| crafted file (best of {ROUNDS}) | size | verdict | validation s per 10 MB | one plain read s per 10 MB "
+            "| bytes read / size |",
+            "|---|---:|---|---:|---:|---:|",
         ]
+        for name, path in _hostile_files(directory, files).items():
+            size = path.stat().st_size
+            ours_time = _seconds_per_10mb(lambda path=path: _quiet(path), size)  # type: ignore[misc]  # binds the loop value
+            read_time = _seconds_per_10mb(path.read_bytes, size)
+            read = _bytes_read(_quiet_handle, path)
+            cells = f"{ours_time:.3f} | {read_time:.3f} | {read / size:.3f}"
+            rows.append(f"| {name} | {size / 1e6:.1f} MB | {_quiet(path)} | {cells} |")
     return "\n".join(rows)
+
+
+def _quiet_handle(handle: io.FileIO) -> None:
+    try:
+        validate_audio_file(handle, max_size_mb=100)
+    except ValidationError:
+        return
 
 
 if __name__ == "__main__":

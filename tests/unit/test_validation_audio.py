@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,15 @@ import pytest
 from shared import validation
 from shared.errors import ValidationError
 from shared.validation import ACCEPTED_AUDIO, AudioFileInfo, AudioInput, validate_audio_file, validate_file_size
-from tests.fixtures.audio import AudioCorpus, MakeAudio, id3v2_tag, sparse_wav, wav_header
+from tests.fixtures.audio import (
+    AudioCorpus,
+    MakeAudio,
+    id3v2_tag,
+    patch_flac_total_samples,
+    patch_xing_frames,
+    sparse_wav,
+    wav_header,
+)
 
 GOOD = [
     "mp3_id3v2_cover",
@@ -175,7 +184,8 @@ def test_short_audio_is_refused_with_the_minimum(make_audio: MakeAudio) -> None:
 @pytest.mark.parametrize("fmt", ["mp3", "wav", "flac"])
 def test_long_audio_is_refused_with_the_maximum(make_audio: MakeAudio, fmt: str) -> None:
     path = make_audio(fmt, 12.0, rate=8000, channels=1)
-    with pytest.raises(ValidationError, match=r"too long: 12\.\d s, the maximum is 10 s"):
+    # An MP3's walk stops once its frames pass the maximum, so it reports "at least" what it has seen.
+    with pytest.raises(ValidationError, match=r"too long: (at least 1\d|12)\.\d s, the maximum is 10 s"):
         validate_audio_file(path, max_duration_seconds=10)
     assert 12.0 == pytest.approx(validate_audio_file(path, max_duration_seconds=13).duration_seconds, abs=0.3)
 
@@ -186,12 +196,12 @@ def test_missing_path_is_a_validation_error(tmp_path: Path) -> None:
     assert isinstance(caught.value.__cause__, OSError)
 
 
-def test_wrong_argument_kinds_are_type_errors() -> None:
+def test_wrong_argument_kinds_are_validation_errors() -> None:
     with pytest.raises(ValidationError, match="path, bytes or a binary file"):
         validate_audio_file(42)  # type: ignore[arg-type]  # proving the runtime check
 
 
-def test_unseekable_stream_is_a_type_error() -> None:
+def test_unseekable_stream_is_a_validation_error() -> None:
     read_end, write_end = os.pipe()
     os.close(write_end)
     with open(read_end, "rb", buffering=0) as pipe, pytest.raises(ValidationError, match="seekable"):
@@ -265,7 +275,7 @@ def test_extensible_float_wav_is_accepted() -> None:
     [
         (b"fLaC" + b"\x01\x00\x00\x22" + bytes(34), "does not begin with a STREAMINFO"),
         (b"fLaC" + b"\x00\x00\x00\x22" + bytes(10), "STREAMINFO block ends early"),
-        (b"fLaC\x00\x00\x00\x22" + bytes(34) + b"\xff\x00\x00\x00", "could not be read as FLAC"),
+        (b"fLaC\x80\x00\x00\x22" + bytes(34) + b"\xff\x00\x00\x00", "STREAMINFO block is damaged"),
     ],
 )
 def test_malformed_flac_is_refused(data: bytes, fragment: str) -> None:
@@ -299,15 +309,21 @@ def test_flac_with_invalid_metadata_block_or_garbage_audio_is_refused(audio_corp
         validate_audio_file(bytes(not_last) + b"\x01\x00\x00\x00" * 1100 + frames)
 
 
-def test_flac_without_total_samples_or_end_frame_is_refused(audio_corpus: AudioCorpus) -> None:
+def test_flac_without_total_samples_is_measured_by_its_frames(audio_corpus: AudioCorpus) -> None:
+    """A total sample count of 0 (unknown, as a streaming encoder writes) is no reason to refuse: the frames say."""
     head, frames = _flac_parts(audio_corpus)
     unknown_length = bytearray(head)
     unknown_length[21] &= 0xF0  # total samples: 36 bits from the low nibble of byte 21
     unknown_length[22:26] = b"\x00\x00\x00\x00"
-    with pytest.raises(ValidationError, match="length is unknown"):
-        validate_audio_file(bytes(unknown_length) + frames)
-    with pytest.raises(ValidationError, match="no FLAC frame was found at its end"):
+    assert 6.0 == pytest.approx(validate_audio_file(bytes(unknown_length) + frames).duration_seconds, abs=0.01)
+
+
+def test_flac_with_data_after_its_last_frame_is_refused(audio_corpus: AudioCorpus) -> None:
+    head, frames = _flac_parts(audio_corpus)
+    with pytest.raises(ValidationError, match="The FLAC file is damaged"):
         validate_audio_file(head + frames + b"\x00" * 300_000, max_size_mb=10)
+    with pytest.raises(ValidationError, match=r"last frame .* is damaged or other data follows it"):
+        validate_audio_file(head + frames + b"\x00" * 100, max_size_mb=10)
 
 
 def test_flac_and_mp3_trailing_tags_are_ignored(audio_corpus: AudioCorpus) -> None:
@@ -382,3 +398,107 @@ def test_validate_file_size_refuses_negative_and_over_the_limit() -> None:
 def test_public_names() -> None:
     assert sorted(validation.__all__) == sorted(name for name in validation.__all__ if hasattr(validation, name))
     assert {"AudioFileInfo", "validate_audio_file", "validate_prompt", "validate_file_size"} <= set(validation.__all__)
+
+
+PCM16 = struct.pack("<HHIIHH", 1, 1, 8000, 16000, 2, 16)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
+
+
+def _riff(*chunks: bytes, size: int | None = None) -> bytes:
+    body = b"WAVE" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body) if size is None else size) + body
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (_riff(_chunk(b"data", bytes(16)), _chunk(b"fmt ", PCM16)), "data chunk before its fmt chunk"),
+        (_riff(_chunk(b"fmt ", PCM16), *[_chunk(b"junk", b"")] * 300, _chunk(b"data", bytes(16))), "more than 256"),
+        (_riff(_chunk(b"fmt ", PCM16), _chunk(b"data", bytes(16))) + b"\x01\x02garbage!", "not RIFF chunks"),
+        (_riff(_chunk(b"fmt ", PCM16), _chunk(b"data", bytes(16))) + b"LIST" + struct.pack("<I", 999), "more bytes"),
+    ],
+)
+def test_wav_chunks_are_walked_to_the_end(data: bytes, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        validate_audio_file(data, min_duration_seconds=0)
+
+
+@pytest.mark.parametrize(("riff_size", "data_size"), [(0xFFFFFFFF, 0xFFFFFFFF), (0, 0), (0xFFFFFFFF, 0)])
+def test_streamed_wav_runs_to_the_end_of_the_file(riff_size: int, data_size: int) -> None:
+    """A WAV written to a pipe cannot go back to fill in its sizes; the audio is what follows the header."""
+    data = b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + _chunk(b"fmt ", PCM16)
+    data += b"data" + struct.pack("<I", data_size) + bytes(2 * 8000 * 6 + 1)  # an odd last byte is ignored
+    assert 6.0 == validate_audio_file(data).duration_seconds
+
+
+def test_a_wav_with_a_list_chunk_after_its_data_is_accepted() -> None:
+    data = _riff(
+        _chunk(b"fmt ", PCM16), _chunk(b"data", bytes(2 * 8000 * 6)), _chunk(b"LIST", b"INFOISFT\x03\x00\x00\x00ab")
+    )
+    assert 6.0 == validate_audio_file(data).duration_seconds
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"ID3\x09\x00\x00\x00\x00\x00\x10" + bytes(100), "malformed ID3v2 tag header"),
+        (b"ID3\x03\x00\x00\x00\x00\x00\x80" + bytes(100), "malformed ID3v2 tag header"),
+        (b"ID3\x03\x00\x00\x00\x00\x01\x00", "ID3 tag but no audio"),
+        ((b"ID3\x03\x00\x00\x00\x00\x00\x00") * 17 + b"\xff\xfb\x90\x64", "more than 16 ID3v2 tags"),
+        (b"\xff\xfb\x90\x64" + bytes(100), "needs 313 more bytes"),
+        (b"\xff\xff\xff\xff" + bytes(100), "begin like an MPEG frame header but are not one"),
+    ],
+)
+def test_malformed_mp3_is_refused(data: bytes, fragment: str) -> None:
+    with pytest.raises(ValidationError, match=fragment):
+        validate_audio_file(data, min_duration_seconds=0)
+
+
+def test_mp3_frame_cut_short_and_vbr_byte_count_are_checked(audio_corpus: AudioCorpus) -> None:
+    data = audio_corpus.good["mp3_no_xing"].path.read_bytes()
+    with pytest.raises(ValidationError, match="cut short"):
+        validate_audio_file(data[:-100])
+    fake_frame = b"\xff\xfb\x90\x64" + bytes(413)
+    assert validate_audio_file(data + fake_frame).duration_seconds > 6.0  # silence is audio
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac"])
+def test_a_20_minute_file_whose_header_claims_8_s_is_too_long(make_audio: MakeAudio, tmp_path: Path, fmt: str) -> None:
+    """Issue 14: a 1,200 s MP3 (Xing patched) and FLAC (STREAMINFO patched) passed the 900 s limit."""
+    if fmt == "mp3":  # VBR, so that lame writes a Xing header (its CBR files at low rates have none)
+        wav = make_audio("wav", 1200.0, rate=16000, channels=1)
+        subprocess.run(["lame", "--quiet", "-V", "5", str(wav), str(tmp_path / "long.mp3")], check=True, timeout=120)
+        data = (tmp_path / "long.mp3").read_bytes()
+    else:
+        data = make_audio(fmt, 1200.0, rate=16000, channels=1).read_bytes()
+    forged = patch_xing_frames(data, 8 * 16000 // 576) if fmt == "mp3" else patch_flac_total_samples(data, 8 * 16000)
+    with pytest.raises(ValidationError, match=r"too long: (at least )?\d+\.\d s, the maximum is 900 s"):
+        validate_audio_file(forged)
+    assert 1200.0 == pytest.approx(validate_audio_file(forged, max_duration_seconds=2000).duration_seconds, abs=0.1)
+
+
+def test_an_8_s_mp3_whose_xing_header_claims_600_s_is_refused(make_audio: MakeAudio) -> None:
+    """Issue 14: it validated as 600.74 s; its frames hold 8 s, so its header is forged or the file is cut."""
+    data = make_audio("mp3", 8.0).read_bytes()
+    with pytest.raises(ValidationError, match=r"promises 600\.\d s but its frames hold 8\.\d s"):
+        validate_audio_file(patch_xing_frames(data, 600 * 44100 // 1152))
+
+
+def test_bytes_and_paths_agree_when_the_last_frame_is_tiny(tmp_path: Path) -> None:
+    """A regression: in memory, the walk lost its place in the last 38 bytes (a 36-byte final MP3 frame)."""
+    first = b"\xff\xf3\x88\xc4" + bytes(284)  # MPEG-2 Layer III, 64 kb/s, 16 kHz, mono: 288 bytes, silent
+    frame = b"\xff\xf3\x18\xc4" + bytes(32)  # the same at 8 kb/s: 36 bytes
+    data = first + frame * 999
+    path = tmp_path / "tiny-frames.mp3"
+    path.write_bytes(data)
+    assert validate_audio_file(path, min_duration_seconds=0) == validate_audio_file(data, min_duration_seconds=0)
+    assert 1000 * 576 / 16000 == validate_audio_file(data, min_duration_seconds=0).duration_seconds
+
+
+@pytest.mark.parametrize("name", GOOD)
+def test_every_accepted_variant_gives_the_same_answer_from_bytes(audio_corpus: AudioCorpus, name: str) -> None:
+    path = audio_corpus.good[name].path
+    assert validate_audio_file(path) == validate_audio_file(path.read_bytes())
