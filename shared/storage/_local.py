@@ -24,7 +24,9 @@ from shared.storage._common import (
     UploadData,
     atomic_destination,
     detect_content_type,
+    object_url,
     open_body,
+    path_of,
     remove_quietly,
     validate_bucket,
     validate_content_type,
@@ -84,8 +86,8 @@ class LocalStorage:
         return self._root / bucket
 
     def _target(self, bucket: str, path: str) -> Path:
-        """Return the file of ``bucket/path``, refusing any that resolves outside the bucket's folder."""
-        validate_path(path)
+        """Return the file of ``bucket/path`` (or its URL), refusing any that resolves outside the bucket's folder."""
+        path = path_of(self._root.as_uri(), bucket, path)
         bucket_dir = self._bucket_dir(bucket)
         resolved_bucket = bucket_dir.resolve()
         target = bucket_dir / path
@@ -109,7 +111,8 @@ class LocalStorage:
         *,
         upsert: bool = False,
     ) -> str:
-        """Write ``data`` to ``bucket/path`` atomically and return the path; refuse an existing one unless upsert."""
+        """Write ``data`` to ``bucket/path`` atomically and return its ``file://`` URL; refuse an existing one
+        unless upsert."""
         validate_bucket(bucket)
         validate_path(path)
         validate_content_type(content_type)
@@ -134,7 +137,7 @@ class LocalStorage:
                 raise
             except OSError as exc:
                 raise from_os_error(exc, bucket=bucket, path=path) from exc
-        return path
+        return object_url(self._root.as_uri(), bucket, path)
 
     def _commit(self, temp: Path, target: Path, *, upsert: bool, bucket: str, path: str) -> None:
         """Move the finished temp file into place (runs in a worker thread)."""
@@ -197,6 +200,8 @@ class LocalStorage:
     async def get_signed_url(self, bucket: str, path: str, expires_in: int = 3600) -> str:
         """Return a URL granting read access for ``expires_in`` seconds; check it with :meth:`verify_signed_url`."""
         validate_expires_in(expires_in)
+        validate_bucket(bucket)
+        path = path_of(self._root.as_uri(), bucket, path)
         if not await self.exists(bucket, path):
             raise StorageNotFoundError(f"Not found in storage: {bucket}/{path}", bucket=bucket, path=path, status=404)
         return self._signer.sign(bucket, path, expires_in)
@@ -222,6 +227,20 @@ class LocalStorage:
         """Return whether the object exists."""
         target = self._target(bucket, path)
         return await asyncio.to_thread(target.is_file)
+
+    async def list_files(self, bucket: str, prefix: str = "") -> list[str]:
+        """Return the sorted paths in ``bucket`` that start with ``prefix`` (all folders down)."""
+        if prefix:
+            validate_path(prefix.removesuffix("/"))
+        folder = self._bucket_dir(bucket)
+
+        def walk() -> list[str]:
+            if not folder.is_dir():
+                return []
+            found = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+            return sorted(path for path in found if path.startswith(prefix))
+
+        return await asyncio.to_thread(walk)
 
     def _usable(self) -> bool:
         """Create the root folder if it is missing (as the first upload would) and check it can be written."""
