@@ -389,7 +389,12 @@ class SupabaseStorage:
             names.extend(str(item["name"]) for item in page.get("objects", []))
             cursor = page.get("nextCursor")
             if not page.get("hasNext") or not cursor:
-                return sorted(names)
+                break
+        if not names:  # the server lists a missing bucket as empty, like an empty prefix
+            problem = await self._bucket_problem(bucket, None)
+            if problem is not None:
+                raise problem
+        return sorted(names)
 
     async def _list_page(self, bucket: str, prefix: str, cursor: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"prefix": prefix, "limit": LIST_PAGE, "with_delimiter": False}

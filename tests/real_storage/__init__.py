@@ -61,7 +61,7 @@ def cache_dir() -> Path:
 
 
 def _run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = (result.stdout + result.stderr)[-3000:]
         raise SetupError(f"{' '.join(args[:3])} failed (exit {result.returncode}):\n{tail}")
@@ -69,7 +69,7 @@ def _run(args: list[str], *, cwd: Path | None = None, env: dict[str, str] | None
 
 
 def _log(message: str) -> None:
-    print(f"real-storage: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"real-storage: {message}\n")
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,15 @@ def _source_tarball(root: Path) -> Path:
             _log(f"downloading {source}")
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_suffix(".part")
-            with urllib.request.urlopen(source, timeout=120) as response, partial.open("wb") as sink:  # noqa: S310
-                shutil.copyfileobj(response, sink)
+            try:
+                with urllib.request.urlopen(source, timeout=120) as response, partial.open("wb") as sink:  # noqa: S310
+                    shutil.copyfileobj(response, sink)
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot download the Storage server's source from {source} ({exc}); without internet set "
+                    f"SUPABASE_STORAGE_SOURCE to a local {TARBALL_NAME} or a git directory of supabase/storage, or "
+                    "REAL_SERVICES_PATH to the folder that holds the tarball"
+                ) from exc
             partial.replace(target)
         return target
     path = Path(source)
@@ -222,8 +229,9 @@ def _jwt(secret: str, role: str, *, expires_in: int = 10 * 365 * 86400) -> str:
 def _psql(sql: str) -> str:
     host = os.environ.get("STORAGE_PG_HOST", "127.0.0.1")
     port = os.environ.get("STORAGE_PG_PORT", "5432")
-    return _run(["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres",
-                 "-Atc", sql])
+    return _run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", "postgres", "-d", "postgres", "-Atc", sql]
+    )
 
 
 @dataclass
@@ -307,7 +315,7 @@ class RealStorageServer:
         """Create the database, start the gateway and the server, and wait until the server answers."""
         started = time.monotonic()
         _psql(f"create database {self.database}")
-        self.gateway = subprocess.Popen(  # noqa: S603
+        self.gateway = subprocess.Popen(
             [str(self.build.node), str(GATEWAY_JS), str(self.gateway_port), str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -319,7 +327,7 @@ class RealStorageServer:
     def start_server(self) -> None:
         """Start (or start again) the server process on the same port, database and files."""
         with self.log.open("ab") as log:
-            self.server = subprocess.Popen(  # noqa: S603
+            self.server = subprocess.Popen(
                 [str(self.build.node), "dist/start/server.js"],
                 cwd=self.build.folder,
                 env=self._env(),
@@ -330,15 +338,17 @@ class RealStorageServer:
         self.wait_ready()
 
     def wait_ready(self) -> None:
-        assert self.server is not None  # noqa: S101 - started just before
+        assert self.server is not None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
                 raise SetupError(f"the Storage server exited ({self.server.returncode}):\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"{self.direct_url}/status", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.direct_url}/status", timeout=2) as response,  # noqa: S310
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.2)
         raise SetupError(f"the Storage server did not answer /status in {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
 

@@ -8,20 +8,24 @@ import time
 from tests.real_storage import SetupError, install, running_server
 
 
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "install"
     try:
         build = install()
         state = "cached build" if build.cached else "built"
-        print(f"real-storage: {state} {build.folder} in {build.seconds:.1f} s", file=sys.stderr)
+        _say(f"real-storage: {state} {build.folder} in {build.seconds:.1f} s")
         if command == "run":
             with running_server(build) as server:
-                print(f"SUPABASE_URL={server.url}\nSERVICE_KEY={server.service_key}\nANON_KEY={server.anon_key}")
-                print(f"real-storage: started in {server.start_seconds:.1f} s; Ctrl-C stops it", file=sys.stderr)
+                _say(f"SUPABASE_URL={server.url}\nSERVICE_KEY={server.service_key}\nANON_KEY={server.anon_key}")
+                _say(f"real-storage: started in {server.start_seconds:.1f} s; Ctrl-C stops it")
                 while True:
                     time.sleep(3600)
     except SetupError as exc:
-        print(f"real-storage: {exc}\nSee tests/real_storage/__init__.py for the settings.", file=sys.stderr)
+        _say(f"real-storage: {exc}\nSee tests/real_storage/__init__.py for the settings.")
         return 1
     except KeyboardInterrupt:
         return 0

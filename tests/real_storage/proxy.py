@@ -76,7 +76,7 @@ class FaultProxy:
 
     @property
     def url(self) -> str:
-        assert self._server is not None  # noqa: S101 - started by __aenter__
+        assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
 
@@ -95,7 +95,7 @@ class FaultProxy:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        assert self._server is not None  # noqa: S101
+        assert self._server is not None
         self._server.close()
         for task in list(self._tasks):
             task.cancel()
@@ -113,7 +113,7 @@ class FaultProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        assert task is not None  # noqa: S101
+        assert task is not None
         self._tasks.add(task)
         try:
             await self._serve(reader, writer)
@@ -184,7 +184,9 @@ class FaultProxy:
                 response_head = await up_reader.readuntil(b"\r\n\r\n")
                 status_line, *lines = response_head.decode("latin-1").split("\r\n")
                 record.status = int(status_line.split(" ", 2)[1])
-                lines = [h for h in lines if h and h.split(":", 1)[0].strip().lower() not in {"connection", "keep-alive"}]
+                lines = [
+                    h for h in lines if h and h.split(":", 1)[0].strip().lower() not in {"connection", "keep-alive"}
+                ]
                 writer.write(("\r\n".join([status_line, *lines, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
                 await self._relay_body(up_reader, writer, fault)
             finally:
