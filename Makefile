@@ -10,7 +10,7 @@ BOOTSTRAP_PIP := pip==26.3
 SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg openssl
 SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg openssl
 
-.PHONY: help venv system-deps services lint typecheck test test-fast demo bench lock clean
+.PHONY: help venv system-deps services storage-server lint typecheck test test-fast demo bench lock clean
 
 help:
 	@echo "make demo   run one simulated job end to end against the local services"
@@ -43,6 +43,18 @@ system-deps:
 services:
 	@bash .ci/services.sh
 
+# The real Supabase Storage server the storage tests run against (tests/real_storage/__init__.py): Node 24 and
+# `npm ci` + build, once per machine, cached under $$VIDEOGEN_CACHE_DIR (~/.cache/videogen-shared) by revision
+# and lock hash; the test session then starts it on free ports with its own database and stops it by PID.
+# Its source is SUPABASE_STORAGE_SOURCE if set, else a supabase-storage-<rev>.tar.gz in one of the folders of
+# REAL_SERVICES_PATH, else the public repository at the pinned revision. By default REAL_SERVICES_PATH is
+# whatever folder near the checkout (its parent, three levels down) holds such a tarball.
+REAL_SERVICES_PATH ?= $(shell find $(abspath ..) -maxdepth 3 -name 'supabase-storage-*.tar.gz' -printf '%h:' 2>/dev/null)
+export REAL_SERVICES_PATH
+
+storage-server: venv
+	$(BIN)/python -m tests.real_storage install
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -51,7 +63,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 # coverage starts before pytest, so the fixtures plugin (loaded by its entry point, before any conftest) counts.
-test: venv system-deps services lint typecheck
+test: venv system-deps services storage-server lint typecheck
 	$(BIN)/python -m coverage erase
 	$(BIN)/python -m coverage run -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 	$(BIN)/python -m coverage report

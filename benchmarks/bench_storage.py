@@ -1,8 +1,9 @@
 """Storage benchmark (issue 5): a 1 GiB file up and down through LocalStorage and SupabaseStorage.
 
 Baselines in the same run, on the same file: a plain file copy (``shutil.copyfile``) for LocalStorage, and a
-raw httpx stream against the same local Storage API server for SupabaseStorage (one streamed TUS PATCH up,
-one streamed GET down). The server runs in a subprocess, so the figures are the client's alone. Peak RSS
+raw httpx stream against the same real Supabase Storage server for SupabaseStorage (tests/real_storage: one
+streamed TUS PATCH up, one streamed GET down). The server and its gateway are Node processes of their own, so
+the figures are the client's alone. Peak RSS
 growth is the process's high-water mark above its resident size before each operation (Linux
 ``/proc/self/clear_refs`` resets the mark); the target is at most 64 MiB. ``BENCH_STORAGE_MB`` sets the size.
 """
@@ -14,8 +15,6 @@ import base64
 import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,17 +26,8 @@ from shared.storage import LocalStorage, SupabaseStorage
 
 __all__ = ["main"]
 
-KEY = "sb_secret_benchmark-key"
 SIZE = int(os.environ.get("BENCH_STORAGE_MB", "1024")) * 1024 * 1024
 RSS_TARGET = 64 * 1024 * 1024
-ROOT = Path(__file__).resolve().parent.parent
-SERVER = """
-import sys, time
-from tests.storage_server import Bucket, running_server
-with running_server(sys.argv[1], {"media": Bucket()}) as server:
-    print(server.url, flush=True)
-    sys.stdin.read()
-"""
 
 
 def _status_kib(field: str) -> int:
@@ -71,11 +61,11 @@ def _write_source(path: Path) -> None:
             sink.write(i.to_bytes(8, "big") + block[8:])
 
 
-async def _raw_httpx_upload(client: httpx.AsyncClient, url: str, source: Path) -> None:
+async def _raw_httpx_upload(client: httpx.AsyncClient, url: str, key: str, source: Path) -> None:
     metadata = ",".join(
         f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in (("bucketName", "media"), ("objectName", "raw"))
     )
-    auth = {"apikey": KEY, "Authorization": f"Bearer {KEY}", "Tus-Resumable": "1.0.0"}
+    auth = {"apikey": key, "Authorization": f"Bearer {key}", "Tus-Resumable": "1.0.0", "x-upsert": "true"}
     created = await client.post(
         f"{url}/storage/v1/upload/resumable",
         headers={**auth, "Upload-Length": str(SIZE), "Upload-Metadata": metadata, "x-upsert": "true"},
@@ -100,8 +90,8 @@ async def _raw_httpx_upload(client: httpx.AsyncClient, url: str, source: Path) -
     response.raise_for_status()
 
 
-async def _raw_httpx_download(client: httpx.AsyncClient, url: str, destination: Path) -> None:
-    headers = {"apikey": KEY, "Authorization": f"Bearer {KEY}"}
+async def _raw_httpx_download(client: httpx.AsyncClient, url: str, key: str, destination: Path) -> None:
+    headers = {"apikey": key, "Authorization": f"Bearer {key}"}
     async with client.stream("GET", f"{url}/storage/v1/object/media/raw", headers=headers) as response:
         response.raise_for_status()
         with destination.open("wb") as sink:
@@ -133,32 +123,21 @@ async def _run(directory: Path) -> list[str]:
     shutil.rmtree(directory / "local")
     (directory / "local-out.bin").unlink()
 
-    # The server in its own process, so the RSS measured is the client's; started once, before any timing.
-    server = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-c", SERVER, KEY],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    try:
-        assert server.stdout is not None  # noqa: S101 - set by PIPE above
-        url = server.stdout.readline().strip()
+    # The real server, started once before any timing (tests/real_storage builds it once per machine).
+    from tests.real_storage import running_server  # noqa: PLC0415 - the benchmarks share the tests' harness
+
+    with running_server() as server:
+        server.create_bucket("media")
+        url, key = server.url, server.service_key
         async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as client:
-            supabase = SupabaseStorage(url, KEY, client, max_upload_bytes=SIZE)
+            supabase = SupabaseStorage(url, key, client, max_upload_bytes=SIZE)
             await supabase.exists("media", "warm-up")
-            raw_up = await _measure(lambda: _raw_httpx_upload(client, url, source))
+            raw_up = await _measure(lambda: _raw_httpx_upload(client, url, key, source))
             up = await _measure(lambda: supabase.upload_file("media", "video.bin", source))
-            raw_down = await _measure(lambda: _raw_httpx_download(client, url, directory / "raw-out.bin"))
+            raw_down = await _measure(lambda: _raw_httpx_download(client, url, key, directory / "raw-out.bin"))
             down = await _measure(lambda: supabase.download_to("media", "video.bin", directory / "sb-out.bin"))
         rows.append(_row("SupabaseStorage upload (TUS, 6 MiB chunks)", up, raw_up, "raw httpx TUS"))
         rows.append(_row("SupabaseStorage download_to", down, raw_down, "raw httpx stream"))
-    finally:
-        if server.stdin is not None:
-            server.stdin.close()
-        server.wait(30)
-        if server.stdout is not None:
-            server.stdout.close()
     return rows
 
 

@@ -105,21 +105,23 @@ def _b64(value: str) -> str:
 
 
 def _api_code(error: BaseException) -> str | None:
-    """Return the Storage API error code behind one of our errors (from storage3's error or the response)."""
+    """Return the Storage API error code behind one of our errors (the response body's ``code``, else storage3's)."""
+    found: str | None = None
     current: BaseException | None = error.__cause__
     while current is not None:
-        code = getattr(current, "code", None)
-        if isinstance(code, str) and code:
-            return code
         response = getattr(current, "response", None)
         if response is not None:
             try:
                 payload = json.loads(response.content)
             except (ValueError, AttributeError):
-                return None
-            return payload.get("code") or payload.get("error") if isinstance(payload, dict) else None
+                payload = None
+            if isinstance(payload, dict) and isinstance(payload.get("code"), str):
+                return str(payload["code"])
+        code = getattr(current, "code", None)
+        if found is None and isinstance(code, str) and code:
+            found = code
         current = current.__cause__
-    return None
+    return found
 
 
 def _expect(response: httpx.Response, status: int, *, bucket: str, path: str) -> None:
@@ -368,7 +370,10 @@ class SupabaseStorage:
         """Return whether the object exists; a missing bucket raises StorageNotFoundError."""
         validate_bucket(bucket)
         path = path_of(self._objects, bucket, path)
-        return await self._reading(bucket, path, lambda: self._bucket(bucket).exists(quote(path, safe="/")))
+        found = await self._reading(bucket, path, lambda: self._bucket(bucket).exists(quote(path, safe="/")))
+        if not found and key_kind(self._key) == "restricted":
+            raise self._restricted(bucket, path)  # row-level security hides objects from such a key
+        return found
 
     async def list_files(self, bucket: str, prefix: str = "") -> list[str]:
         """Return the paths of every object whose path starts with ``prefix`` (all folders down), sorted.
@@ -416,7 +421,7 @@ class SupabaseStorage:
         except StorageNotFoundError as missing:
             if key_kind(self._key) == "restricted":
                 raise self._restricted(bucket, path) from missing
-            if _api_code(missing) != "NoSuchBucket":
+            if _api_code(missing) not in {"NoSuchBucket", "Bucket not found"}:
                 raise
             problem = await self._bucket_problem(bucket, path)
             if isinstance(problem, StoragePermissionError):
