@@ -6,8 +6,8 @@ deletes. It cannot stream: its ``download`` holds the whole object and its ``upl
 go through the resumable (TUS) endpoint ``/upload/resumable`` one chunk at a time, with the same headers
 (apikey, bearer, and x-upsert on every request: the server checks it on each PATCH, not only at creation).
 Every call is retried by :func:`~shared.retry.retry_with_backoff` on :class:`~shared.errors.RetryableError`
-for up to ``retry_window`` seconds (``STORAGE_RETRY_WINDOW``, 30 s by default: a Storage server restart takes
-3 to 16 s); each attempt reads the body again from its start.
+for up to ``retry_window`` seconds (``STORAGE_RETRY_WINDOW_SECONDS``, 30 s by default: a Storage server
+restart takes 3 to 16 s); each attempt reads the body again from its start.
 
 What the real server (revision 4fa61fba) answers, and what this class makes of it:
 
@@ -153,7 +153,7 @@ class SupabaseStorage:
         max_upload_bytes: uploads larger than this are refused before anything is sent.
         chunk_size: bytes per TUS chunk (6 MiB on Supabase); bodies larger than this use TUS.
         cache_control: the ``Cache-Control`` max-age, in seconds, stored with each object.
-        retry_window: seconds in all that one call keeps retrying (``STORAGE_RETRY_WINDOW``); the default
+        retry_window: seconds in all that one call keeps retrying (``STORAGE_RETRY_WINDOW_SECONDS``); the default
             outlasts a Storage server restart (3 to 16 s).
         max_attempts, base_delay, max_delay, sleep: the rest of the retry policy (``sleep`` for tests).
     """

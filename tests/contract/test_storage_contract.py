@@ -255,11 +255,24 @@ async def test_a_missing_object_is_not_found(subject: Subject, call: Callable[[S
     "call",
     [
         lambda t: t.storage.upload_file(MISSING_BUCKET, "a.bin", b"x"),
+        lambda t: t.storage.upload_file(MISSING_BUCKET, "a.bin", b"x" * (CHUNK + 1)),
         lambda t: t.storage.download_file(MISSING_BUCKET, "a.bin"),
+        lambda t: t.storage.download_to(MISSING_BUCKET, "a.bin", Path("/nonexistent-dir-for-test/x")),
+        lambda t: t.storage.get_signed_url(MISSING_BUCKET, "a.bin"),
         lambda t: t.storage.exists(MISSING_BUCKET, "a.bin"),
         lambda t: t.storage.delete_file(MISSING_BUCKET, "a.bin"),
+        lambda t: t.storage.list_files(MISSING_BUCKET, "a/"),
     ],
-    ids=["upload_file", "download_file", "exists", "delete_file"],
+    ids=[
+        "upload_file",
+        "upload_file-resumable",
+        "download_file",
+        "download_to",
+        "get_signed_url",
+        "exists",
+        "delete_file",
+        "list_files",
+    ],
 )
 async def test_a_missing_bucket_is_not_found(subject: Subject, call: Callable[[Subject], Awaitable[object]]) -> None:
     with pytest.raises(StorageNotFoundError):
