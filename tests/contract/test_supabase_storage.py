@@ -530,3 +530,18 @@ async def test_the_supabase_client_is_built_lazily_on_the_given_http_client(
     assert storage_target.service_key not in repr(storage)
     assert not await storage.exists(storage_target.bucket, f"{storage_target.run}/nothing")
     assert storage_http_client is storage._client.options.httpx_client  # type: ignore[union-attr]
+
+
+async def test_list_files_follows_the_servers_pages(
+    supabase_storage: SupabaseStorage,
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = [f"{storage_prefix}/page/{i}.bin" for i in range(5)]
+    for name in names:
+        await supabase_storage.upload_file(storage_target.bucket, name, b"p")
+    monkeypatch.setattr("shared.storage._supabase.LIST_PAGE", 2)
+    assert names == await supabase_storage.list_files(storage_target.bucket, f"{storage_prefix}/page/")
+    assert 3 == storage_proxy.count("POST", "/object/list-v2/")
