@@ -10,17 +10,18 @@ BOOTSTRAP_PIP := pip==26.3
 SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg openssl
 SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg openssl
 
-# Supabase's own SQL, for the second database the data-layer tests run on (tests/fixtures/supabase_db.py reads
-# SUPABASE_POSTGRES_SQL and SUPABASE_AUTH_SQL; unset, it downloads the public repositories at pinned revisions).
-# A machine without internet keeps snapshots in real-services/ beside the checkout: found here, not in the code.
-REAL_SERVICES_DIR ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/real-services) /work/shared/real-services))
-ifneq ($(REAL_SERVICES_DIR),)
-SUPABASE_POSTGRES_SQL ?= $(firstword $(wildcard $(REAL_SERVICES_DIR)/supabase-postgres-*-migrations.tar.gz))
-SUPABASE_AUTH_SQL ?= $(firstword $(wildcard $(REAL_SERVICES_DIR)/supabase-auth-*-migrations.tar.gz))
-export SUPABASE_POSTGRES_SQL SUPABASE_AUTH_SQL
+# Snapshots of Supabase's sources for a machine without internet: supabase-storage-<rev>.tar.gz (the Storage
+# server), supabase-postgres-*-migrations.tar.gz and supabase-auth-*-migrations.tar.gz (Supabase's own SQL).
+# REAL_SERVICES_PATH lists the folders that hold them (colon-separated); by default, any folder within three
+# levels of the checkout's parent that does. Without them each harness fetches the public repositories at the
+# pinned revisions (tests/real_storage/__init__.py, tests/fixtures/supabase_db.py); SUPABASE_STORAGE_SOURCE,
+# SUPABASE_POSTGRES_SQL and SUPABASE_AUTH_SQL name one source each. Nothing in the code names a folder.
+ifeq ($(origin REAL_SERVICES_PATH),undefined)
+REAL_SERVICES_PATH := $(shell find $(abspath ..) -maxdepth 3 -name 'supabase-storage-*.tar.gz' -printf '%h:' 2>/dev/null)
 endif
+export REAL_SERVICES_PATH
 
-.PHONY: help venv system-deps services lint typecheck test test-fast consumer demo bench lock clean
+.PHONY: help venv system-deps services storage-server lint typecheck test test-fast consumer demo bench lock clean
 
 help:
 	@echo "make demo   run one simulated job end to end against the local services"
@@ -54,6 +55,15 @@ system-deps:
 services:
 	@bash .ci/services.sh
 
+# The real Supabase Storage server the storage tests run against (tests/real_storage/__init__.py): Node 24 and
+# `npm ci` + build, once per machine, cached under $$VIDEOGEN_CACHE_DIR (~/.cache/videogen-shared) by revision
+# and lock hash; the test session then starts it on free ports with its own database and stops it by PID.
+# Its source is SUPABASE_STORAGE_SOURCE if set, else a supabase-storage-<rev>.tar.gz in one of the folders of
+# REAL_SERVICES_PATH (above), else the public repository at the pinned revision.
+
+storage-server: venv
+	$(BIN)/python -m tests.real_storage install
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -62,7 +72,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 # coverage starts before pytest, so the fixtures plugin (loaded by its entry point, before any conftest) counts.
-test: venv system-deps services lint typecheck
+test: venv system-deps services storage-server lint typecheck
 	$(BIN)/python -m coverage erase
 	$(BIN)/python -m coverage run -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 	$(BIN)/python -m coverage report

@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     storage_max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, le=5 * 1024**4)
     storage_timeout_seconds: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
     storage_chunk_size_bytes: int = Field(default=6 * 1024 * 1024, ge=5 * 1024 * 1024, le=1024**3)
+    # Seconds one storage call keeps retrying a retryable failure (drops, 5xx, 429): the default outlasts a
+    # Supabase Storage restart, which takes 3 to 16 s.
+    storage_retry_window_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
 
     default_job_budget: Decimal = Field(default=Decimal("50.0000"), ge=0, max_digits=12, decimal_places=4)
     reservation_ttl_seconds: int = Field(default=15 * 60, gt=0, le=7 * 24 * 3600)

@@ -121,6 +121,7 @@ def supabase_storage(settings: Settings, http_client: httpx.AsyncClient, client:
         client=client,
         max_upload_bytes=settings.storage_max_upload_bytes,
         chunk_size=settings.storage_chunk_size_bytes,
+        retry_window=settings.storage_retry_window_seconds,
     )
 
 

@@ -225,9 +225,9 @@ async def _run_job(services: _Services, settings: Settings, report: _Report) -> 
     report.step(f"audio generated and validated: {info.format}, {info.duration_seconds:.1f} s, {info.sample_rate} Hz")
     user_id, job_id = await services.add_user(), uuid.uuid4()
     audio_path = f"{user_id}/{job_id}/song.wav"
-    await services.storage.upload_file("audio", audio_path, song, info.mime_type)
+    audio_url = await services.storage.upload_file("audio", audio_path, song, info.mime_type)
     job = await services.jobs.create_job(
-        user_id=user_id, audio_url=f"audio/{audio_path}", user_prompt=prompt, budget_limit=DEMO_BUDGET, job_id=job_id
+        user_id=user_id, audio_url=audio_url, user_prompt=prompt, budget_limit=DEMO_BUDGET, job_id=job_id
     )
     services.register_job(job)
     report.step(f"job {job.id} created with a ${DEMO_BUDGET} budget; audio uploaded to audio/{audio_path}")

@@ -5,6 +5,10 @@ Pick the backend with ``STORAGE_BACKEND`` (``Container.storage``)::
     await storage.upload_file("clips", "jobs/42/clip-001.mp4", Path("clip.mp4"))
     await storage.download_to("clips", "jobs/42/clip-001.mp4", Path("/tmp/clip.mp4"))
     url = await storage.get_signed_url("clips", "jobs/42/clip-001.mp4", expires_in=600)
+    paths = await storage.list_files("clips", "jobs/42/")
+
+``upload_file`` returns the object's URL (what a job stores, such as ``jobs.audio_url``); every other
+method accepts that URL as well as the path.
 
 Every backend validates the bucket and the object path before any I/O, checks an upload's size against
 the limit before sending a byte, detects the content type from the content (the extension as fallback),
@@ -24,6 +28,7 @@ from shared.health import HealthStatus
 from shared.storage._common import (
     DEFAULT_CONTENT_TYPE,
     MAX_PATH_BYTES,
+    MAX_SEGMENT_BYTES,
     ChunkFactory,
     UploadData,
     detect_content_type,
@@ -37,6 +42,7 @@ from shared.storage._supabase import SupabaseStorage, create_supabase_client
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "MAX_PATH_BYTES",
+    "MAX_SEGMENT_BYTES",
     "ChunkFactory",
     "LocalStorage",
     "SignedObject",
@@ -63,7 +69,10 @@ class Storage(Protocol):
         *,
         upsert: bool = False,
     ) -> str:
-        """Upload bytes, a file path, a binary file or a chunk factory; return the object path."""
+        """Upload bytes, a file path, a binary file or a chunk factory; return the object's URL.
+
+        The other methods accept that URL as well as the path.
+        """
         ...
 
     async def download_file(self, bucket: str, path: str) -> bytes:
@@ -84,6 +93,10 @@ class Storage(Protocol):
 
     async def exists(self, bucket: str, path: str) -> bool:
         """Return whether the object exists."""
+        ...
+
+    async def list_files(self, bucket: str, prefix: str = "") -> list[str]:
+        """Return the sorted paths of every object whose path starts with ``prefix`` (all folders down)."""
         ...
 
     async def health_check(self) -> HealthStatus:

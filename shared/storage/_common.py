@@ -17,19 +17,23 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO, TypeAlias
+from urllib.parse import quote, unquote
 
 from shared.errors import ValidationError
 
 __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "MAX_PATH_BYTES",
+    "MAX_SEGMENT_BYTES",
     "Body",
     "ChunkFactory",
     "Sink",
     "UploadData",
     "atomic_destination",
     "detect_content_type",
+    "object_url",
     "open_body",
+    "path_of",
     "remove_quietly",
     "validate_bucket",
     "validate_content_type",
@@ -45,6 +49,9 @@ UploadData: TypeAlias = bytes | bytearray | memoryview | os.PathLike[str] | Bina
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 MAX_PATH_BYTES = 1024  # S3's key limit, which Supabase Storage inherits
+# Supabase Storage's file backend keeps each segment as a file or folder name: a segment over 255 bytes
+# (the filesystem's NAME_MAX) answers HTTP 500, which would be retried as if the server were down.
+MAX_SEGMENT_BYTES = 255
 MAX_BUCKET_LENGTH = 63
 MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
 HEAD_BYTES = 8192  # enough for puremagic's longest signature offsets in media formats
@@ -53,7 +60,9 @@ READ_SIZE = 1024 * 1024
 # Supabase Storage accepts only these characters in a key (its `isValidKey`); refusing the rest here keeps
 # LocalStorage and the fake from accepting what the real service would refuse. It excludes `\`, `%`, NUL
 # and every control character.
-_KEY_CHARS = re.compile(r"[A-Za-z0-9_/!\-.*'() &$@=;:+,?]*")
+# `?` is one of them, but an object whose key has one cannot be read through a signed URL (the server
+# takes the rest as the query), so it is refused here too.
+_KEY_CHARS = re.compile(r"[A-Za-z0-9_/!\-.*'() &$@=;:+,]*")
 _BUCKET = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _CONTENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+\-]*(\s*;.*)?")
 
@@ -70,17 +79,53 @@ def validate_path(path: object) -> str:
         raise ValidationError("The object path must not contain a backslash; separate folders with '/'", field="path")
     if any(ord(char) < 32 or 127 <= ord(char) < 160 for char in path):
         raise ValidationError("The object path must not contain NUL or control characters", field="path")
+    if "?" in path:
+        raise ValidationError(
+            "The object path must not contain '?': Supabase Storage cannot serve such an object through a signed "
+            "URL (it reads the rest as the query); replace it",
+            field="path",
+        )
     segments = path.split("/")
+    if any(len(segment.encode()) > MAX_SEGMENT_BYTES for segment in segments):
+        raise ValidationError(
+            f"Each '/'-separated part of the object path must be at most {MAX_SEGMENT_BYTES} bytes (Supabase "
+            "Storage's file backend stores each part as a file name and fails with HTTP 500 beyond that)",
+            field="path",
+        )
     if any(segment == "" for segment in segments):
         raise ValidationError("The object path must not have empty segments ('//' or a trailing '/')", field="path")
     if any(segment in {".", ".."} for segment in segments):
         raise ValidationError("The object path must not contain '.' or '..' segments", field="path")
     if not _KEY_CHARS.fullmatch(path):
         raise ValidationError(
-            "The object path may use only letters, digits, '/' and !-_.*'() &$@=;:+,? (Supabase Storage's key rule)",
+            "The object path may use only letters, digits, '/' and !-_.*'() &$@=;:+, (Supabase Storage's key rule)",
             field="path",
         )
     return path
+
+
+def object_url(base: str, bucket: str, path: str) -> str:
+    """Return the URL that names ``bucket/path`` under ``base`` (each path segment percent-quoted)."""
+    quoted = "/".join(quote(segment, safe="") for segment in path.split("/"))
+    return f"{base}/{quote(bucket, safe='')}/{quoted}"
+
+
+def path_of(base: str, bucket: str, path_or_url: object) -> str:
+    """Return the object path of ``path_or_url``: a path as it is, or a URL ``upload_file`` returned.
+
+    Raises:
+        ValidationError: not a valid path, or a URL that does not name an object of ``bucket`` in this storage.
+    """
+    if isinstance(path_or_url, str) and "://" in path_or_url:
+        prefix = f"{base}/{quote(bucket, safe='')}/"
+        if not path_or_url.startswith(prefix) or "?" in path_or_url or "#" in path_or_url:
+            raise ValidationError(
+                f"The URL does not name an object of bucket {bucket!r} in this storage (expected {prefix}...); "
+                "pass the URL upload_file returned, or the object path",
+                field="path",
+            )
+        return validate_path("/".join(unquote(segment) for segment in path_or_url[len(prefix) :].split("/")))
+    return validate_path(path_or_url)
 
 
 def validate_bucket(bucket: object) -> str:

@@ -25,7 +25,13 @@ from shared.errors import (
 __all__ = ["error_from_response", "from_api_error", "from_os_error", "parse_retry_after", "translate"]
 
 # Error codes (``code`` or legacy ``error``) whose meaning does not depend on the status they came with.
-_PERMISSION_CODES = frozenset({"AccessDenied", "InvalidJWT", "Unauthorized", "SignatureDoesNotMatch"})
+_PERMISSION_CODES = frozenset(
+    {"AccessDenied", "InvalidJWT", "InvalidSignature", "Unauthorized", "SignatureDoesNotMatch", "ExpiredToken"}
+)
+# What a signed URL's refusal answers (revision 4fa61fba): a tampered path InvalidSignature, no token
+# InvalidRequest, an expired or forged token InvalidJWT. InvalidRequest alone is a generic 400, so it means a
+# refusal only for a signed URL.
+_SIGNED_URL_REFUSALS = frozenset({"InvalidRequest", "InvalidJWT", "InvalidSignature"})
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "not_found"})
 
 
@@ -61,13 +67,23 @@ def from_api_error(
     path: str | None,
     http_status: int | None = None,
     retry_after: float | None = None,
+    signed_url: bool = False,
 ) -> PipelineError:
-    """Map one Storage API error (status from the body, error code, message) to our error class."""
+    """Map one Storage API error (status from the body, error code, message) to our error class.
+
+    ``signed_url`` says the request was a signed URL's: its refusals are StoragePermissionError.
+    """
     code = error or ""
     number = _status_of(status) or http_status or 0
     text = message or code or "no message"
     where = f"{bucket}/{path}" if path else (bucket or "storage")
     context: dict[str, Any] = {"bucket": bucket, "path": path, "status": number}
+    if signed_url and code in _SIGNED_URL_REFUSALS:
+        return StoragePermissionError(
+            f"Storage refused the signed URL for {where} ({code}: {text}); it expired or was altered: ask for a "
+            "new one with get_signed_url",
+            **context,
+        )
     if number == 429 or number >= 500:
         return StorageUnavailableError(
             f"Storage is unavailable for {where} (HTTP {number}: {text}); try again later",
@@ -94,9 +110,15 @@ def from_api_error(
 
 
 def error_from_response(
-    status_code: int, body: bytes, headers: Any, *, bucket: str | None, path: str | None
+    status_code: int,
+    body: bytes,
+    headers: Any,
+    *,
+    bucket: str | None,
+    path: str | None,
+    signed_url: bool = False,
 ) -> PipelineError:
-    """Map an httpx response that failed (read in full) to our error class."""
+    """Map an httpx response that failed (read in full) to our error class (``signed_url``: see from_api_error)."""
     import json  # noqa: PLC0415 - only failing responses need it
 
     status: object = status_code
@@ -120,6 +142,7 @@ def error_from_response(
         path=path,
         http_status=status_code,
         retry_after=parse_retry_after(headers.get("retry-after")),
+        signed_url=signed_url,
     )
 
 

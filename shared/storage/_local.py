@@ -38,7 +38,9 @@ from shared.storage._common import (
     UploadData,
     atomic_destination,
     detect_content_type,
+    object_url,
     open_body,
+    path_of,
     validate_bucket,
     validate_content_type,
     validate_expires_in,
@@ -95,9 +97,9 @@ class LocalStorage:
         return self._root
 
     def _segments(self, bucket: str, path: str) -> list[str]:
-        """Return ``[bucket, *folders, name]`` after every check that needs no I/O."""
+        """Return ``[bucket, *folders, name]`` of a path (or the URL upload_file returned), checked without I/O."""
         validate_bucket(bucket)
-        validate_path(path)
+        path = path_of(self._root.as_uri(), bucket, path)
         if self._buckets is not None and bucket not in self._buckets:
             raise StorageNotFoundError(f"Bucket not found: {bucket}", bucket=bucket, status=404)
         segments = [bucket, *path.split("/")]
@@ -116,7 +118,8 @@ class LocalStorage:
         *,
         upsert: bool = False,
     ) -> str:
-        """Write ``data`` to ``bucket/path`` atomically and return the path; refuse an existing one unless upsert."""
+        """Write ``data`` to ``bucket/path`` atomically and return its ``file://`` URL; refuse an existing one
+        unless upsert."""
         segments = self._segments(bucket, path)
         validate_content_type(content_type)
         async with open_body(data, limit=self._max_upload_bytes) as body:
@@ -136,7 +139,7 @@ class LocalStorage:
                 raise
             except OSError as exc:
                 raise _translate(exc, bucket=bucket, path=path) from exc
-        return path
+        return object_url(self._root.as_uri(), bucket, "/".join(segments[1:]))
 
     def _create_temp(self) -> tuple[str, BufferedWriter]:
         """Create an empty temp file in ``<root>/.partial`` (runs in a worker thread)."""
@@ -240,6 +243,7 @@ class LocalStorage:
     async def get_signed_url(self, bucket: str, path: str, expires_in: int = 3600) -> str:
         """Return a URL granting read access for ``expires_in`` seconds; check it with :meth:`verify_signed_url`."""
         validate_expires_in(expires_in)
+        path = "/".join(self._segments(bucket, path)[1:])
         if not await self.exists(bucket, path):
             raise StorageNotFoundError(f"Not found in storage: {bucket}/{path}", bucket=bucket, path=path, status=404)
         return self._signer.sign(bucket, path, expires_in)
@@ -286,6 +290,32 @@ class LocalStorage:
         if mode is not None and stat.S_ISLNK(mode):
             raise _symlink()
         return mode is not None and stat.S_ISREG(mode)
+
+    async def list_files(self, bucket: str, prefix: str = "") -> list[str]:
+        """Return the sorted paths in ``bucket`` that start with ``prefix`` (all folders down, symlinks never)."""
+        validate_bucket(bucket)
+        if self._buckets is not None and bucket not in self._buckets:
+            raise StorageNotFoundError(f"Bucket not found: {bucket}", bucket=bucket, status=404)
+        if prefix:
+            validate_path(prefix.removesuffix("/"))
+        try:
+            return await asyncio.to_thread(self._list, bucket, prefix)
+        except OSError as exc:
+            raise _translate(exc, bucket=bucket, path=prefix) from exc
+
+    def _list(self, bucket: str, prefix: str) -> list[str]:
+        found: list[str] = []
+        try:
+            with self._folder([bucket], create=False) as top:
+                for folder, _, names, folder_fd in os.fwalk(".", dir_fd=top, follow_symlinks=False):
+                    for name in names:
+                        mode = _mode_at(folder_fd, name)
+                        path = os.path.normpath(os.path.join(folder, name))
+                        if mode is not None and stat.S_ISREG(mode) and path.startswith(prefix):
+                            found.append(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted(found)
 
     @contextlib.contextmanager
     def _folder(self, names: Sequence[str], *, create: bool) -> Iterator[int]:

@@ -4,14 +4,29 @@ storage3 serves small uploads (multipart ``POST /object/{bucket}/{path}``), sign
 deletes. It cannot stream: its ``download`` holds the whole object and its ``upload`` the whole file. So
 ``download_to`` streams ``GET /object/{bucket}/{path}`` through httpx, and bodies larger than one chunk
 go through the resumable (TUS) endpoint ``/upload/resumable`` one chunk at a time, with the same headers
-(apikey, bearer, x-upsert). Every call is retried by :func:`~shared.retry.retry_with_backoff` on
-:class:`~shared.errors.RetryableError`; each attempt reads the body again from its start.
+(apikey, bearer, and x-upsert on every request: the server checks it on each PATCH, not only at creation).
+Every call is retried by :func:`~shared.retry.retry_with_backoff` on :class:`~shared.errors.RetryableError`
+for up to ``retry_window`` seconds (``STORAGE_RETRY_WINDOW_SECONDS``, 30 s by default: a Storage server
+restart takes 3 to 16 s); each attempt reads the body again from its start.
+
+What the real server (revision 4fa61fba) answers, and what this class makes of it:
+
+- a read (download, download_to, exists) with a wrong or expired key answers ``NoSuchBucket``, because the
+  server falls back to anonymous access; the bucket route then answers ``AccessDenied``. A read whose answer
+  is NoSuchBucket asks the bucket route once, so a key that may not read is a StoragePermissionError and a
+  missing bucket a StorageNotFoundError. An anon or publishable key (whose reads RLS hides) is recognised from
+  the key itself: its refusals are StoragePermissionError, and the health check says down.
+- a delete in a bucket that does not exist answers 200 ``[]``, like a missing object: when nothing was
+  deleted, the bucket route tells which.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import functools
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urljoin
 
-from shared.errors import PipelineError, StorageError, StorageNotFoundError
+from shared.errors import PipelineError, StorageError, StorageNotFoundError, StoragePermissionError, ValidationError
 from shared.health import HealthStatus
 from shared.retry import retry_with_backoff
 from shared.storage._common import (
@@ -28,7 +43,9 @@ from shared.storage._common import (
     UploadData,
     atomic_destination,
     detect_content_type,
+    object_url,
     open_body,
+    path_of,
     validate_bucket,
     validate_content_type,
     validate_expires_in,
@@ -41,13 +58,39 @@ if TYPE_CHECKING:
     from storage3._async.file_api import AsyncBucketProxy
     from supabase import AsyncClient as SupabaseClient
 
-__all__ = ["MIN_CHUNK_BYTES", "SupabaseStorage", "create_supabase_client"]
+__all__ = ["DEFAULT_RETRY_WINDOW", "MIN_CHUNK_BYTES", "SupabaseStorage", "create_supabase_client", "key_kind"]
 
 R = TypeVar("R")
 Sleep = Callable[[float], Awaitable[None]]
 
 MIN_CHUNK_BYTES = 5 * 1024 * 1024  # S3 multipart minimum; Supabase's resumable endpoint uses 6 MiB
 TUS_VERSION = "1.0.0"
+DEFAULT_RETRY_WINDOW = 30.0  # seconds; outlasts a Storage server restart (3 to 16 s observed)
+LIST_PAGE = 1000
+
+
+def key_kind(key: str) -> str:
+    """Say what a Supabase key grants, from the key alone: "service", "restricted" (anon...) or "unknown".
+
+    New keys say it in their prefix (``sb_secret_``, ``sb_publishable_``); legacy keys are JWTs whose ``role``
+    claim names the database role (``service_role``, ``anon``, ``authenticated``). Only the claim is read,
+    nothing is verified: the server decides, this only explains its answers.
+    """
+    if key.startswith("sb_secret_"):
+        return "service"
+    if key.startswith("sb_publishable_"):
+        return "restricted"
+    parts = key.split(".")
+    if len(parts) != 3:
+        return "unknown"
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return "unknown"
+    role = claims.get("role") if isinstance(claims, dict) else None
+    if not isinstance(role, str):
+        return "unknown"
+    return "service" if role.endswith("service_role") else "restricted"
 
 
 def create_supabase_client(url: str, service_key: str, http_client: httpx.AsyncClient) -> SupabaseClient:
@@ -57,12 +100,28 @@ def create_supabase_client(url: str, service_key: str, http_client: httpx.AsyncC
     return AsyncClient(url, service_key, AsyncClientOptions(httpx_client=http_client))
 
 
-def _quote_path(path: str) -> str:
-    return "/".join(quote(segment, safe="") for segment in path.split("/"))
-
-
 def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
+
+
+def _api_code(error: BaseException) -> str | None:
+    """Return the Storage API error code behind one of our errors (the response body's ``code``, else storage3's)."""
+    found: str | None = None
+    current: BaseException | None = error.__cause__
+    while current is not None:
+        response = getattr(current, "response", None)
+        if response is not None:
+            try:
+                payload = json.loads(response.content)
+            except (ValueError, AttributeError):
+                payload = None
+            if isinstance(payload, dict) and isinstance(payload.get("code"), str):
+                return str(payload["code"])
+        code = getattr(current, "code", None)
+        if found is None and isinstance(code, str) and code:
+            found = code
+        current = current.__cause__
+    return found
 
 
 def _expect(response: httpx.Response, status: int, *, bucket: str, path: str) -> None:
@@ -94,7 +153,9 @@ class SupabaseStorage:
         max_upload_bytes: uploads larger than this are refused before anything is sent.
         chunk_size: bytes per TUS chunk (6 MiB on Supabase); bodies larger than this use TUS.
         cache_control: the ``Cache-Control`` max-age, in seconds, stored with each object.
-        max_attempts, base_delay, max_delay, sleep: the retry policy (``sleep`` for tests).
+        retry_window: seconds in all that one call keeps retrying (``STORAGE_RETRY_WINDOW_SECONDS``); the default
+            outlasts a Storage server restart (3 to 16 s).
+        max_attempts, base_delay, max_delay, sleep: the rest of the retry policy (``sleep`` for tests).
     """
 
     def __init__(
@@ -107,15 +168,19 @@ class SupabaseStorage:
         max_upload_bytes: int = 2 * 1024**3,
         chunk_size: int = 6 * 1024 * 1024,
         cache_control: int = 3600,
-        max_attempts: int = 3,
+        retry_window: float = DEFAULT_RETRY_WINDOW,
+        max_attempts: int = 30,
         base_delay: float = 0.5,
-        max_delay: float | None = 30.0,
+        max_delay: float | None = 2.0,
         sleep: Sleep | None = None,
     ) -> None:
         if chunk_size <= 0 or max_upload_bytes <= 0:
             raise StorageError("chunk_size and max_upload_bytes must be positive")
+        if retry_window <= 0:
+            raise ValidationError("retry_window must be a positive number of seconds", field="retry_window")
         self._url = url.rstrip("/")
         self._storage_url = f"{self._url}/storage/v1"
+        self._objects = f"{self._storage_url}/object"
         self._key = service_key
         self._http = http_client
         self._client = client
@@ -126,6 +191,7 @@ class SupabaseStorage:
             max_attempts=max_attempts,
             base_delay=base_delay,
             max_delay=max_delay,
+            deadline=retry_window,
             sleep=sleep,
         )
 
@@ -167,7 +233,16 @@ class SupabaseStorage:
         *,
         upsert: bool = False,
     ) -> str:
-        """Upload ``data`` to ``bucket/path`` and return the path; refuse an existing object unless ``upsert``."""
+        """Upload ``data`` to ``bucket/path`` and return the object's URL; refuse an existing one unless ``upsert``.
+
+        The URL (``<SUPABASE_URL>/storage/v1/object/<bucket>/<path>``, read with the service key) is what
+        download_file, download_to, get_signed_url, delete_file and exists accept as well as the path.
+
+        Raises:
+            ValidationError: a bad bucket, path, content type or source, or too large (nothing is sent).
+            StorageConflictError: the object exists and ``upsert`` is False.
+            StorageNotFoundError, StoragePermissionError, StorageUnavailableError, StorageError: see the module.
+        """
         validate_bucket(bucket)
         validate_path(path)
         validate_content_type(content_type)
@@ -177,7 +252,7 @@ class SupabaseStorage:
                 await self._retrying(bucket, path, lambda: self._upload_small(bucket, path, body, kind, upsert))
             else:
                 await self._retrying(bucket, path, lambda: self._upload_resumable(bucket, path, body, kind, upsert))
-        return path
+        return object_url(self._objects, bucket, path)
 
     async def _upload_small(self, bucket: str, path: str, body: Body, content_type: str, upsert: bool) -> None:
         content = await body.read_all()
@@ -223,6 +298,7 @@ class SupabaseStorage:
                 headers={
                     **self._headers,
                     "Tus-Resumable": TUS_VERSION,
+                    "x-upsert": "true" if upsert else "false",  # checked on every PATCH, not only at creation
                     "Upload-Offset": str(offset),
                     "Content-Length": str(length),
                     "Content-Type": "application/offset+octet-stream",
@@ -233,20 +309,20 @@ class SupabaseStorage:
     # --- downloads ---
 
     async def download_file(self, bucket: str, path: str) -> bytes:
-        """Return the whole object (use :meth:`download_to` for large ones)."""
+        """Return the whole object (use :meth:`download_to` for large ones); ``path`` may be its URL."""
         validate_bucket(bucket)
-        validate_path(path)
-        return await self._retrying(bucket, path, lambda: self._bucket(bucket).download(quote(path, safe="/")))
+        path = path_of(self._objects, bucket, path)
+        return await self._reading(bucket, path, lambda: self._bucket(bucket).download(quote(path, safe="/")))
 
     async def download_to(self, bucket: str, path: str, destination: os.PathLike[str]) -> int:
         """Stream the object to ``destination`` atomically (no partial file on failure); return its size."""
         validate_bucket(bucket)
-        validate_path(path)
+        path = path_of(self._objects, bucket, path)
         target = Path(destination)
-        return await self._retrying(bucket, path, lambda: self._download_once(bucket, path, target))
+        return await self._reading(bucket, path, lambda: self._download_once(bucket, path, target))
 
     async def _download_once(self, bucket: str, path: str, target: Path) -> int:
-        url = f"{self._storage_url}/object/{quote(bucket, safe='')}/{_quote_path(path)}"
+        url = object_url(self._objects, bucket, path)
         async with atomic_destination(target) as sink, self._http.stream("GET", url, headers=self._headers) as response:
             if response.status_code != 200:
                 await response.aread()
@@ -262,7 +338,7 @@ class SupabaseStorage:
     async def get_signed_url(self, bucket: str, path: str, expires_in: int = 3600) -> str:
         """Return a URL that reads the object without credentials for ``expires_in`` seconds."""
         validate_bucket(bucket)
-        validate_path(path)
+        path = path_of(self._objects, bucket, path)
         validate_expires_in(expires_in)
 
         async def sign() -> str:
@@ -272,26 +348,134 @@ class SupabaseStorage:
                 raise StorageNotFoundError(f"Storage did not sign {bucket}/{path}", bucket=bucket, path=path)
             return url
 
-        return await self._retrying(bucket, path, sign)
+        return await self._reading(bucket, path, sign)
 
     async def delete_file(self, bucket: str, path: str) -> bool:
-        """Delete the object; return False when there was none (storage3's ``remove`` answers ``[]``)."""
+        """Delete the object; return False when there was none; a missing bucket raises StorageNotFoundError.
+
+        The server answers ``[]`` both for a missing object and for a missing bucket, so an empty answer asks
+        the bucket route which it was.
+        """
         validate_bucket(bucket)
-        validate_path(path)
+        path = path_of(self._objects, bucket, path)
         removed = await self._retrying(bucket, path, lambda: self._bucket(bucket).remove([path]))
-        return bool(removed)
+        if removed:
+            return True
+        problem = await self._bucket_problem(bucket, path)
+        if problem is not None:
+            raise problem
+        return False
 
     async def exists(self, bucket: str, path: str) -> bool:
         """Return whether the object exists; a missing bucket raises StorageNotFoundError."""
         validate_bucket(bucket)
-        validate_path(path)
-        return await self._retrying(bucket, path, lambda: self._bucket(bucket).exists(quote(path, safe="/")))
+        path = path_of(self._objects, bucket, path)
+        found = await self._reading(bucket, path, lambda: self._bucket(bucket).exists(quote(path, safe="/")))
+        if not found and key_kind(self._key) == "restricted":
+            raise self._restricted(bucket, path)  # row-level security hides objects from such a key
+        return found
+
+    async def list_files(self, bucket: str, prefix: str = "") -> list[str]:
+        """Return the paths of every object whose path starts with ``prefix`` (all folders down), sorted.
+
+        Uses the server's ``POST /object/list-v2/{bucket}`` without a delimiter, a page of 1000 at a time.
+
+        Raises:
+            ValidationError: a bad bucket, or a prefix that could not start a valid path.
+            StorageNotFoundError: the bucket does not exist. StoragePermissionError: the key may not list it.
+        """
+        validate_bucket(bucket)
+        if prefix:
+            validate_path(prefix.removesuffix("/"))
+        names: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await self._reading(bucket, None, functools.partial(self._list_page, bucket, prefix, cursor))
+            names.extend(str(item["name"]) for item in page.get("objects", []))
+            cursor = page.get("nextCursor")
+            if not page.get("hasNext") or not cursor:
+                break
+        if not names:  # the server lists a missing bucket as empty, like an empty prefix
+            problem = await self._bucket_problem(bucket, None)
+            if problem is not None:
+                raise problem
+        return sorted(names)
+
+    async def _list_page(self, bucket: str, prefix: str, cursor: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"prefix": prefix, "limit": LIST_PAGE, "with_delimiter": False}
+        if cursor:
+            body["cursor"] = cursor
+        response = await self._http.post(
+            f"{self._objects}/list-v2/{quote(bucket, safe='')}", json=body, headers=self._headers
+        )
+        _expect(response, 200, bucket=bucket, path=prefix)
+        page: dict[str, Any] = response.json()
+        return page
+
+    # --- telling a refused key from a missing object ---
+
+    async def _reading(self, bucket: str, path: str | None, operation: Callable[[], Awaitable[R]]) -> R:
+        """Retry a read; a not-found answer is explained (missing bucket or object, or a refused key)."""
+        try:
+            return await self._retrying(bucket, path, operation)
+        except StorageNotFoundError as missing:
+            if key_kind(self._key) == "restricted":
+                raise self._restricted(bucket, path) from missing
+            if _api_code(missing) not in {"NoSuchBucket", "Bucket not found"}:
+                raise
+            problem = await self._bucket_problem(bucket, path)
+            if isinstance(problem, StoragePermissionError):
+                raise problem from missing
+            raise
+
+    def _restricted(self, bucket: str, path: str | None) -> StoragePermissionError:
+        where = f"{bucket}/{path}" if path else bucket
+        return StoragePermissionError(
+            f"Storage found nothing at {where} for this key, which is an anon (or publishable) key: row-level "
+            "security hides what it may not read. Set SUPABASE_SERVICE_KEY to the service-role key",
+            bucket=bucket,
+            path=path,
+        )
+
+    async def _bucket_problem(self, bucket: str, path: str | None) -> PipelineError | None:
+        """Ask the bucket route about ``bucket``; return the error it answers (None when the bucket is there)."""
+        import httpx  # noqa: PLC0415 - loaded with the client, never at import
+
+        try:
+            url = f"{self._storage_url}/bucket/{quote(bucket, safe='')}"
+            response = await self._http.get(url, headers=self._headers)
+        except httpx.HTTPError:
+            return None  # the original answer stands
+        if response.status_code == 200:
+            return None
+        error = error_from_response(response.status_code, response.content, response.headers, bucket=bucket, path=path)
+        if isinstance(error, StoragePermissionError):
+            where = f"{bucket}/{path}" if path else bucket
+            return StoragePermissionError(
+                f"Storage refused this key for {where} ({error.message}); the read answered 'not found' only "
+                "because the server falls back to anonymous access. Check SUPABASE_SERVICE_KEY",
+                bucket=bucket,
+                path=path,
+                status=error.status,
+            )
+        if isinstance(error, StorageNotFoundError):
+            if key_kind(self._key) == "restricted":
+                return self._restricted(bucket, path)
+            return StorageNotFoundError(f"Bucket not found in storage: {bucket}", bucket=bucket, path=path, status=404)
+        return None
 
     async def health_check(self) -> HealthStatus:
         """List the buckets (one small authenticated request) and report ok or down with the latency."""
         import httpx  # noqa: PLC0415 - loaded with the client, never at import
 
         started = time.perf_counter()
+        if key_kind(self._key) == "restricted":
+            return HealthStatus.since(
+                "storage",
+                started,
+                f"{self._url}: the key is an anon (or publishable) key, which sees no bucket; set "
+                "SUPABASE_SERVICE_KEY to the service-role key",
+            )
         try:
             response = await self._http.get(f"{self._storage_url}/bucket", headers=self._headers, timeout=5.0)
             response.raise_for_status()

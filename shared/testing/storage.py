@@ -22,7 +22,9 @@ from shared.storage._common import (
     READ_SIZE,
     atomic_destination,
     detect_content_type,
+    object_url,
     open_body,
+    path_of,
     validate_bucket,
     validate_content_type,
     validate_expires_in,
@@ -30,7 +32,9 @@ from shared.storage._common import (
 )
 from shared.storage._signing import UrlSigner
 
-__all__ = ["FakeStorage", "StoredObject"]
+__all__ = ["FAKE_OBJECT_BASE", "FakeStorage", "StoredObject"]
+
+FAKE_OBJECT_BASE = "memory://fake-storage/object"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,7 @@ class FakeStorage:
         *,
         upsert: bool = False,
     ) -> str:
-        """Store ``data`` and return the path; refuse an existing object unless ``upsert``."""
+        """Store ``data`` and return its URL (``memory://fake-storage/object/<bucket>/<path>``)."""
         validate_bucket(bucket)
         validate_path(path)
         validate_content_type(content_type)
@@ -110,15 +114,17 @@ class FakeStorage:
                 status=409,
             )
         self.objects[bucket, path] = StoredObject(content, kind)
-        return path
+        return object_url(FAKE_OBJECT_BASE, bucket, path)
 
     async def download_file(self, bucket: str, path: str) -> bytes:
         """Return the object's bytes."""
+        path = self._path(bucket, path)
         self._check("download_file", bucket, path)
         return self._get(bucket, path).data
 
     async def download_to(self, bucket: str, path: str, destination: os.PathLike[str]) -> int:
         """Write the object to ``destination`` atomically; return its size."""
+        path = self._path(bucket, path)
         self._check("download_to", bucket, path)
         data = self._get(bucket, path).data
         async with atomic_destination(Path(destination)) as sink:
@@ -128,6 +134,7 @@ class FakeStorage:
     async def get_signed_url(self, bucket: str, path: str, expires_in: int = 3600) -> str:
         """Return a ``memory://`` URL signed like LocalStorage's."""
         validate_expires_in(expires_in)
+        path = self._path(bucket, path)
         self._check("get_signed_url", bucket, path)
         self._get(bucket, path)
         return self._signer.sign(bucket, path, expires_in)
@@ -138,13 +145,28 @@ class FakeStorage:
 
     async def delete_file(self, bucket: str, path: str) -> bool:
         """Delete the object; return False when there was none."""
+        path = self._path(bucket, path)
         self._check("delete_file", bucket, path)
         return self.objects.pop((bucket, path), None) is not None
 
     async def exists(self, bucket: str, path: str) -> bool:
         """Return whether the object exists."""
+        path = self._path(bucket, path)
         self._check("exists", bucket, path)
         return (bucket, path) in self.objects
+
+    async def list_files(self, bucket: str, prefix: str = "") -> list[str]:
+        """Return the sorted paths in ``bucket`` that start with ``prefix``."""
+        validate_bucket(bucket)
+        if prefix:
+            validate_path(prefix.removesuffix("/"))
+        self._check("list_files", bucket, prefix.removesuffix("/") or "*")
+        return sorted(path for (b, path) in self.objects if b == bucket and path.startswith(prefix))
+
+    @staticmethod
+    def _path(bucket: str, path_or_url: str) -> str:
+        validate_bucket(bucket)
+        return path_of(FAKE_OBJECT_BASE, bucket, path_or_url)
 
     async def health_check(self) -> HealthStatus:
         """Report ok (the fake is always up)."""

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from shared.storage import LocalStorage, Storage, SupabaseStorage
-from tests.fixtures.storage import BUCKET
-from tests.storage_server import StorageApiServer
+from tests.fixtures.storage import BUCKET, StorageTarget
+from tests.real_storage.proxy import FaultProxy
 
 SIZE = 200 * 1024 * 1024
 SUPABASE_CHUNK = 6 * 1024 * 1024
@@ -40,11 +40,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-async def round_trip_peak(storage: Storage, source: Path, destination: Path) -> int:
+async def round_trip_peak(storage: Storage, source: Path, destination: Path, bucket: str, path: str) -> int:
     tracemalloc.start()
     try:
-        await storage.upload_file(BUCKET, "big/video.mp4", source)
-        await storage.download_to(BUCKET, "big/video.mp4", destination)
+        await storage.upload_file(bucket, path, source)
+        await storage.download_to(bucket, path, destination)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -53,17 +53,26 @@ async def round_trip_peak(storage: Storage, source: Path, destination: Path) -> 
 
 @pytest.mark.slow
 async def test_a_200_mib_file_streams_through_supabase_storage_in_bounded_memory(
-    big_file: tuple[Path, str], storage_api: StorageApiServer, storage_http_client: httpx.AsyncClient, tmp_path: Path
+    big_file: tuple[Path, str],
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_prefix: str,
+    storage_http_client: httpx.AsyncClient,
+    tmp_path: Path,
 ) -> None:
     source, digest = big_file
     storage = SupabaseStorage(
-        storage_api.url, storage_api.key, storage_http_client, max_upload_bytes=SIZE, chunk_size=SUPABASE_CHUNK
+        storage_proxy.url,
+        storage_target.service_key,
+        storage_http_client,
+        max_upload_bytes=SIZE,
+        chunk_size=SUPABASE_CHUNK,
     )
-    peak = await round_trip_peak(storage, source, tmp_path / "copy.mp4")
+    path = f"{storage_prefix}/video.mp4"
+    peak = await round_trip_peak(storage, source, tmp_path / "copy.mp4", storage_target.bucket, path)
     assert digest == sha256_of(tmp_path / "copy.mp4")
     assert peak < PEAK_LIMIT, f"peak {peak / 2**20:.1f} MiB"
-    patches = [r for r in storage_api.state.requests if r["method"] == "PATCH"]
-    assert SIZE // SUPABASE_CHUNK + 1 == len(patches)
+    assert SIZE // SUPABASE_CHUNK + 1 == storage_proxy.count("PATCH")
 
 
 @pytest.mark.slow
@@ -72,6 +81,6 @@ async def test_a_200_mib_file_streams_through_local_storage_in_bounded_memory(
 ) -> None:
     source, digest = big_file
     storage = LocalStorage(tmp_path / "root", signing_key="k" * 32, max_upload_bytes=SIZE)
-    peak = await round_trip_peak(storage, source, tmp_path / "copy.mp4")
+    peak = await round_trip_peak(storage, source, tmp_path / "copy.mp4", BUCKET, "big/video.mp4")
     assert digest == sha256_of(tmp_path / "copy.mp4")
     assert peak < PEAK_LIMIT, f"peak {peak / 2**20:.1f} MiB"
