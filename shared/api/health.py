@@ -43,6 +43,8 @@ async def _check(container: Any, provider: str) -> HealthStatus:
     started = time.perf_counter()
     try:
         service = await resolve(getattr(container, provider))
+        if service is None:  # overridden away (a test's fake world has no database)
+            return HealthStatus(provider, "down", 0.0, "not configured")
         return await service.health_check()  # type: ignore[no-any-return]  # each Protocol's own health_check
     except Exception as exc:  # noqa: BLE001 - a documented boundary: health reports failures, it does not raise
         _log.warning("health check of %s failed", provider, exc_info=True)

@@ -9,7 +9,8 @@
   passes ``grace_seconds`` plus the time its bytes so far would take at that rate. Only the time spent waiting
   for the client counts: a slow handler is not the client's fault.
 
-Both answers carry ``Connection: close``, so the server drops the connection instead of reading the rest. Slow
+Both answers carry ``Connection: close``, so the server drops the connection instead of reading the rest; so
+does any answer the app gives before it has read the whole body (a 401 before the upload is read). Slow
 request *heads* (slowloris) never reach the app; :mod:`shared.api.server` bounds them in the server.
 """
 
@@ -36,6 +37,14 @@ def _declared_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+def _may_have_body(scope: Scope) -> bool:
+    """Return whether the request announced a body (a length above 0, or chunked transfer)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in {b"0", b""}):
+            return True
+    return False
 
 
 class RequestLimits:
@@ -80,6 +89,7 @@ class _Guard:
         self.refused: PipelineError | None = None
         self.answered = False
         self.started = False
+        self.body_complete = False
 
     async def run(self) -> None:
         try:
@@ -108,6 +118,7 @@ class _Guard:
         finally:
             self.waited += limits._clock() - started
         if message["type"] == "http.request":
+            self.body_complete = not message.get("more_body", False)
             self.received += len(message.get("body", b""))
             if self.received > limits.max_body_bytes:
                 self.refused = PayloadTooLargeError(limit=limits.max_body_bytes)
@@ -122,6 +133,10 @@ class _Guard:
             return
         if message["type"] == "http.response.start":
             self.started = True
+            if not self.body_complete and _may_have_body(self.scope):
+                # Answered before the body was read (401, a refused form): the rest of it is not wanted, and a
+                # client still dripping it must not keep the connection, so the server closes after the answer.
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
         await self.send(message)
 
     async def _answer(self) -> None:
