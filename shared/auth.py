@@ -15,10 +15,11 @@ and which algorithm a token may use, so that the token's header cannot choose th
   ``iss`` (``SUPABASE_URL/auth/v1``), ``sub`` (a UUID) and ``role`` (``authenticated`` or ``service_role``).
 
 Errors: a token that is missing or fails any check is an :class:`AuthenticationError` (HTTP 401; ``reason`` says
-which check). When the key set is needed but cannot be fetched, and no unexpired copy is cached, the answer is
-:class:`AuthUnavailableError` (retryable, HTTP 503): the token may be good, and the client should retry rather
-than sign in again. A resource of another user is reported as not found by the caller (see
-:meth:`Principal.can_act_for`), so that its existence is not revealed. No message ever contains a token.
+which check). When the key set is needed but cannot be fetched (no unexpired copy is cached, or the cached copy
+lacks the token's ``kid`` and the new fetch fails), the answer is :class:`AuthUnavailableError` (retryable, HTTP
+503): the token may be good, and the client should retry rather than sign in again. A resource of another user
+is reported as not found by the caller (see :meth:`Principal.can_act_for`), so that its existence is not
+revealed. No message ever contains a token.
 """
 
 from __future__ import annotations
@@ -144,7 +145,6 @@ class TokenVerifier:
         self._last_fetch: float | None = None
         self._last_refetch: float | None = None
         self._fetching = asyncio.Lock()
-        self.fetches = 0  # how many times the key set was asked for (for operators and tests)
 
     def __repr__(self) -> str:
         secret = "set" if self._secret else "unset"
@@ -167,8 +167,8 @@ class TokenVerifier:
             raise _refuse("malformed", "The access token is not a JWT; send the session's access_token") from None
         algorithm = header.get("alg")
         if algorithm not in ACCEPTED_ALGORITHMS:
-            shown = str(algorithm)[:20]
-            raise _refuse("algorithm", f"Tokens signed with {shown} are not accepted (only HS256, ES256 and RS256)")
+            # The header's own words are not echoed: they are the caller's input.
+            raise _refuse("algorithm", "The token's algorithm is not accepted (only HS256, ES256 and RS256)")
         key = await self._key_for(str(algorithm), header.get("kid"))
         claims = self._decode(token, key, str(algorithm))
         return _principal(claims)
@@ -239,7 +239,6 @@ class TokenVerifier:
             if self._last_fetch != before and self._keys is not None:
                 return self._keys
             self._last_fetch = self._clock()
-            self.fetches += 1
             document = await self._download()
             self._keys = _KeySet(_parse_jwks(document), self._clock() + self._ttl)
             return self._keys
