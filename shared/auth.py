@@ -56,6 +56,7 @@ ACCEPTED_ALGORITHMS = ("HS256", "ES256", "RS256")
 MAX_TOKEN_BYTES = 8 * 1024
 _KEY_TYPES = {"ES256": ("EC", "P-256"), "RS256": ("RSA", None)}
 _REQUIRED_CLAIMS = ["exp", "iss", "aud", "sub", "role"]
+_UNAVAILABLE = "The project's signing keys (JWKS) cannot be fetched right now; retry shortly"
 
 
 class Role(StrEnum):
@@ -142,7 +143,8 @@ class TokenVerifier:
         self._timeout = jwks_timeout_seconds
         self._clock = clock
         self._keys: _KeySet | None = None
-        self._last_fetch: float | None = None
+        self._attempts = 0
+        self._failure: AuthUnavailableError | None = None
         self._last_refetch: float | None = None
         self._fetching = asyncio.Lock()
 
@@ -233,15 +235,27 @@ class TokenVerifier:
         return await self._fetch_keys()
 
     async def _fetch_keys(self) -> _KeySet:
-        """Fetch the key set; a request that waited while another fetched takes that one's result."""
-        before = self._last_fetch
+        """Fetch the key set; requests that waited while another fetched share that fetch's outcome."""
+        attempt = self._attempts
         async with self._fetching:
-            if self._last_fetch != before and self._keys is not None:
+            if self._attempts != attempt:
+                if self._failure is None and self._keys is not None:
+                    return self._keys
+                raise AuthUnavailableError(_UNAVAILABLE, retry_after=5) from self._failure
+            # Until this fetch succeeds, it counts as failed (also if the request is cancelled mid-way), so that
+            # no waiter ever takes an expired copy for a fresh one.
+            self._failure = AuthUnavailableError(_UNAVAILABLE, retry_after=5)
+            try:
+                keys = _parse_jwks(await self._download())
+            except AuthUnavailableError as error:
+                self._failure = error
+                raise
+            else:
+                self._failure = None
+                self._keys = _KeySet(keys, self._clock() + self._ttl)
                 return self._keys
-            self._last_fetch = self._clock()
-            document = await self._download()
-            self._keys = _KeySet(_parse_jwks(document), self._clock() + self._ttl)
-            return self._keys
+            finally:
+                self._attempts += 1  # counted when done: every request that waited meanwhile shares the outcome
 
     async def _download(self) -> object:
         import httpx  # noqa: PLC0415 - the container has imported it already; kept out of this module's import
@@ -254,10 +268,7 @@ class TokenVerifier:
             return response.json()
         except (httpx.HTTPError, ValueError) as exc:
             _log.warning("fetching the JWKS failed", extra={"url": self.jwks_url, "error": type(exc).__name__})
-            raise AuthUnavailableError(
-                "The project's signing keys (JWKS) cannot be fetched right now; retry shortly",
-                retry_after=5,
-            ) from exc
+            raise AuthUnavailableError(_UNAVAILABLE, retry_after=5) from exc
 
 
 def _parse_jwks(document: object) -> dict[str, jwt.PyJWK]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -266,3 +267,27 @@ async def test_the_container_refuses_to_build_a_verifier_without_supabase_url(se
         with pytest.raises(ConfigError) as caught:
             await resolve(container.token_verifier)
     assert "SUPABASE_URL" in str(caught.value)
+
+
+async def test_concurrent_requests_on_an_empty_cache_share_one_fetch(
+    verifier: TokenVerifier, jwks_server: JwksServer
+) -> None:
+    key = make_ec_key()
+    jwks_server.keys = [key.jwk]
+    tokens = [sign(claims(jwks_server.issuer), key) for _ in range(20)]
+    principals = await asyncio.gather(*(verifier.verify(token) for token in tokens))
+    assert 20 == len({principal.user_id for principal in principals})
+    assert 1 == jwks_server.hits
+
+
+async def test_concurrent_requests_after_expiry_during_an_outage_all_get_503(
+    verifier: TokenVerifier, jwks_server: JwksServer, clock: Clock
+) -> None:
+    key = make_ec_key()
+    jwks_server.keys = [key.jwk]
+    token = sign(claims(jwks_server.issuer), key)
+    await verifier.verify(token)
+    jwks_server.stop()
+    clock.now += 601
+    results = await asyncio.gather(*(verifier.verify(token) for _ in range(10)), return_exceptions=True)
+    assert all(isinstance(result, AuthUnavailableError) for result in results)
