@@ -25,7 +25,7 @@ from shared.container import Container
 from shared.testing.fixtures import Fakes
 from tests.fixtures.servers import free_port
 
-SLOW_CLIENTS = 50
+SLOW_CLIENTS = 100
 STEP = 0.1  # seconds between two bytes of a slow client
 MAX_STEPS = 300  # a slow client gives up after this many bytes: the test cannot hang
 
