@@ -76,9 +76,14 @@ def make_token(api_settings: Settings) -> MakeToken:
 
 
 @pytest.fixture
-def api_container_class() -> type[Container]:
-    """Return the Container class ``api_container`` builds; override it to return a module's own subclass."""
-    return Container
+def api_container_class(request: pytest.FixtureRequest) -> type[Container]:
+    """Return the Container class ``api_container`` builds: the kit's ``container_class`` where it has one, else
+    the shared Container; override this fixture to return a module's own subclass."""
+    try:
+        chosen: type[Container] = request.getfixturevalue("container_class")
+    except pytest.FixtureLookupError:
+        return Container
+    return chosen
 
 
 @pytest.fixture
