@@ -1,53 +1,76 @@
-"""The API gateway as a FastAPI app: create a job from an upload, read it back, report health.
+"""The API gateway as a FastAPI app on the shared glue: a signed-in user creates a job from an upload and reads it.
 
-``POST /jobs`` (multipart: ``audio`` and ``prompt``; the user id in ``X-User-Id``, which the gateway in front
-sets after verifying the Supabase JWT), ``GET /jobs/{id}`` (the job, its stages and costs) and ``GET /health``
-(every service with its latency). Collaborators arrive through ``Depends(Provide[...])``; tests replace them
-with ``container.x.override(...)`` (``app.dependency_overrides`` cannot target a Provide marker). The
-container's resources open and close in the app's lifespan, and every PipelineError becomes a JSON error body
-with the status a client can act on (content refused: 400; a request off the schema: FastAPI's 422).
+``POST /jobs`` (multipart: ``audio`` and ``prompt``; the service role adds ``user_id``, the user it acts for),
+``GET /jobs/{id}`` (the job, its stages and costs: its owner's only, anyone else gets the same 404 as for a
+missing job) and ``GET /health``. Every route but health needs ``Authorization: Bearer <Supabase access token>``
+(``shared.api.current_user``); the token is checked before a byte of the upload is read, the upload is
+limited while it streams (``RequestLimits``), and audio stored for a request that then fails is deleted.
 
-Run it: ``uvicorn examples.api:create_app --factory``.
+Collaborators arrive through ``Depends(Provide[...])``; tests replace them with ``container.x.override(...)``.
+
+Run it: ``python -m examples.api`` (uvicorn with the slow-client limits of ``shared.api.server``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import UploadFile
 
 from containers import Container
-from shared.config import Settings
-from shared.cost_tracking import CostLedger
-from shared.database import DatabaseClient
-from shared.errors import (
-    BudgetExceededError,
-    ConfigError,
-    InvalidStateError,
-    NotFoundError,
-    PipelineError,
-    RetryableError,
-    ValidationError,
+from shared.api import (
+    CurrentUser,
+    RequestLimits,
+    add_health_route,
+    container_lifespan,
+    error_responses,
+    install_error_handlers,
 )
-from shared.health import HealthStatus
+from shared.api.server import serve
+from shared.auth import Principal
+from shared.config import Settings
+from shared.container import Container as SharedContainer
+from shared.cost_tracking import CostLedger
+from shared.errors import JobNotFoundError, NotFoundError
 from shared.jobs import JobStore
-from shared.lifecycle import lifespan
 from shared.models import Job, JobCost, JobStage
-from shared.redis_client import Cache
 from shared.storage import Storage
 from shared.validation import validate_audio_file, validate_prompt
 from shared.wiring import Provide, inject
 
-__all__ = ["ErrorBody", "HealthReport", "JobDetail", "create_app", "status_for"]
+__all__ = ["JobDetail", "create_app", "main", "upload_limit"]
 
 AUDIO_BUCKET = "audio"
+_MB = 1024 * 1024
+# Room for the multipart framing and the prompt around the audio itself.
+_FORM_OVERHEAD = 64 * 1024
+_log = logging.getLogger("examples.api")
+
+_UPLOAD_SCHEMA = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["audio", "prompt"],
+                "properties": {
+                    "audio": {"type": "string", "format": "binary", "description": "the song: MP3, WAV or FLAC"},
+                    "prompt": {"type": "string", "description": "what the video should look like"},
+                    "user_id": {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "service role only: the user the job is created for",
+                    },
+                },
+            }
+        }
+    },
+}
 
 
 class JobDetail(BaseModel):
@@ -58,145 +81,134 @@ class JobDetail(BaseModel):
     costs: list[JobCost]
 
 
-class ServiceHealth(BaseModel):
-    """One service's health."""
-
-    name: str
-    status: str
-    latency_ms: float
-    detail: str | None = None
+def upload_limit(settings: Settings) -> int:
+    """Return the largest request body POST /jobs accepts: the audio limit plus the form around it."""
+    return settings.audio_max_size_mb * _MB + _FORM_OVERHEAD
 
 
-class HealthReport(BaseModel):
-    """Every service's health; ``status`` is ok only when all are."""
-
-    status: str
-    services: list[ServiceHealth]
-
-
-class ErrorDetail(BaseModel):
-    """What went wrong, for a client: a stable code, a message that says what to do, and the job when known."""
-
-    code: str
-    message: str
-    job_id: str | None = None
-
-
-class ErrorBody(BaseModel):
-    """The body of every error response."""
-
-    error: ErrorDetail
+def _owner(principal: Principal, requested: str | None) -> uuid.UUID:
+    """Return whom the job is for: the user themself, or for the service role the ``user_id`` it names."""
+    if requested is None:
+        if principal.is_service:
+            raise _invalid("user_id", "the service role must name the user the job is for")
+        return principal.user_id
+    try:
+        user_id = uuid.UUID(requested)
+    except ValueError:
+        raise _invalid("user_id", "must be a UUID") from None
+    if not principal.can_act_for(user_id):
+        # The same answer as for a user who does not exist: whether someone else's account exists stays unknown.
+        raise NotFoundError(f"user {user_id} not found; create jobs for your own account", code="user_not_found")
+    return user_id
 
 
-async def _http_error(_: Request, error: Exception) -> JSONResponse:
-    """Give the framework's own errors (a malformed multipart body, an unknown route) the same body shape."""
-    assert isinstance(error, StarletteHTTPException)  # noqa: S101 - registered for HTTPException only
-    body = ErrorBody(error=ErrorDetail(code=f"http_{error.status_code}", message=str(error.detail)))
-    return JSONResponse(body.model_dump(), status_code=error.status_code, headers=error.headers)
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
 
 
-def status_for(error: PipelineError) -> int:
-    """Return the HTTP status for a PipelineError (most specific first)."""
-    if isinstance(error, ValidationError):
-        return 400  # 422 stays FastAPI's, for requests that do not match the schema at all
-    if isinstance(error, BudgetExceededError):
-        return 402
-    if isinstance(error, NotFoundError):
-        return 404
-    if isinstance(error, InvalidStateError):
-        return 409
-    if isinstance(error, RetryableError):
-        return 503
-    if isinstance(error, ConfigError):
-        return 500
-    return 500
-
-
-async def _pipeline_error(_: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, PipelineError)  # noqa: S101 - registered for PipelineError only
-    status = status_for(error)
-    job_id = None if error.job_id is None else str(error.job_id)
-    internal = status >= 500 and not isinstance(error, RetryableError)
-    message = "internal error; see the logs" if internal else error.message
-    body = ErrorBody(error=ErrorDetail(code=error.code, message=message, job_id=job_id))
-    headers = {}
-    if isinstance(error, RetryableError):
-        headers["Retry-After"] = str(max(1, round(error.retry_after or 1)))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+async def _discard(storage: Storage, path: str) -> None:
+    """Delete audio stored for a request that failed afterwards; a failure here is logged, never raised."""
+    try:
+        await asyncio.shield(storage.delete_file(AUDIO_BUCKET, path))
+    except Exception:  # noqa: BLE001 - a documented boundary: the request's own error is the one to report
+        _log.warning("could not delete the audio of a failed request", extra={"path": path}, exc_info=True)
 
 
 @inject
 async def create_job(
-    audio: Annotated[UploadFile, File(description="the song: MP3, WAV or FLAC")],
-    prompt: Annotated[str, Form(description="what the video should look like")],
-    user_id: Annotated[uuid.UUID, Header(alias="X-User-Id")],
+    request: Request,
+    user: CurrentUser,
     *,
     settings: Settings = Depends(Provide[Container.settings]),  # noqa: B008 - FastAPI's dependency idiom
     jobs: JobStore = Depends(Provide[Container.jobs]),  # noqa: B008
     storage: Storage = Depends(Provide[Container.storage]),  # noqa: B008
 ) -> Job:
-    """Validate the upload and the prompt, store the audio, and create the job."""
-    info = await asyncio.to_thread(validate_audio_file, audio.file, max_size_mb=settings.audio_max_size_mb)
-    text = validate_prompt(prompt, min_length=settings.prompt_min_length, max_length=settings.prompt_max_length)
-    job_id = uuid.uuid4()
-    audio.file.seek(0)
-    url = await storage.upload_file(AUDIO_BUCKET, f"{user_id}/{job_id}/song.{info.format}", audio.file, info.mime_type)
-    return await jobs.create_job(user_id=user_id, audio_url=url, user_prompt=text, job_id=job_id)
+    """Validate the upload and the prompt, store the audio, and create the job for the token's user."""
+    # The form is read here, after current_user: an anonymous upload is refused before its body is read.
+    async with request.form(max_files=1, max_fields=2) as form:
+        audio, prompt, requested = form.get("audio"), form.get("prompt"), form.get("user_id")
+        if not isinstance(audio, UploadFile):
+            raise _invalid("audio", "a file part named audio is required")
+        if not isinstance(prompt, str):
+            raise _invalid("prompt", "a text field named prompt is required")
+        if requested is not None and not isinstance(requested, str):
+            raise _invalid("user_id", "must be a text field")
+        owner = _owner(user, requested)
+        text = validate_prompt(prompt, min_length=settings.prompt_min_length, max_length=settings.prompt_max_length)
+        info = await asyncio.to_thread(
+            validate_audio_file,
+            audio.file,
+            max_size_mb=settings.audio_max_size_mb,
+            min_duration_seconds=settings.audio_min_duration_seconds,
+            max_duration_seconds=settings.audio_max_duration_seconds,
+        )
+        job_id = uuid.uuid4()
+        path = f"{owner}/{job_id}/song.{info.format}"
+        audio.file.seek(0)
+        url = await storage.upload_file(AUDIO_BUCKET, path, audio.file, info.mime_type)
+    try:
+        return await jobs.create_job(user_id=owner, audio_url=url, user_prompt=text, job_id=job_id)
+    except BaseException:
+        await _discard(storage, path)
+        raise
 
 
 @inject
 async def get_job(
     job_id: uuid.UUID,
+    user: CurrentUser,
     *,
     jobs: JobStore = Depends(Provide[Container.jobs]),  # noqa: B008
     ledger: CostLedger = Depends(Provide[Container.cost_tracker]),  # noqa: B008
 ) -> JobDetail:
-    """Return the job with its stages and costs."""
+    """Return the job with its stages and costs, to its owner (or the service role) only."""
     job = await jobs.get_job(job_id)
+    if not user.can_act_for(job.user_id):
+        raise JobNotFoundError(job_id=job_id)  # exactly the answer for a job that does not exist
     stages, costs = await jobs.list_stages(job_id), await ledger.list_costs(job_id)
     return JobDetail(job=job, stages=stages, costs=costs)
 
 
-@inject
-async def health(
-    db: DatabaseClient = Depends(Provide[Container.db]),  # noqa: B008
-    cache: Cache = Depends(Provide[Container.redis]),  # noqa: B008
-    storage: Storage = Depends(Provide[Container.storage]),  # noqa: B008
-) -> JSONResponse:
-    """Check every service; 200 when all answer, 503 when one does not."""
-    results: list[HealthStatus] = list(
-        await asyncio.gather(db.health_check(), cache.health_check(), storage.health_check())
-    )
-    report = HealthReport(
-        status="ok" if all(r.ok for r in results) else "down",
-        services=[
-            ServiceHealth(name=r.name, status=r.status, latency_ms=r.latency_ms, detail=r.detail) for r in results
-        ],
-    )
-    return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
-
-
-def create_app(container: Container | None = None) -> FastAPI:
+def create_app(container: SharedContainer | None = None) -> FastAPI:
     """Build the app around ``container`` (a new one by default), wired and opened in the lifespan."""
     box = container or Container()
-
-    @contextlib.asynccontextmanager
-    async def app_lifespan(_: FastAPI) -> AsyncIterator[None]:
-        box.wire(modules=[__name__])
-        try:
-            async with lifespan(box):
-                yield
-        finally:
-            box.unwire()
-
-    app = FastAPI(title="videogen gateway (example)", lifespan=app_lifespan)
-    app.state.container = box
-    app.add_exception_handler(PipelineError, _pipeline_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 402, 404, 409, 503)}
-    app.add_api_route("/jobs", create_job, methods=["POST"], status_code=201, response_model=Job, responses=errors)
-    app.add_api_route("/jobs/{job_id}", get_job, methods=["GET"], response_model=JobDetail, responses=errors)
-    app.add_api_route(
-        "/health", health, methods=["GET"], response_model=HealthReport, responses={503: {"model": HealthReport}}
+    settings: Settings = box.settings()
+    app = FastAPI(
+        title="videogen gateway (example)",
+        lifespan=container_lifespan(box, modules=[__name__], build=["token_verifier"]),
     )
+    install_error_handlers(app)
+    app.add_middleware(
+        RequestLimits,
+        max_body_bytes=upload_limit(settings),
+        min_bytes_per_second=settings.api_body_min_bytes_per_second,
+        grace_seconds=settings.api_body_grace_seconds,
+    )
+    app.add_api_route(
+        "/jobs",
+        create_job,
+        methods=["POST"],
+        status_code=201,
+        response_model=Job,
+        responses=error_responses(400, 401, 402, 404, 408, 409, 413, 503),
+        openapi_extra={"requestBody": _UPLOAD_SCHEMA},
+    )
+    app.add_api_route(
+        "/jobs/{job_id}",
+        get_job,
+        methods=["GET"],
+        response_model=JobDetail,
+        responses=error_responses(401, 404, 503),
+    )
+    add_health_route(app)
     return app
+
+
+def main() -> None:  # pragma: no cover - runs a server until stopped; tests start uvicorn themselves
+    """Serve the gateway on 127.0.0.1:8000 with the settings' limits."""
+    container = Container()
+    serve(create_app(container), container.settings(), host="127.0.0.1", port=8000)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

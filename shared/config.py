@@ -166,6 +166,19 @@ class Settings(BaseSettings):
     startup_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
 
+    # Access tokens (shared.auth): leeway for exp/nbf, and how long the project's JWKS is kept.
+    auth_leeway_seconds: float = Field(default=10.0, ge=0, le=300, allow_inf_nan=False)
+    auth_jwks_cache_seconds: float = Field(default=600.0, gt=0, le=86400, allow_inf_nan=False)
+    auth_jwks_refetch_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
+    auth_jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
+
+    # The HTTP edge (shared.api.server): how long a client may take to send a request.
+    api_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
+    api_body_grace_seconds: float = Field(default=10.0, ge=0, le=300, allow_inf_nan=False)
+    api_body_min_bytes_per_second: int = Field(default=32 * 1024, gt=0)
+    api_keep_alive_seconds: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
+    api_max_connections: int = Field(default=1000, ge=1)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:

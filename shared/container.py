@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import httpx
     from supabase import AsyncClient as SupabaseClient
 
+    from shared.auth import TokenVerifier
     from shared.cost_tracking import CostTracker
     from shared.database import DatabaseClient
     from shared.jobs import JobRepository
@@ -136,6 +137,28 @@ def local_storage(settings: Settings) -> LocalStorage:
     )
 
 
+def make_token_verifier(settings: Settings, http_client: httpx.AsyncClient) -> TokenVerifier:
+    """Build the access-token verifier: HS256 with JWT_SECRET_KEY, ES256/RS256 from the project's JWKS.
+
+    Raises:
+        ConfigError: SUPABASE_URL is not set (the tokens' issuer and the JWKS live under it).
+    """
+    from shared.auth import TokenVerifier  # noqa: PLC0415 - PyJWT loads when first used
+
+    if not settings.supabase_url:
+        raise ConfigError(["SUPABASE_URL: required to verify access tokens (their issuer is SUPABASE_URL/auth/v1)"])
+    secret = settings.jwt_secret_key
+    return TokenVerifier(
+        supabase_url=settings.supabase_url,
+        jwt_secret=secret.get_secret_value() if secret is not None else None,
+        http_client=http_client,
+        leeway_seconds=settings.auth_leeway_seconds,
+        jwks_cache_seconds=settings.auth_jwks_cache_seconds,
+        jwks_refetch_seconds=settings.auth_jwks_refetch_seconds,
+        jwks_timeout_seconds=settings.auth_jwks_timeout_seconds,
+    )
+
+
 class Container(containers.DeclarativeContainer):
     """Every collaborator of a pipeline module; override any of them with ``container.x.override(...)``."""
 
@@ -156,3 +179,5 @@ class Container(containers.DeclarativeContainer):
     storage_local = providers.Singleton(local_storage, settings=settings)
     # After `async with lifespan(container)`, every provider returns the object itself: `container.storage()`.
     storage = providers.Selector(settings.provided.storage_backend, supabase=storage_supabase, local=storage_local)
+
+    token_verifier = providers.Singleton(make_token_verifier, settings=settings, http_client=http_client)

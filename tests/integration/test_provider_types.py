@@ -14,6 +14,7 @@ from pydantic import SecretStr
 from supabase import AsyncClient as SupabaseClient
 
 from shared import container as container_module
+from shared.auth import TokenVerifier
 from shared.config import Settings
 from shared.container import Container
 from shared.cost_tracking import CostTracker
@@ -31,6 +32,7 @@ _ANNOTATION_NAMES = {
     "DatabaseClient": DatabaseClient,
     "JobRepository": JobRepository,
     "RedisClient": RedisClient,
+    "TokenVerifier": TokenVerifier,
 }
 
 
@@ -88,7 +90,7 @@ async def test_after_start_every_provider_returns_its_declared_type_not_a_future
             expected = declared_type(provider)
         assert isinstance(value, expected), f"container.{name}() is {type(value).__name__}, not {expected.__name__}"
         checked.append(name)
-    assert {"db", "redis", "jobs", "cost_tracker", "storage"} <= set(checked)
+    assert {"db", "redis", "jobs", "cost_tracker", "storage", "token_verifier"} <= set(checked)
     assert isinstance(container.settings(), Settings)
 
 
