@@ -7,6 +7,5 @@ pytest_plugins = [
     "tests.fixtures.storage",
     "tests.fixtures.audio",
     "tests.fixtures.jwks",
-    "shared.api.testing",  # the TestClient fixtures of the [api] glue (a consumer adds this one line)
 ]
 # shared.testing.fixtures (the kit module authors use) comes from its pytest11 entry point, as in a consumer.

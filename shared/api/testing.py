@@ -1,8 +1,7 @@
-"""Pytest fixtures for an app built on the glue, through starlette's TestClient: one line in a conftest::
+"""Pytest fixtures for an app built on the glue, through starlette's TestClient.
 
-    pytest_plugins = ["shared.api.testing"]
-
-then define ``api_app`` (usually ``return create_app(api_container)``) and take ``api_client``.
+Loaded with the kit's plugin wherever the ``[api]`` extra is installed (no conftest line); define ``api_app``
+(usually ``return create_app(api_container)``) and take ``api_client``.
 
 TestClient runs the app in an event loop of its own, in a thread. A container opened in the test's loop
 (``fake_container``) would belong to the wrong loop, so ``api_container`` is *not* started: the app's lifespan
@@ -21,14 +20,13 @@ from typing import Any
 
 import jwt
 import pytest
-from dependency_injector import providers
 from fastapi import FastAPI
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from shared.config import Settings
 from shared.container import Container
-from shared.testing.fixtures import Fakes
+from shared.testing.fixtures import Fakes, override_with_fakes
 
 __all__ = ["MakeToken", "api_app", "api_client", "api_container", "api_container_class", "api_settings", "make_token"]
 
@@ -91,15 +89,7 @@ def api_container(api_container_class: type[Container], api_settings: Settings, 
     """Yield a Container whose collaborators are the ``fakes``, not started (the app's lifespan starts it)."""
     container = api_container_class()
     container.settings.override(api_settings)
-    replacements: dict[str, object] = {
-        "db": None,
-        "redis": fakes.cache,
-        "jobs": fakes.jobs,
-        "cost_tracker": fakes.costs,
-        "storage": fakes.storage,
-    }
-    for name, fake in replacements.items():
-        getattr(container, name).override(providers.Object(fake))
+    override_with_fakes(container, fakes)
     yield container
     container.reset_override()
 

@@ -17,6 +17,7 @@ and local storage in the test's temporary folder. Both belong to the test's even
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ __all__ = [
     "container_class",
     "fake_container",
     "fakes",
+    "override_with_fakes",
     "pytest_addoption",
+    "pytest_configure",
     "real_container",
     "test_settings",
     "wired_modules",
@@ -97,6 +100,25 @@ class Fakes:
         )
 
 
+def override_with_fakes(container: Container, fakes: Fakes) -> None:
+    """Override every service provider of ``container`` with its fake (``db`` with None: nothing opens a pool)."""
+    replacements: dict[str, object] = {
+        "db": None,
+        "redis": fakes.cache,
+        "jobs": fakes.jobs,
+        "cost_tracker": fakes.costs,
+        "storage": fakes.storage,
+    }
+    for name, fake in replacements.items():
+        getattr(container, name).override(providers.Object(fake))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Load the HTTP fixtures (``shared.api.testing``) too where the ``[api]`` extra is installed."""
+    if importlib.util.find_spec("fastapi") is not None and importlib.util.find_spec("jwt") is not None:
+        config.pluginmanager.import_plugin("shared.api.testing")
+
+
 @pytest.fixture
 def test_settings(tmp_path: Path) -> Settings:
     """Return development Settings that ignore ``.env``: local storage in the test's folder, no console logs."""
@@ -131,15 +153,7 @@ async def fake_container(
     """Yield the Container with every service replaced by its fake, wired, opened and closed around the test."""
     container = container_class()
     container.settings.override(test_settings)
-    replacements: dict[str, object] = {
-        "db": None,
-        "redis": fakes.cache,
-        "jobs": fakes.jobs,
-        "cost_tracker": fakes.costs,
-        "storage": fakes.storage,
-    }
-    for name, fake in replacements.items():
-        getattr(container, name).override(providers.Object(fake))
+    override_with_fakes(container, fakes)
     if wired_modules:
         container.wire(modules=wired_modules)
     try:

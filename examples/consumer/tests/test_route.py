@@ -1,28 +1,47 @@
-"""The route through the app, with starlette's TestClient (which runs the app, and its container, in its own loop)."""
+"""The route through the app, with starlette's TestClient and videogen-shared's glue fixtures (no conftest)."""
 
 from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
 
-from dependency_injector import providers
+import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from shared.config import Settings
+from shared.api.testing import MakeToken
 from shared.testing.fixtures import Fakes
 
 from title_stage.app import create_app
 from title_stage.container import StageContainer
 
 
-def test_post_title_runs_the_stage_for_the_job(test_settings: Settings, fakes: Fakes) -> None:
-    container = StageContainer()
-    container.settings.override(test_settings)
-    for name, fake in {"db": None, "redis": fakes.cache, "jobs": fakes.jobs, "cost_tracker": fakes.costs}.items():
-        getattr(container, name).override(providers.Object(fake))
-    container.storage.override(providers.Object(fakes.storage))
+@pytest.fixture
+def api_app(api_container: StageContainer) -> FastAPI:
+    return create_app(api_container)
+
+
+def test_post_title_runs_the_stage_for_the_jobs_owner(
+    api_client: TestClient, fakes: Fakes, make_token: MakeToken
+) -> None:
     job = asyncio.run(fakes.add_job(budget_limit=Decimal(1), prompt="glass birds at dawn"))  # fakes bind no loop
-    with TestClient(create_app(container)) as client:
-        answer = client.post(f"/jobs/{job.id}/title")
+    answer = api_client.post(f"/jobs/{job.id}/title", headers={"Authorization": f"Bearer {make_token(job.user_id)}"})
     assert 200 == answer.status_code, answer.text
     assert "Glass Birds At Dawn" == answer.json()["title"]
-    assert Decimal("0.0200") == fakes.jobs.world.jobs[job.id].total_cost
+    assert Decimal("0.0200") == fakes.world.jobs[job.id].total_cost
+
+
+def test_another_users_job_is_404_and_anonymous_is_401(
+    api_client: TestClient, fakes: Fakes, make_token: MakeToken
+) -> None:
+    job = asyncio.run(fakes.add_job(budget_limit=Decimal(1)))
+    stranger = api_client.post(f"/jobs/{job.id}/title", headers={"Authorization": f"Bearer {make_token()}"})
+    assert (404, "job_not_found") == (stranger.status_code, stranger.json()["error"]["code"])
+    assert 401 == api_client.post(f"/jobs/{job.id}/title").status_code
+    assert Decimal(0) == fakes.world.jobs[job.id].total_cost  # nothing ran for either
+
+
+def test_health_route_reports_each_service(api_client: TestClient) -> None:
+    answer = api_client.get("/health")
+    report = {service["name"]: service["status"] for service in answer.json()["services"]}
+    # On the fakes no database is configured: the route says so with a 503, never a 500.
+    assert (503, {"db": "down", "redis": "ok", "storage": "ok"}) == (answer.status_code, report)
