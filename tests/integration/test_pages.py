@@ -41,7 +41,7 @@ async def test_job_pages_with_the_id_cursor_return_every_tied_job_once_in_order(
     user = await make_user()
     ids = await jobs_at_one_instant(db, user, 7)
     await jobs_at_one_instant(db, await make_user(), 3)  # someone else's
-    seen = []
+    seen: list[uuid.UUID] = []
     page = await jobs.list_jobs_for_user(user, limit=3)
     while page:
         seen.extend(job.id for job in page)
