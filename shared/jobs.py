@@ -253,6 +253,18 @@ class JobRepository:
         msg = f"stage {name} is {current['status']}; only a running stage can become {status.value}"
         raise InvalidStateError(msg, current=current["status"], requested=status.value, job_id=job_id)
 
+    async def heartbeat_stage(self, job_id: UUID, stage: StageName) -> bool:
+        """Record that the worker of a running stage is alive; return False when the stage is not running."""
+        status = await self._db.execute(
+            """
+            update public.job_stages set heartbeat_at = now()
+             where job_id = $1 and stage_name = $2 and status = 'running'
+            """,
+            job_id,
+            StageName(stage).value,
+        )
+        return bool(status == "UPDATE 1")
+
     async def list_stages(self, job_id: UUID) -> list[JobStage]:
         """Return the job's stage rows in the order they started (at most one per stage name: six rows)."""
         rows = await self._db.fetch(
