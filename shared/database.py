@@ -146,55 +146,91 @@ class DatabaseClient:
 
     # The four query methods run one statement on a pooled connection outside a transaction: this is the hot
     # path, kept to one coroutine layer between the caller and asyncpg (each layer costs a few percent of
-    # throughput, benchmarks/). The bound covers the wait for a connection, the statement and the re-sends.
+    # throughput, benchmarks/). One deadline bounds the wait for a connection, the statement and any re-send.
 
     async def fetch(self, query: str, *args: object, timeout: float | None = None) -> list[Record]:
         """Return every row of ``query``."""
         if self._current.get() is None:
-            return cast("list[Record]", await self._bounded("fetch", query, args, timeout))
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
+            try:
+                rows: list[Record] = await self._run_once("fetch", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return cast(
+                    "list[Record]", await self._resend("fetch", query, args, error, limit=limit, deadline=deadline)
+                )
+            return rows
         return cast("list[Record]", await self._in_transaction("fetch", query, args, timeout))
 
     async def fetchrow(self, query: str, *args: object, timeout: float | None = None) -> Record | None:
         """Return the first row of ``query``, or None."""
         if self._current.get() is None:
-            return cast("Record | None", await self._bounded("fetchrow", query, args, timeout))
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
+            try:
+                row: Record | None = await self._run_once("fetchrow", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return cast(
+                    "Record | None", await self._resend("fetchrow", query, args, error, limit=limit, deadline=deadline)
+                )
+            return row
         return cast("Record | None", await self._in_transaction("fetchrow", query, args, timeout))
 
     async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any:
         """Return the first column of the first row of ``query``, or None."""
         if self._current.get() is None:
-            return await self._bounded("fetchval", query, args, timeout)
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
+            try:
+                return await self._run_once("fetchval", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return await self._resend("fetchval", query, args, error, limit=limit, deadline=deadline)
         return await self._in_transaction("fetchval", query, args, timeout)
 
     async def execute(self, query: str, *args: object, timeout: float | None = None) -> str:
         """Run ``query`` and return its status (``UPDATE 1``)."""
         if self._current.get() is None:
-            return cast("str", await self._bounded("execute", query, args, timeout))
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
+            try:
+                status: str = await self._run_once("execute", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return cast("str", await self._resend("execute", query, args, error, limit=limit, deadline=deadline))
+            return status
         return cast("str", await self._in_transaction("execute", query, args, timeout))
 
     async def executemany(self, query: str, rows: Iterable[Sequence[object]], *, timeout: float | None = None) -> None:
         """Run ``query`` once per row of arguments, atomically (asyncpg runs them in one transaction)."""
         args = (list(rows),)
         if self._current.get() is None:
-            await self._bounded("executemany", query, args, timeout)
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
+            try:
+                await self._run_once("executemany", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                await self._resend("executemany", query, args, error, limit=limit, deadline=deadline)
             return
         await self._in_transaction("executemany", query, args, timeout)
 
     def _limit(self, timeout: float | None) -> float:
         return self._timeout if timeout is None else timeout
 
-    async def _bounded(self, method: str, query: str, args: tuple[object, ...], timeout: float | None) -> Any:
-        """Run one statement outside a transaction, re-sent when allowed, all of it within the call's limit."""
-        limit = self._limit(timeout)
-        deadline = asyncio.get_running_loop().time() + limit
+    async def _resend(
+        self,
+        method: str,
+        query: str,
+        args: tuple[object, ...],
+        error: DatabaseUnavailableError,
+        *,
+        limit: float,
+        deadline: float,
+    ) -> Any:
+        """Send a failed statement again when the failure allows it, within what is left of the call's bound."""
         try:
-            return await self._run_once(method, query, args, limit)
-        except DatabaseUnavailableError as error:
-            try:
-                async with asyncio.timeout_at(deadline):  # the re-sends share the same bound
-                    return await self._recover(method, query, args, timeout, error)
-            except TimeoutError as exc:
-                raise _timed_out(method, limit) from exc
+            async with asyncio.timeout_at(deadline):
+                return await self._recover(method, query, args, limit, error)
+        except TimeoutError as exc:
+            raise _timed_out(method, limit) from exc
 
     async def _in_transaction(self, method: str, query: str, args: tuple[object, ...], timeout: float | None) -> Any:
         """Run on the open transaction's connection; never re-sent (the caller re-runs the whole transaction)."""
@@ -229,15 +265,18 @@ class DatabaseClient:
         _log.warning("database %s; retrying the statement", reason, extra={"error": str(error)})
         return await self._retry(method, query, args, self._limit(timeout))
 
-    async def _run_once(self, method: str, query: str, args: tuple[object, ...], timeout: float) -> Any:
-        """Acquire, run and give back within ``timeout`` seconds in all.
+    async def _run_once(
+        self, method: str, query: str, args: tuple[object, ...], timeout: float, deadline: float | None = None
+    ) -> Any:
+        """Acquire, run and give back by ``deadline`` (default ``timeout`` seconds from now).
 
         asyncpg's own ``pool.fetch`` is not used: on a timeout its release first waits for the cancel request
         and then resets the connection, each up to the command timeout, so a frozen server held the caller for
         twice the limit. Here a connection whose statement failed is given back in the background.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        if deadline is None:
+            deadline = loop.time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
                 connection: PoolConnectionProxy = await self._pool.acquire()
@@ -248,7 +287,14 @@ class DatabaseClient:
                     raise
         except _DRIVER_ERRORS as exc:
             raise translate_error(exc, action=_action(method, timeout)) from exc
-        await self._give_back(connection, deadline - loop.time())
+        budget = deadline - loop.time()
+        if budget <= 0:
+            self._release_later(connection)
+        else:
+            try:
+                await self._pool.release(connection, timeout=budget)
+            except _DRIVER_ERRORS:  # asyncpg closed the connection (its reset failed): the pool opens another
+                _log.debug("a connection's reset failed on release; the pool replaces it", exc_info=True)
         return result
 
     async def _give_back(self, connection: PoolConnectionProxy, budget: float) -> None:
