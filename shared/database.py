@@ -43,6 +43,7 @@ _log = logging.getLogger("shared.database")
 _RETRYABLE_STATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03", "55P03"})
 _RETRYABLE_CLASSES = frozenset({"08"})
 _TIMEOUT_STATE = "57014"  # query_canceled: statement_timeout or our own timeout
+_UNSET: Any = object()  # no result yet (None is a result: fetchrow found no row)
 
 
 class Database(Protocol):
@@ -63,7 +64,11 @@ def _connection_lost(exc: BaseException) -> bool:
         | asyncpg.PostgresConnectionError
         | asyncpg.InternalClientError
         | OSError,
-    ) or (isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+    ) or (
+        # "released back to the pool": a transaction's connection that the server closed (asyncpg detaches the
+        # proxy of a connection it saw close; this client never uses a proxy it released itself).
+        isinstance(exc, asyncpg.InterfaceError) and ("closed" in str(exc) or "released back to the pool" in str(exc))
+    )
 
 
 def translate_error(exc: BaseException, *, action: str = "the query") -> PipelineError:
@@ -272,11 +277,13 @@ class DatabaseClient:
 
         asyncpg's own ``pool.fetch`` is not used: on a timeout its release first waits for the cancel request
         and then resets the connection, each up to the command timeout, so a frozen server held the caller for
-        twice the limit. Here a connection whose statement failed is given back in the background.
+        twice the limit. Here a connection whose statement failed is given back in the background, and a
+        release still running at the deadline goes on in the background (asyncpg shields it) while the caller
+        gets its result.
         """
-        loop = asyncio.get_running_loop()
         if deadline is None:
-            deadline = loop.time() + timeout
+            deadline = asyncio.get_running_loop().time() + timeout
+        result: Any = _UNSET
         try:
             async with asyncio.timeout_at(deadline):
                 connection: PoolConnectionProxy = await self._pool.acquire()
@@ -285,16 +292,12 @@ class DatabaseClient:
                 except BaseException:
                     self._release_later(connection)
                     raise
+                await self._pool.release(connection)
         except _DRIVER_ERRORS as exc:
-            raise translate_error(exc, action=_action(method, timeout)) from exc
-        budget = deadline - loop.time()
-        if budget <= 0:
-            self._release_later(connection)
-        else:
-            try:
-                await self._pool.release(connection, timeout=budget)
-            except _DRIVER_ERRORS:  # asyncpg closed the connection (its reset failed): the pool opens another
-                _log.debug("a connection's reset failed on release; the pool replaces it", exc_info=True)
+            if result is _UNSET:
+                raise translate_error(exc, action=_action(method, timeout)) from exc
+            # The statement ran; asyncpg closes a connection whose reset failed, and the pool opens another.
+            _log.debug("a connection was not given back cleanly after its statement", exc_info=True)
         return result
 
     async def _give_back(self, connection: PoolConnectionProxy, budget: float) -> None:
