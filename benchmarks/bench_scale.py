@@ -13,6 +13,7 @@ force_generic_plan`` on every connection (PostgreSQL may choose that plan at any
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -31,8 +32,15 @@ from shared.models import StageName
 
 __all__ = ["main"]
 
-JOB_SIZES = (1_000, 100_000, 1_000_000)
-COST_SIZES = (1, 1_000, 100_000)
+
+def _sizes(variable: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """Return the sizes to measure: ``default``, or a comma-separated list in ``variable`` for a quick try."""
+    value = os.environ.get(variable, "")
+    return tuple(int(part) for part in value.split(",")) if value.strip() else default
+
+
+JOB_SIZES = _sizes("BENCH_SCALE_JOBS", (1_000, 100_000, 1_000_000))
+COST_SIZES = _sizes("BENCH_SCALE_COSTS", (1, 1_000, 100_000))
 OTHER_USERS = 10_000
 SAMPLES = 31
 WARM_UP = 6
@@ -90,7 +98,7 @@ async def _grow_jobs(db: DatabaseClient, heavy: uuid.UUID, others: list[uuid.UUI
             """
             insert into public.job_cost_reservations (job_id, stage_name, api_name, estimated_cost, status,
                                                       expires_at, created_at)
-            select id, 'clip_generation', 'replicate', 0.10, 'committed', created_at, created_at
+            select id, 'clip_generation', 'replicate', 0.10, 'committed', now(), now()
               from public.jobs
              where created_at between timestamptz '2026-11-01' - $2 * interval '1 second'
                                   and timestamptz '2026-11-01' - $1 * interval '1 second'
