@@ -111,6 +111,11 @@ async def _grow_jobs(db: DatabaseClient, heavy: uuid.UUID, others: list[uuid.UUI
     await db.execute("vacuum analyze", timeout=1200)
 
 
+def _deep(owned: int) -> int:
+    """Return the offset of 90 % depth, or less where a full page would not remain (the smallest size)."""
+    return min(owned * 9 // 10, owned - PAGE)
+
+
 async def _cursor(db: DatabaseClient, user: uuid.UUID, offset: int) -> tuple[datetime, uuid.UUID]:
     row = await db.fetchrow(
         "select created_at, id from public.jobs where user_id = $1 order by created_at desc, id desc offset $2 limit 1",
@@ -149,7 +154,7 @@ async def _job_calls(db: DatabaseClient, heavy: uuid.UUID, owned: int, size: int
     jobs = JobRepository(db)
     tracker = CostTracker(db, default_budget=Decimal(1_000_000), reservation_ttl=timedelta(minutes=15))
     figures: dict[str, float] = {}
-    half, deep = await _cursor(db, heavy, owned // 2), await _cursor(db, heavy, owned * 9 // 10)
+    half, deep = await _cursor(db, heavy, owned // 2), await _cursor(db, heavy, _deep(owned))
     figures["list_jobs_for_user, page 1"] = await _median_ms(lambda: jobs.list_jobs_for_user(heavy, limit=PAGE))
     figures["list_jobs_for_user, 50 % deep"] = await _median_ms(
         lambda: jobs.list_jobs_for_user(heavy, limit=PAGE, before=half[0], before_id=half[1])
@@ -199,7 +204,7 @@ async def _pages_generic(dsn: str, heavy: uuid.UUID, owned: int) -> dict[str, fl
     try:
         async with open_client(dsn) as db:
             jobs = JobRepository(db)
-            deep = await _cursor(db, heavy, owned * 9 // 10)
+            deep = await _cursor(db, heavy, _deep(owned))
             return {
                 "generic plan: page 1": await _median_ms(lambda: jobs.list_jobs_for_user(heavy, limit=PAGE)),
                 "generic plan: 90 % deep": await _median_ms(
@@ -254,7 +259,10 @@ async def _grow_costs(db: DatabaseClient, job_id: uuid.UUID, start: int, end: in
         timeout=600,
     )
     await db.execute(
-        "update public.jobs set total_cost = total_cost + ($2 - $3) * 0.0001 where id = $1", job_id, end, start
+        "update public.jobs set total_cost = total_cost + ($2::int - $3::int) * 0.0001 where id = $1",
+        job_id,
+        end,
+        start,
     )
     await db.execute("analyze public.job_costs", timeout=600)
 
