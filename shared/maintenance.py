@@ -38,50 +38,51 @@ __all__ = ["MaintenancePolicy", "MaintenanceReport", "StageHeartbeats", "maintai
 
 _log = logging.getLogger("shared.maintenance")
 
+# The cutoffs are `now() - $1`, never clock_timestamp(): a volatile function cannot be an index condition, and
+# each batch would read every row of the index instead of its oldest ones (tests/integration/test_generic_plans.py).
 _FAIL_SILENT_JOBS = """
 with stale as (
-    select j.id, j.current_stage
-      from public.jobs j
-     where j.status = 'processing'
-       and j.updated_at < clock_timestamp() - $1::interval
-       and not exists (
-           select 1 from public.job_stages s
-            where s.job_id = j.id and s.status = 'running'
-              and greatest(s.started_at, s.heartbeat_at) >= clock_timestamp() - $1::interval
-       )
-     order by j.updated_at
-     limit $2
-       for update of j skip locked
+    select array(
+        select j.id
+          from public.jobs j
+         where j.status = 'processing'
+           and j.updated_at < now() - $1::interval
+           and not exists (
+               select 1 from public.job_stages s
+                where s.job_id = j.id and s.status = 'running'
+                  and greatest(s.started_at, s.heartbeat_at) >= now() - $1::interval
+           )
+         order by j.updated_at
+         limit $2
+           for update of j skip locked
+    ) as ids
 ), stages as (
     update public.job_stages s
        set status = 'failed', completed_at = greatest(now(), s.started_at), error = $3
-      from stale
-     where s.job_id = stale.id and s.status = 'running'
+     where s.job_id = any((select ids from stale)::uuid[]) and s.status = 'running'
     returning s.job_id
 ), failed as (
     update public.jobs j
        set status = 'failed', estimated_remaining = null,
-           error_message = coalesce('stage ' || stale.current_stage || ': ', '') || $3
-      from stale
-     where j.id = stale.id
+           error_message = coalesce('stage ' || j.current_stage || ': ', '') || $3
+     where j.id = any((select ids from stale)::uuid[])
     returning j.id
 )
 select (select count(*) from failed) as jobs, (select count(*) from stages) as stages
 """
 
 _RELEASE_EXPIRED = """
-with expired as (
-    select r.id
-      from public.job_cost_reservations r
-     where r.status = 'active' and r.expires_at < clock_timestamp() - $1::interval
-     order by r.expires_at
-     limit $2
-       for update skip locked
-), released as (
+with released as (
     update public.job_cost_reservations r
        set status = 'released'
-      from expired
-     where r.id = expired.id
+     where r.id = any(array(
+         select e.id
+           from public.job_cost_reservations e
+          where e.status = 'active' and e.expires_at < now() - $1::interval
+          order by e.expires_at
+          limit $2
+            for update skip locked
+     ))
     returning r.id
 )
 select count(*) from released
@@ -90,17 +91,16 @@ select count(*) from released
 # `status <> 'active'` matches job_cost_reservations_finished_created_at_idx's predicate, so a batch reads
 # only the oldest finished rows.
 _PRUNE_FINISHED = """
-with old as (
-    select r.id
-      from public.job_cost_reservations r
-     where r.status <> 'active' and r.created_at < clock_timestamp() - $1::interval
-     order by r.created_at
-     limit $2
-       for update skip locked
-), deleted as (
+with deleted as (
     delete from public.job_cost_reservations r
-     using old
-     where r.id = old.id
+     where r.id = any(array(
+         select o.id
+           from public.job_cost_reservations o
+          where o.status <> 'active' and o.created_at < now() - $1::interval
+          order by o.created_at
+          limit $2
+            for update skip locked
+     ))
     returning r.id
 )
 select count(*) from deleted

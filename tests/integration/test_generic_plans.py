@@ -24,6 +24,7 @@ import pytest
 from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient
 from shared.jobs import JobRepository
+from shared.maintenance import MaintenancePolicy, maintain
 from shared.models import StageName
 
 USERS, JOBS_PER_USER, COSTS_PER_JOB = 40, 50, 50
@@ -82,6 +83,12 @@ async def captured(pg_dsn: str) -> AsyncIterator[Captured]:
             """
             insert into public.job_cost_reservations (job_id, stage_name, api_name, estimated_cost, status, expires_at)
             select id, 'clip_generation', 'replicate', 0.01, 'committed', now() from public.jobs
+            """
+        )
+        await db.execute(
+            """
+            insert into public.job_stages (job_id, stage_name, status, completed_at)
+            select id, 'audio_analysis', 'completed', now() from public.jobs
             """
         )
         await db.execute("analyze")
@@ -177,7 +184,7 @@ async def test_statement_keeps_its_index_under_the_generic_plan(
     for sent in statements:
         plan = await generic_plan(captured.db, sent)
         scans = [node for node in plan if node.get("Relation Name") == table]
-        assert scans, f"{name}: no scan of {table} in {plan}"
+        assert table is None or scans, f"{name}: no scan of {table} in {plan}"
         for node in plan:
             assert "Seq Scan" != node["Node Type"] or node.get("Relation Name") not in TABLES, plan
             assert "$" not in node.get("Filter", ""), f"{name}: a parameter in a Filter: {node}"
@@ -199,3 +206,20 @@ async def test_the_old_optional_cursor_form_was_a_filter_under_the_generic_plan(
     )
     plan = await generic_plan(captured.db, old)
     assert any("$2" in node.get("Filter", "") for node in plan), plan
+
+
+async def test_each_maintenance_batch_reads_only_its_rows_through_an_index(captured: Captured) -> None:
+    """A batch's cutoff is an Index Cond (a volatile clock_timestamp() there made it a Filter over every row)."""
+    policy = MaintenancePolicy(timedelta(minutes=10), timedelta(minutes=5), timedelta(days=30), batch_size=10)
+    await maintain(captured.db, policy)
+    plans = [await generic_plan(captured.db, sent) for sent in captured.sent if sent.args]
+
+    assert 3 == len(plans)
+    for plan in plans:
+        assert [] == [node for node in plan if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in TABLES]
+    fail_jobs, release, prune = plans
+    # Silent jobs are looked for among the jobs in flight only (a partial index), each one's stages by its key.
+    assert {"jobs_active_status_idx", "job_stages_one_per_job_and_stage"} <= {n.get("Index Name") for n in fail_jobs}
+    for plan, column in ((release, "expires_at"), (prune, "created_at")):
+        scans = [node for node in plan if node.get("Relation Name") == "job_cost_reservations" and "Index Cond" in node]
+        assert any(column in node["Index Cond"] and "$1" in node["Index Cond"] for node in scans), plan

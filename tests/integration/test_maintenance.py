@@ -111,9 +111,11 @@ async def test_a_job_whose_worker_died_is_failed_and_one_whose_worker_beats_is_k
         while (await jobs.list_stages(live))[0].heartbeat_at is None:
             await asyncio.sleep(0.05)
 
-    report = await maintain(db, POLICY)
-    running.cancel()
-    await asyncio.gather(running, return_exceptions=True)
+    try:
+        report = await maintain(db, POLICY)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
 
     assert (1, 1, 0, 0) == counts(report)
     failed = await jobs.get_job(dead)
