@@ -3,11 +3,11 @@
 One scratch database grows in place (1k jobs, then 100k, then 1M; one user owns 10 % of them, the rest are
 spread over 10,000 users; one committed reservation for every tenth job). At each size every call runs
 sequentially: six untimed runs first (asyncpg's cached statement may switch to PostgreSQL's generic plan
-after five), then SAMPLES timed ones, reported as the median in milliseconds. The figure that matters is the
-growth, a ratio within the run: the call at 1M against the same call at 1k, and the page at 90 % depth
-against page 1 (target at most 1.2 at 1M). The pages are also measured with ``plan_cache_mode =
-force_generic_plan`` on every connection (PostgreSQL may choose that plan at any time), and the statement
-``list_jobs_for_user`` sent before keyset pages, to show what the fix removed.
+after five), then SAMPLES timed ones; the median in milliseconds, the lowest over PASSES passes. The figure
+that matters is the growth, a ratio within the run: the call at 1M against the same call at 1k, and the
+page at 90 % depth against page 1 (target at most 1.2 at 1M). The pages are also measured with
+``plan_cache_mode = force_generic_plan`` on every connection (PostgreSQL may choose that plan at any time),
+and the statement ``list_jobs_for_user`` sent before keyset pages, to show what the fix removed.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ JOB_SIZES = _sizes("BENCH_SCALE_JOBS", (1_000, 100_000, 1_000_000))
 COST_SIZES = _sizes("BENCH_SCALE_COSTS", (1, 1_000, 100_000))
 OTHER_USERS = 10_000
 SAMPLES = 31
+PASSES = 3
 WARM_UP = 6
 PAGE = 50
 DEPTH_TARGET = 1.2
@@ -59,6 +60,11 @@ POLICY = MaintenancePolicy(
 )
 
 Call = Callable[[], Awaitable[object]]
+
+
+def _best(passes: list[dict[str, float]]) -> dict[str, float]:
+    """Return each call's lowest median over the passes: a burst of load on this shared machine hits one pass."""
+    return {call: min(figures[call] for figures in passes) for call in passes[0]}
 
 
 async def _median_ms(call: Call, samples: int = SAMPLES) -> float:
@@ -293,8 +299,12 @@ async def _measure() -> list[str]:
         for size in JOB_SIZES:
             await _grow_jobs(db, heavy, others, grown, size)
             grown = size
-            by_size[size] = await _job_calls(db, heavy, size // 10, size)
-            by_size[size].update(await _pages_generic(dsn, heavy, size // 10))
+            by_size[size] = _best(
+                [
+                    {**await _job_calls(db, heavy, size // 10, size), **await _pages_generic(dsn, heavy, size // 10)}
+                    for _ in range(PASSES)
+                ]
+            )
 
         job_id = (await JobRepository(db).create_job(user_id=heavy, audio_url="a.mp3", user_prompt="p")).id
         by_rows: dict[int, dict[str, float]] = {}
@@ -302,14 +312,14 @@ async def _measure() -> list[str]:
         for rows in COST_SIZES:
             await _grow_costs(db, job_id, grown, rows)
             grown = rows
-            by_rows[rows] = await _cost_calls(db, job_id, rows)
+            by_rows[rows] = _best([await _cost_calls(db, job_id, rows) for _ in range(PASSES)])
 
     last = by_size[JOB_SIZES[-1]]
     depth = last["list_jobs_for_user, 90 % deep"] / last["list_jobs_for_user, page 1"]
     generic = last["generic plan: 90 % deep"] / last["generic plan: page 1"]
     verdict = "meets" if max(depth, generic) <= DEPTH_TARGET else "**misses**"
     return [
-        f"Median of {SAMPLES} sequential calls after {WARM_UP} untimed ones; milliseconds.",
+        f"Median of {SAMPLES} sequential calls after {WARM_UP} untimed ones, the lowest of {PASSES} passes; ms.",
         "",
         *_table("jobs", JOB_SIZES, by_size),
         "",
