@@ -1,4 +1,4 @@
-"""The command line: ``python -m shared doctor | demo [--offline] | db migrate``.
+"""The command line: ``python -m shared doctor | demo [--offline] | db migrate | maintain``.
 
 Every command loads the settings first, so a bad configuration is reported once, every problem listed, with
 exit status 2. ``doctor`` exits 1 when a service is down; any other failure is a PipelineError, printed with
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -35,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also apply files older than the newest applied migration (as `supabase db push --include-all`)",
     )
+    maintain = commands.add_parser(
+        "maintain", help="fail silent jobs, release expired reservations, prune old ones (safe to run anywhere)"
+    )
+    maintain.add_argument("--batch-size", type=int, help="rows per statement (default MAINTENANCE_BATCH_SIZE)")
     return parser
 
 
@@ -56,6 +61,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             from shared.demo import run_demo  # noqa: PLC0415
 
             return asyncio.run(run_demo(settings, out=stream, offline=args.offline))
+        if args.command == "maintain":
+            return asyncio.run(_maintain(settings, stream, args.batch_size))
         return asyncio.run(_migrate(settings, stream, include_all=args.include_all))
     except PipelineError as error:
         print(f"error: {error}", file=stream)
@@ -74,4 +81,16 @@ async def _migrate(settings: Settings, out: TextIO, *, include_all: bool = False
         print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}", file=out)
     else:
         print("the database is up to date", file=out)
+    return EXIT_OK
+
+
+async def _maintain(settings: Settings, out: TextIO, batch_size: int | None) -> int:
+    from shared.database import init_database  # noqa: PLC0415 - asyncpg loads only for this command
+    from shared.maintenance import MaintenancePolicy, maintain  # noqa: PLC0415
+
+    policy = MaintenancePolicy.from_settings(settings)
+    if batch_size is not None:
+        policy = dataclasses.replace(policy, batch_size=batch_size)
+    async for db in init_database(settings):
+        print((await maintain(db, policy)).summary(), file=out)
     return EXIT_OK

@@ -157,6 +157,31 @@ class Settings(BaseSettings):
     default_job_budget: Decimal = Field(default=Decimal("50.0000"), ge=0, max_digits=12, decimal_places=4)
     reservation_ttl_seconds: int = Field(default=15 * 60, gt=0, le=7 * 24 * 3600)
 
+    # Housekeeping (`python -m shared maintain`, shared/maintenance.py).
+    stage_heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    stage_heartbeat_timeout_seconds: float = Field(
+        default=10 * 60.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        allow_inf_nan=False,
+        description="a processing job with no sign of life for this long is failed",
+    )
+    reservation_release_grace_seconds: float = Field(
+        default=5 * 60.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        allow_inf_nan=False,
+        description="an expired reservation is released this long after it expired",
+    )
+    reservation_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        le=3650,
+        allow_inf_nan=False,
+        description="committed and released reservation rows older than this are deleted",
+    )
+    maintenance_batch_size: int = Field(default=500, ge=1, le=10_000)
+
     audio_max_size_mb: int = Field(default=100, gt=0, le=10 * 1024)
     audio_min_duration_seconds: float = Field(default=5.0, ge=0, le=24 * 3600, allow_inf_nan=False)
     audio_max_duration_seconds: float = Field(default=15 * 60.0, gt=0, le=24 * 3600, allow_inf_nan=False)

@@ -16,21 +16,42 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 from shared.database import Database, Record
 from shared.errors import BudgetExceededError, DatabaseError, InvalidStateError, JobNotFoundError, ValidationError
+from shared.jobs import check_page_limit
 from shared.models import JobCost, StageName
 
-__all__ = ["BudgetStatus", "CostLedger", "CostTracker", "Reservation", "to_money"]
+__all__ = ["BudgetStatus", "CostLedger", "CostLine", "CostSummary", "CostTracker", "Reservation", "to_money"]
 
 _log = logging.getLogger("shared.cost_tracking")
 _CENT_FRACTION = Decimal("0.0001")
 _MAX_MONEY = Decimal("99999999.9999")  # numeric(12, 4)
 _RAISED = "P0001"
+# A keyset page, the optional cursor written as a row comparison against coalesce() so that it stays an Index
+# Cond on job_costs_job_id_created_at_id_idx under the generic plan (tests/integration/test_generic_plans.py).
+_COSTS_PAGE = """
+select * from public.job_costs
+ where job_id = $1
+   and (created_at, id) > (coalesce($2::timestamptz, '-infinity'),
+                           coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'))
+ order by created_at, id
+ limit $4
+"""
+# grouping(stage_name, api_name): 1 when grouped by the stage alone, 2 by the API alone, 3 the grand total.
+_BY_STAGE, _BY_API, _GRAND_TOTAL = 1, 2, 3
+_COST_SUMMARY = """
+select grouping(c.stage_name, c.api_name) as grouping, c.stage_name, c.api_name,
+       count(c.id) as calls, coalesce(sum(c.cost), 0) as cost, count(j.id) as joined
+  from public.jobs j
+  left join public.job_costs c on c.job_id = j.id
+ where j.id = $1
+ group by grouping sets ((c.stage_name), (c.api_name), ())
+"""
 
 
 def to_money(value: Decimal | int | str | float, *, field: str = "cost") -> Decimal:
@@ -69,6 +90,24 @@ class BudgetStatus:
     def allows(self, new_cost: Decimal) -> bool:
         """Return whether ``new_cost`` fits on top of what is spent and reserved."""
         return self.spent + self.reserved + new_cost <= self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class CostLine:
+    """How many cost rows and what they add up to."""
+
+    calls: int
+    cost: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CostSummary:
+    """A job's spend in total, per stage and per API (``CostTracker.cost_summary``)."""
+
+    job_id: UUID
+    total: CostLine
+    by_stage: dict[StageName, CostLine]
+    by_api: dict[str, CostLine]
 
 
 class Reservation(Protocol):
@@ -272,10 +311,49 @@ class CostTracker:
         if not status.allows(Decimal(0)):
             raise BudgetExceededError(job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit)
 
-    async def list_costs(self, job_id: UUID) -> list[JobCost]:
-        """Return the job's cost rows, oldest first."""
-        rows = await self._db.fetch("select * from public.job_costs where job_id = $1 order by created_at, id", job_id)
+    async def list_costs(
+        self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
+    ) -> list[JobCost]:
+        """Return a page of the job's cost rows, oldest first (ties on ``created_at`` ordered by id).
+
+        For the next page pass the last row's ``created_at`` as ``after`` and its ``id`` as ``after_id``; every
+        page costs the same at any depth. :meth:`iter_costs` walks them all, :meth:`cost_summary` sums them.
+        """
+        check_page_limit(limit)
+        if after_id is not None and after is None:
+            raise ValidationError("after_id needs after: pass the last row's created_at and id", field="after_id")
+        rows = await self._db.fetch(_COSTS_PAGE, job_id, after, after_id, limit)
         return [_cost(row) for row in rows]
+
+    async def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
+        """Yield every cost row of the job, oldest first, fetched ``page_size`` rows at a time."""
+        after: datetime | None = None
+        after_id: UUID | None = None
+        while True:
+            page = await self.list_costs(job_id, limit=page_size, after=after, after_id=after_id)
+            for cost in page:
+                yield cost
+            if len(page) < page_size:
+                return
+            after, after_id = page[-1].created_at, page[-1].id
+
+    async def cost_summary(self, job_id: UUID) -> CostSummary:
+        """Return the job's spend in total, per stage and per API, summed in PostgreSQL (one round trip)."""
+        rows = await self._db.fetch(_COST_SUMMARY, job_id)
+        if not any(row["joined"] for row in rows):  # the grand total is a row even when no job matched
+            raise JobNotFoundError(job_id=job_id)
+        by_stage: dict[StageName, CostLine] = {}
+        by_api: dict[str, CostLine] = {}
+        total = CostLine(0, Decimal(0))
+        for row in rows:
+            line = CostLine(row["calls"], row["cost"])
+            if row["grouping"] == _BY_STAGE and row["stage_name"] is not None:
+                by_stage[StageName(row["stage_name"])] = line
+            elif row["grouping"] == _BY_API and row["api_name"] is not None:
+                by_api[row["api_name"]] = line
+            elif row["grouping"] == _GRAND_TOTAL:
+                total = line
+        return CostSummary(job_id, total, by_stage, by_api)
 
     @contextlib.asynccontextmanager
     async def reserve(

@@ -43,6 +43,7 @@ _log = logging.getLogger("shared.database")
 _RETRYABLE_STATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03", "55P03"})
 _RETRYABLE_CLASSES = frozenset({"08"})
 _TIMEOUT_STATE = "57014"  # query_canceled: statement_timeout or our own timeout
+_UNSET: Any = object()  # no result yet (None is a result: fetchrow found no row)
 
 
 class Database(Protocol):
@@ -63,7 +64,11 @@ def _connection_lost(exc: BaseException) -> bool:
         | asyncpg.PostgresConnectionError
         | asyncpg.InternalClientError
         | OSError,
-    ) or (isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc))
+    ) or (
+        # "released back to the pool": a transaction's connection that the server closed (asyncpg detaches the
+        # proxy of a connection it saw close; this client never uses a proxy it released itself).
+        isinstance(exc, asyncpg.InterfaceError) and ("closed" in str(exc) or "released back to the pool" in str(exc))
+    )
 
 
 def translate_error(exc: BaseException, *, action: str = "the query") -> PipelineError:
@@ -94,6 +99,15 @@ def translate_error(exc: BaseException, *, action: str = "the query") -> Pipelin
         f"{action} failed: {type(exc).__name__}: {_first_line(exc)}; this is a bug in the caller or the driver",
         sqlstate=sqlstate,
     )
+
+
+def _action(method: str, limit: float) -> str:
+    return f"the database {method} (bounded at {limit:g} s, the wait for a pooled connection included)"
+
+
+def _timed_out(method: str, limit: float) -> PipelineError:
+    """Return the retryable error for a call that reached its bound (the database is frozen, slow or locked)."""
+    return translate_error(TimeoutError(), action=_action(method, limit))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -128,51 +142,65 @@ class DatabaseClient:
             retry_on=(DatabaseUnavailableError,),
             logger=_log,
         )(self._run_once)
+        self._releasing: set[asyncio.Future[None]] = set()  # releases left to finish after a failed statement
 
     @property
     def pool(self) -> asyncpg.Pool:
         """Return the underlying pool, for what this client does not wrap (COPY, LISTEN)."""
         return self._pool
 
-    # The four query methods call the pool directly outside a transaction: this is the hot path, and each
-    # layer of coroutines between the caller and asyncpg costs a few percent of throughput (benchmarks/).
+    # The four query methods run one statement on a pooled connection outside a transaction: this is the hot
+    # path, kept to one coroutine layer between the caller and asyncpg (each layer costs a few percent of
+    # throughput, benchmarks/). One deadline bounds the wait for a connection, the statement and any re-send.
 
     async def fetch(self, query: str, *args: object, timeout: float | None = None) -> list[Record]:
         """Return every row of ``query``."""
         if self._current.get() is None:
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
             try:
-                rows: list[Record] = await self._pool.fetch(query, *args, timeout=self._limit(timeout))
-            except _DRIVER_ERRORS as exc:
-                return cast("list[Record]", await self._recover("fetch", query, args, timeout, exc))
+                rows: list[Record] = await self._run_once("fetch", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return cast(
+                    "list[Record]", await self._resend("fetch", query, args, error, limit=limit, deadline=deadline)
+                )
             return rows
         return cast("list[Record]", await self._in_transaction("fetch", query, args, timeout))
 
     async def fetchrow(self, query: str, *args: object, timeout: float | None = None) -> Record | None:
         """Return the first row of ``query``, or None."""
         if self._current.get() is None:
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
             try:
-                row: Record | None = await self._pool.fetchrow(query, *args, timeout=self._limit(timeout))
-            except _DRIVER_ERRORS as exc:
-                return cast("Record | None", await self._recover("fetchrow", query, args, timeout, exc))
+                row: Record | None = await self._run_once("fetchrow", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return cast(
+                    "Record | None", await self._resend("fetchrow", query, args, error, limit=limit, deadline=deadline)
+                )
             return row
         return cast("Record | None", await self._in_transaction("fetchrow", query, args, timeout))
 
     async def fetchval(self, query: str, *args: object, timeout: float | None = None) -> Any:
         """Return the first column of the first row of ``query``, or None."""
         if self._current.get() is None:
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
             try:
-                return await self._pool.fetchval(query, *args, timeout=self._limit(timeout))
-            except _DRIVER_ERRORS as exc:
-                return await self._recover("fetchval", query, args, timeout, exc)
+                return await self._run_once("fetchval", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return await self._resend("fetchval", query, args, error, limit=limit, deadline=deadline)
         return await self._in_transaction("fetchval", query, args, timeout)
 
     async def execute(self, query: str, *args: object, timeout: float | None = None) -> str:
         """Run ``query`` and return its status (``UPDATE 1``)."""
         if self._current.get() is None:
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
             try:
-                status: str = await self._pool.execute(query, *args, timeout=self._limit(timeout))
-            except _DRIVER_ERRORS as exc:
-                return cast("str", await self._recover("execute", query, args, timeout, exc))
+                status: str = await self._run_once("execute", query, args, limit, deadline)
+            except DatabaseUnavailableError as error:
+                return cast("str", await self._resend("execute", query, args, error, limit=limit, deadline=deadline))
             return status
         return cast("str", await self._in_transaction("execute", query, args, timeout))
 
@@ -180,15 +208,34 @@ class DatabaseClient:
         """Run ``query`` once per row of arguments, atomically (asyncpg runs them in one transaction)."""
         args = (list(rows),)
         if self._current.get() is None:
+            limit = self._limit(timeout)
+            deadline = asyncio.get_running_loop().time() + limit
             try:
-                await self._run_once("executemany", query, args, self._limit(timeout))
+                await self._run_once("executemany", query, args, limit, deadline)
             except DatabaseUnavailableError as error:
-                await self._recover("executemany", query, args, timeout, error)
+                await self._resend("executemany", query, args, error, limit=limit, deadline=deadline)
             return
         await self._in_transaction("executemany", query, args, timeout)
 
     def _limit(self, timeout: float | None) -> float:
         return self._timeout if timeout is None else timeout
+
+    async def _resend(
+        self,
+        method: str,
+        query: str,
+        args: tuple[object, ...],
+        error: DatabaseUnavailableError,
+        *,
+        limit: float,
+        deadline: float,
+    ) -> Any:
+        """Send a failed statement again when the failure allows it, within what is left of the call's bound."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._recover(method, query, args, limit, error)
+        except TimeoutError as exc:
+            raise _timed_out(method, limit) from exc
 
     async def _in_transaction(self, method: str, query: str, args: tuple[object, ...], timeout: float | None) -> Any:
         """Run on the open transaction's connection; never re-sent (the caller re-runs the whole transaction)."""
@@ -200,10 +247,12 @@ class DatabaseClient:
                 "connection serves one task; await the calls in the transaction's own task"
             )
             raise DatabaseError(msg, code="transaction_shared_across_tasks")
+        limit = self._limit(timeout)
         try:
-            return await getattr(state.connection, method)(query, *args, timeout=self._limit(timeout))
+            async with asyncio.timeout(limit):
+                return await getattr(state.connection, method)(query, *args, timeout=limit)
         except _DRIVER_ERRORS as exc:
-            raise translate_error(exc) from exc
+            raise translate_error(exc, action=_action(method, limit)) from exc
 
     async def _recover(
         self, method: str, query: str, args: tuple[object, ...], timeout: float | None, exc: BaseException
@@ -221,12 +270,52 @@ class DatabaseClient:
         _log.warning("database %s; retrying the statement", reason, extra={"error": str(error)})
         return await self._retry(method, query, args, self._limit(timeout))
 
-    async def _run_once(self, method: str, query: str, args: tuple[object, ...], timeout: float) -> Any:
+    async def _run_once(
+        self, method: str, query: str, args: tuple[object, ...], timeout: float, deadline: float | None = None
+    ) -> Any:
+        """Acquire, run and give back by ``deadline`` (default ``timeout`` seconds from now).
+
+        asyncpg's own ``pool.fetch`` is not used: on a timeout its release first waits for the cancel request
+        and then resets the connection, each up to the command timeout, so a frozen server held the caller for
+        twice the limit. Here a connection whose statement failed is given back in the background, and a
+        release still running at the deadline goes on in the background (asyncpg shields it) while the caller
+        gets its result.
+        """
+        if deadline is None:
+            deadline = asyncio.get_running_loop().time() + timeout
+        result: Any = _UNSET
         try:
-            async with self._pool.acquire(timeout=timeout) as connection:
-                return await getattr(connection, method)(query, *args, timeout=timeout)
+            async with asyncio.timeout_at(deadline):
+                connection: PoolConnectionProxy = await self._pool.acquire()
+                try:
+                    result = await getattr(connection, method)(query, *args, timeout=timeout)
+                except BaseException:
+                    self._release_later(connection)
+                    raise
+                await self._pool.release(connection)
         except _DRIVER_ERRORS as exc:
-            raise translate_error(exc) from exc
+            if result is _UNSET:
+                raise translate_error(exc, action=_action(method, timeout)) from exc
+            # The statement ran; asyncpg closes a connection whose reset failed, and the pool opens another.
+            _log.debug("a connection was not given back cleanly after its statement", exc_info=True)
+        return result
+
+    async def _give_back(self, connection: PoolConnectionProxy, budget: float) -> None:
+        """Release within ``budget`` seconds; a release that cannot (a frozen server) finishes in the background."""
+        if budget <= 0:
+            self._release_later(connection)
+            return
+        with contextlib.suppress(*_DRIVER_ERRORS):  # asyncpg closed the connection: the pool opens another
+            await self._pool.release(connection, timeout=budget)
+
+    def _release_later(self, connection: PoolConnectionProxy) -> None:
+        task = asyncio.ensure_future(self._release_quietly(connection))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release_quietly(self, connection: PoolConnectionProxy) -> None:
+        with contextlib.suppress(*_DRIVER_ERRORS, asyncio.CancelledError):
+            await self._pool.release(connection)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
@@ -239,15 +328,45 @@ class DatabaseClient:
             except _DRIVER_ERRORS as exc:
                 raise translate_error(exc, action="the transaction") from exc
             return
+        # Each step is bounded on its own (acquiring, BEGIN, COMMIT or ROLLBACK, the release), never the block.
+        limit = self._timeout
+        action = _action("transaction", limit)
         try:
-            async with self._pool.acquire(timeout=self._timeout) as connection, connection.transaction():
-                token = self._current.set(_Transaction(connection, asyncio.current_task()))
-                try:
-                    yield
-                finally:
-                    self._current.reset(token)
+            async with asyncio.timeout(limit):
+                connection: PoolConnectionProxy = await self._pool.acquire()
         except _DRIVER_ERRORS as exc:
-            raise translate_error(exc, action="the transaction") from exc
+            raise translate_error(exc, action=action) from exc
+        clean = False
+        try:
+            transaction = connection.transaction()
+            try:
+                async with asyncio.timeout(limit):
+                    await transaction.start()
+            except _DRIVER_ERRORS as exc:
+                raise translate_error(exc, action=action) from exc
+            token = self._current.set(_Transaction(connection, asyncio.current_task()))
+            try:
+                yield
+            except BaseException:
+                self._current.reset(token)
+                # The block's own exception goes on; a connection whose ROLLBACK failed is closed on release.
+                with contextlib.suppress(*_DRIVER_ERRORS):
+                    async with asyncio.timeout(limit):
+                        await transaction.rollback()
+                        clean = True
+                raise
+            self._current.reset(token)
+            try:
+                async with asyncio.timeout(limit):
+                    await transaction.commit()
+            except _DRIVER_ERRORS as exc:
+                raise translate_error(exc, action=action) from exc
+            clean = True
+        finally:
+            if clean:
+                await self._give_back(connection, limit)
+            else:
+                self._release_later(connection)
 
     async def health_check(self) -> HealthStatus:
         """Run ``select 1`` and report the status and latency; never raises."""

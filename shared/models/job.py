@@ -86,6 +86,8 @@ class JobStage(Model):
     metadata: dict[str, Any] = Field(default_factory=dict)
     created_at: Timestamp
     updated_at: Timestamp
+    # The last heartbeat of the worker running the stage (shared.maintenance.stage_heartbeat), if any.
+    heartbeat_at: Timestamp | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> JobStage:
