@@ -180,10 +180,10 @@ class Settings(BaseSettings):
             raw = dict(data) if isinstance(data, dict) else {}
             partial = cls.model_construct(**{k: v for k, v in raw.items() if k not in failed})
             problems.extend(partial._credential_problems(skip=failed))
-            raise ConfigError(problems) from None
+            raise ConfigError(problems=tuple(problems)) from None
         problems.extend(settings._credential_problems(skip=set()))
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError(problems=tuple(problems))
         return settings
 
     def _credential_problems(self, *, skip: set[str]) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
-from shared.errors import PipelineError
+from shared.errors import LifecycleError, PipelineError
 
 __all__ = ["LifecycleError", "lifespan", "overridden", "resolve", "start_resources", "stop_resources"]
 
@@ -29,12 +29,6 @@ _DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 
 # The loop each started container belongs to: its pools and clients are bound to that loop.
 _loops: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
-
-
-class LifecycleError(PipelineError):
-    """The container's resources could not be started or stopped in time."""
-
-    default_code = "lifecycle_error"
 
 
 def _timeouts(container: Any, startup: float | None, shutdown: float | None) -> tuple[float, float]:

@@ -66,15 +66,17 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     """Read every ``<version>_<name>.sql`` in ``directory``, ordered by version; refuse a stray or duplicate."""
     folder = directory or default_migrations_dir()
     if not folder.is_dir():
-        raise ConfigError([f"migrations folder {folder} does not exist; run from a checkout of videogen-shared"])
+        raise ConfigError(
+            problems=(f"migrations folder {folder} does not exist; run from a checkout of videogen-shared",)
+        )
     migrations: dict[str, Migration] = {}
     for path in sorted(folder.glob("*.sql")):
         match = _FILE.match(path.name)
         if match is None:
-            raise ConfigError([f"{path.name}: migration files are named <timestamp>_<name>.sql"])
+            raise ConfigError(problems=(f"{path.name}: migration files are named <timestamp>_<name>.sql",))
         version = match["version"]
         if version in migrations:
-            raise ConfigError([f"{path.name}: version {version} is used by two migration files"])
+            raise ConfigError(problems=(f"{path.name}: version {version} is used by two migration files",))
         migrations[version] = Migration(version, match["name"], path.read_text(encoding="utf-8"))
     return [migrations[version] for version in sorted(migrations, key=int)]
 
@@ -185,7 +187,7 @@ async def ensure_database(dsn: str) -> bool:
     parts = urlsplit(dsn)
     name = parts.path.lstrip("/")
     if not name:
-        raise ConfigError(["DATABASE_URL: expected a database name after the host, such as /videogen"])
+        raise ConfigError(problems=("DATABASE_URL: expected a database name after the host, such as /videogen",))
     maintenance = urlunsplit(parts._replace(path="/postgres"))
     connection = await _connect(maintenance)
     try:

@@ -17,7 +17,7 @@ from dependency_injector import wiring as _di_wiring
 from dependency_injector.wiring import Provide, Provider
 from dependency_injector.wiring import inject as _di_inject
 
-from shared.errors import PipelineError
+from shared.errors import NotWiredError
 
 __all__ = ["NotWiredError", "Provide", "Provider", "inject"]
 
@@ -26,21 +26,6 @@ _MARKER_TYPE: type[Any] = _di_wiring._Marker
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class NotWiredError(PipelineError):
-    """An ``@inject`` function was called before its module was wired to a container."""
-
-    default_code = "not_wired"
-
-    def __init__(self, *, function: str, parameter: str) -> None:
-        self.function = function
-        self.parameter = parameter
-        super().__init__(
-            f"{function}() was called before its module was wired, so '{parameter}' would be a "
-            "Provide marker, not the collaborator; call container.wire(modules=[...]) (or list the module "
-            "in the container's wiring_config) before calling it"
-        )
 
 
 def _marked_parameters(func: Callable[..., Any]) -> dict[str, int]:

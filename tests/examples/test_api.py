@@ -138,7 +138,7 @@ class HealthyDb:
         (JobNotFoundError(job_id=uuid.uuid4()), 404),
         (InvalidStateError("no"), 409),
         (DatabaseUnavailableError("down", retry_after=7), 503),
-        (ConfigError(["X: missing"]), 500),
+        (ConfigError(problems=("X: missing",)), 500),
         (PipelineError("other"), 500),
     ],
 )
