@@ -10,8 +10,10 @@ included, whether Redis is gone or frozen. Reads then miss and writes are skippe
 outage, not one per call; for ``RECOVERY_PROBE_SECONDS`` after a failure, calls miss at once without touching
 the network, then the next call probes again, so the client recovers by itself within about a second after
 Redis is back. ``strict=True`` raises :class:`~shared.errors.CacheError` (a RetryableError) instead, for
-callers that must know. A stored value that is not valid JSON (or not a valid ``model``) reads as a miss, is
-deleted and logged.
+callers that must know. A caller's mistake is not an outage: a key, value or TTL the cache cannot take (a dict
+given to ``set``, a value over ``max_value_bytes``, 4 MiB by default) raises
+:class:`~shared.errors.ValidationError` for that caller, before anything is sent, and the cache stays up.
+A stored value that is not valid JSON (or not a valid ``model``) reads as a miss, is deleted and logged.
 
 redis-py's defaults are chosen away on purpose: ``Redis.from_url`` retries nothing, and its 5 s socket
 timeout, times its retries, would hang a caller for about a minute on a frozen server.
@@ -35,13 +37,14 @@ import pydantic
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
 from shared.health import HealthStatus
 
 __all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
     "Cache",
     "RedisClient",
     "Ttl",
@@ -50,6 +53,7 @@ __all__ = [
     "init_redis",
     "ttl_milliseconds",
     "validate_key",
+    "validate_value",
 ]
 
 T = TypeVar("T")
@@ -57,6 +61,7 @@ Ttl = int | timedelta | None
 
 _log = logging.getLogger("shared.redis_client")
 MAX_KEY_LENGTH = 512
+DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
 RECOVERY_PROBE_SECONDS = 0.5
 _BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
 _MISS: Any = object()
@@ -71,6 +76,31 @@ def validate_key(key: str) -> str:
     if _BAD_KEY.search(key):
         raise ValidationError(f"cache key {key[:40]!r} holds whitespace or control characters", field="key")
     return key
+
+
+def validate_value(value: bytes | str, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> bytes | str:
+    """Return ``value`` if the cache can take it: bytes or str, at most ``max_bytes`` bytes.
+
+    Raises:
+        ValidationError: another type (use ``set_json``), or a value too large for a cache (it would hold a
+            connection for seconds, and Redis would keep it even after the call gave up on it).
+    """
+    if isinstance(value, bytes):
+        size = len(value)
+    elif isinstance(value, str):
+        size = len(value) if value.isascii() else len(value.encode())
+    elif isinstance(value, bytearray | memoryview):
+        size = memoryview(value).nbytes
+    else:
+        msg = f"a cache value must be bytes or str, not {type(value).__name__}; use set_json for other values"
+        raise ValidationError(msg, field="value")
+    if size > max_bytes:
+        msg = (
+            f"cache value is {size:,} bytes; at most {max_bytes:,} are allowed (REDIS_MAX_VALUE_BYTES): keep "
+            "large data in storage and cache its path"
+        )
+        raise ValidationError(msg, field="value")
+    return value
 
 
 def ttl_milliseconds(ttl: Ttl) -> int | None:
@@ -149,8 +179,10 @@ class RedisClient:
         operation_timeout: float = 1.0,
         where: str = "redis",
         max_connections: int = 50,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self._redis = client
+        self._max_value = max_value_bytes
         # At most one call per pooled connection; the others wait here, first come first served. redis-py's
         # BlockingConnectionPool wakes its waiters unfairly: under a burst some waited past the bound and a
         # busy cache read as an outage (benchmarks/bench_redis.py found it).
@@ -198,6 +230,10 @@ class RedisClient:
         try:
             async with asyncio.timeout_at(deadline):
                 result = await operation()
+        except DataError as exc:
+            # redis-py refused the arguments before sending them: the caller's mistake, not an outage.
+            msg = f"Redis cannot take these arguments ({exc}); pass bytes or str values"
+            raise ValidationError(msg, field="value") from exc
         except (RedisError, OSError, TimeoutError) as exc:
             self._mark_down(exc)
             if self._strict:
@@ -236,6 +272,7 @@ class RedisClient:
     async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool:
         """Store ``value`` (for ``ttl`` seconds or a timedelta); return whether it was stored."""
         name, px = self._key(key), ttl_milliseconds(ttl)
+        validate_value(value, self._max_value)
         return bool(await self._call(lambda: self._redis.set(name, value, px=px), fallback=False))
 
     async def delete(self, *keys: str) -> int:
@@ -291,7 +328,7 @@ class RedisClient:
         """Store every value (each with ``ttl``) in one round trip; return whether they were stored."""
         if not mapping:
             return True
-        items = [(self._key(key), value) for key, value in mapping.items()]
+        items = [(self._key(key), validate_value(value, self._max_value)) for key, value in mapping.items()]
         px = ttl_milliseconds(ttl)
 
         async def write() -> bool:
@@ -349,6 +386,7 @@ def build_client(settings: Settings) -> RedisClient:
         operation_timeout=bound,
         where=where,
         max_connections=settings.redis_max_connections,
+        max_value_bytes=settings.redis_max_value_bytes,
     )
 
 
