@@ -102,9 +102,9 @@ class Settings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     log_level: LogLevel = "INFO"
-    log_file: Path | None = Field(default=None, description="JSON log file (rotated at 100 MB, 5 kept); off if unset")
-    log_file_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0)
-    log_file_backup_count: int = Field(default=5, ge=0)
+    log_file: Path | None = Field(
+        default=None, description="JSON log file, shared safely by many processes; rotate it externally (logrotate)"
+    )
     log_console: bool = Field(default=True, description="JSON lines on stderr too (off when only the file is wanted)")
 
     supabase_url: str | None = None

@@ -1,14 +1,21 @@
 """Write one JSON object per log line, carrying the job id, without ever blocking the event loop.
 
+- :func:`get_logger` returns the standard logger of that name; :class:`LoggerFactory` (the container's
+  ``logger_factory`` Resource) attaches the JSON output to the root logger on start and removes it on stop.
 - :func:`job_context` puts ``job_id`` and ``stage`` on every line logged inside it, asyncio tasks started
-  inside included (contextvars are copied into new tasks).
-- Records pass through a :class:`logging.handlers.QueueHandler`; a :class:`~logging.handlers.QueueListener`
-  thread formats them (orjson) and writes to stderr and, optionally, a rotating file. The caller only pays
-  for the enqueue, so a slow disk never stalls the loop.
+  inside included (contextvars are copied into new tasks). Every line has ``job_id``: null outside a job.
+- The caller's thread formats each record (orjson) and puts the finished line on a queue; one writer thread
+  drains the queue in batches, one write per batch, to stderr and, optionally, a file. The caller pays for
+  the formatting and the enqueue only, so a slow disk never stalls the loop.
+- The file is shared safely by many processes, the way the standard library and logrotate intend
+  (:class:`logging.handlers.WatchedFileHandler`): each process appends (``O_APPEND``, each batch of whole lines
+  in one ``write``, so lines from different processes never interleave), and rotation is external
+  (logrotate without ``copytruncate``, or anything that renames the file). Before each batch the writer checks
+  whether the path still names its open file and reopens it if not, so nothing is written to a file that
+  was rotated away and nothing is lost. No process rotates the file itself: with several processes an
+  in-process rotation (RotatingFileHandler) renames the file under the others and loses their lines.
 - :class:`Redactor` writes ``[REDACTED]`` for every secret value from Settings and for anything shaped like
   an API key, a bearer token or a JWT, in the message and the extra fields alike.
-- :class:`LoggerFactory` owns the handlers; the container opens it as a Resource and closes it (flushing
-  the queue) on shutdown. Tests override ``Container.logger_factory`` to capture records.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
@@ -25,7 +33,7 @@ import traceback
 from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 from uuid import UUID
 
 import orjson
@@ -34,10 +42,10 @@ __all__ = [
     "REDACTED",
     "JsonFormatter",
     "LoggerFactory",
-    "LoggerProvider",
     "Redactor",
     "current_job_id",
     "current_stage",
+    "get_logger",
     "job_context",
 ]
 
@@ -155,9 +163,7 @@ class JsonFormatter(logging.Formatter):
             "module": record.module,
             "message": record.getMessage() if not hasattr(record, "message") else record.message,
         }
-        job_id = getattr(record, "job_id", None)
-        if job_id is not None:
-            entry["job_id"] = job_id
+        entry["job_id"] = getattr(record, "job_id", None)
         stage = getattr(record, "stage", None)
         if stage is not None:
             entry["stage"] = stage
@@ -213,29 +219,63 @@ class _ContextQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
-class LoggerProvider(Protocol):
-    """What components need from the logging set-up: named loggers."""
-
-    def get_logger(self, name: str) -> logging.Logger:
-        """Return the logger called ``name``."""
-        ...
-
-
 # Lines written per batch: one write and one flush per handler for up to this many lines.
 _BATCH = 256
 
 
+class _AppendFile:
+    """A log file shared by many processes: whole lines appended with one ``write``, reopened after a rotation.
+
+    The rule of :class:`logging.handlers.WatchedFileHandler`, on bytes and without its per-record stat: before
+    each batch, when the path no longer names the open file (renamed or deleted by the rotation), reopen it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._identity = (-1, -1)
+
+    def _open(self) -> None:
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        status = os.fstat(self._fd)
+        self._identity = (status.st_dev, status.st_ino)
+
+    def _current(self) -> bool:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (status.st_dev, status.st_ino) == self._identity
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (whole lines) in one system call when the OS allows, to the file the path names now."""
+        if self._fd < 0 or not self._current():
+            self._open()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        """Close the file (safe to call twice)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class _BatchWriter(threading.Thread):
-    """Drain the queue of formatted lines in batches, writing each batch with one call per handler.
+    """Drain the queue of formatted lines in batches, writing each batch with one call per output.
 
     It does what :class:`logging.handlers.QueueListener` does, one batch at a time instead of one record at a
     time: one write and one flush per batch instead of per line. ``None`` in the queue stops it.
     """
 
-    def __init__(self, lines: queue.SimpleQueue[str | None], handlers: list[logging.Handler]) -> None:
+    def __init__(self, lines: queue.SimpleQueue[str | None], stream: TextIO | None, file: _AppendFile | None) -> None:
         super().__init__(name="videogen-log-writer", daemon=True)
         self._lines = lines
-        self._handlers = handlers
+        self._stream = stream
+        self._file = file
 
     def run(self) -> None:
         lines = self._lines
@@ -245,44 +285,37 @@ class _BatchWriter(threading.Thread):
                 while len(batch) < _BATCH and batch[-1] is not None:
                     batch.append(lines.get_nowait())
             stopping = batch[-1] is None
-            text = [line for line in batch if line is not None]
+            text = "".join(line for line in batch if line is not None)
             if text:
                 self._write(text)
             if stopping:
                 return
 
-    def _write(self, lines: list[str]) -> None:
-        for handler in self._handlers:
-            handler.acquire()
+    def _write(self, text: str) -> None:
+        if self._stream is not None:
             try:
-                if isinstance(handler, logging.handlers.RotatingFileHandler):
-                    _write_rotating(handler, lines)
-                elif isinstance(handler, logging.StreamHandler):
-                    handler.stream.write("".join(lines))
-                    handler.flush()
-            except Exception:  # noqa: BLE001 - a full disk or closed stream is reported, never fatal
-                handler.handleError(logging.makeLogRecord({"msg": "writing log lines failed"}))
-            finally:
-                handler.release()
+                self._stream.write(text)
+                self._stream.flush()
+            except Exception:  # noqa: BLE001 - a closed stream is reported, never fatal
+                _report("writing log lines to the console failed")
+        if self._file is not None:
+            try:
+                self._file.write(text.encode("utf-8", "backslashreplace"))
+            except OSError:
+                _report(f"writing log lines to {self._file.path} failed")
 
 
-def _write_rotating(handler: logging.handlers.RotatingFileHandler, lines: list[str]) -> None:
-    """Write lines to a rotating file, rolling over before a line would pass ``maxBytes``."""
-    if handler.stream is None:  # closed by a rollover that failed, or delayed opening
-        handler.stream = handler._open()
-    size = handler.stream.tell()
-    pending: list[str] = []
-    for line in lines:
-        length = len(line.encode("utf-8")) if not line.isascii() else len(line)
-        if handler.maxBytes and size and size + length > handler.maxBytes:
-            handler.stream.write("".join(pending))
-            pending = []
-            handler.doRollover()
-            size = 0
-        pending.append(line)
-        size += length
-    handler.stream.write("".join(pending))
-    handler.stream.flush()
+def _report(what: str) -> None:
+    """Tell stderr that lines were lost, as logging's own handleError does, without raising."""
+    if logging.raiseExceptions and sys.stderr is not None:
+        with contextlib.suppress(Exception):
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(f"--- {what}\n")
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Return the standard logger called ``name``; its lines are JSON once the container's logger_factory runs."""
+    return logging.getLogger(name)
 
 
 class LoggerFactory:
@@ -291,8 +324,8 @@ class LoggerFactory:
     Args:
         level: the level of the configured logger ("DEBUG" | "INFO" | "WARNING" | "ERROR").
         secrets: values to redact (``Settings.secret_values()``).
-        log_file: a rotating JSON log file, or None for the console only.
-        max_bytes / backup_count: rotation of the file (100 MB, 5 kept by default).
+        log_file: a JSON log file that many processes may share (rotate it externally, e.g. logrotate),
+            or None for the console only.
         stream: the console stream (stderr by default); None turns the console off.
         root: the logger the handlers attach to ("" is the root: library logs become JSON too).
     """
@@ -303,21 +336,17 @@ class LoggerFactory:
         level: str = "INFO",
         secrets: Iterable[str] = (),
         log_file: Path | None = None,
-        max_bytes: int = 100 * 1024 * 1024,
-        backup_count: int = 5,
         stream: TextIO | None = sys.stderr,
         root: str = "",
     ) -> None:
         self.level = logging.getLevelName(level.upper())
         self.formatter = JsonFormatter(Redactor(secrets))
         self.log_file = log_file
-        self._max_bytes = max_bytes
-        self._backup_count = backup_count
+        self._file: _AppendFile | None = None
         self._stream = stream
         self._root = logging.getLogger(root or None)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._queue_handler = _ContextQueueHandler(self._queue, self.formatter)
-        self._handlers: list[logging.Handler] = []
         self._writer: _BatchWriter | None = None
         self._previous_level = self._root.level
 
@@ -330,19 +359,10 @@ class LoggerFactory:
         """Open the handlers and start the writer thread; idempotent."""
         if self._writer is not None:
             return self
-        if self._stream is not None:
-            self._handlers.append(logging.StreamHandler(self._stream))
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._handlers.append(
-                logging.handlers.RotatingFileHandler(
-                    self.log_file,
-                    maxBytes=self._max_bytes,
-                    backupCount=self._backup_count,
-                    encoding="utf-8",
-                )
-            )
-        self._writer = _BatchWriter(self._queue, self._handlers)
+            self._file = _AppendFile(self.log_file)
+        self._writer = _BatchWriter(self._queue, self._stream, self._file)
         self._writer.start()
         self._previous_level = self._root.level
         self._root.setLevel(self.level)
@@ -350,7 +370,7 @@ class LoggerFactory:
         return self
 
     def get_logger(self, name: str) -> logging.Logger:
-        """Return the standard logger called ``name``; its records go through this factory's handlers."""
+        """Return the standard logger called ``name`` (as :func:`get_logger`); its lines go through this factory."""
         return logging.getLogger(name)
 
     def stop(self) -> None:
@@ -362,7 +382,6 @@ class LoggerFactory:
         self._root.setLevel(self._previous_level)
         self._queue.put(None)
         writer.join()
-        for handler in self._handlers:
-            handler.flush()
-            handler.close()
-        self._handlers.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -14,7 +14,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from shared.logging import REDACTED, JsonFormatter, LoggerFactory, Redactor, current_job_id, job_context
+from shared.logging import (
+    REDACTED,
+    JsonFormatter,
+    LoggerFactory,
+    Redactor,
+    current_job_id,
+    get_logger,
+    job_context,
+)
 
 
 @pytest.fixture
@@ -45,7 +53,7 @@ def test_each_record_is_one_json_object_with_the_standard_fields(factory: Logger
     assert 3 == line["clip_index"]
     stamp = datetime.fromisoformat(str(line["timestamp"]))
     assert 0 == stamp.utcoffset().total_seconds()  # type: ignore[union-attr]  # aware by construction
-    assert "job_id" not in line
+    assert line["job_id"] is None  # present, null outside a job
 
 
 async def test_job_context_reaches_lines_logged_in_tasks_started_inside(
@@ -65,7 +73,7 @@ async def test_job_context_reaches_lines_logged_in_tasks_started_inside(
     factory.stop()
     inside, outside = lines(stream)
     assert ("job-1", "clip_generation") == (inside["job_id"], inside["stage"])
-    assert "job_id" not in outside
+    assert outside["job_id"] is None
     assert current_job_id() is None
 
 
@@ -150,15 +158,34 @@ def test_stop_flushes_everything_to_the_file_and_is_idempotent(tmp_path: Path) -
     assert 500 == len(path.read_text().splitlines())
 
 
-def test_the_file_rotates_and_keeps_the_configured_number(tmp_path: Path) -> None:
+def test_the_file_is_reopened_after_an_external_rotation(tmp_path: Path) -> None:
     path = tmp_path / "app.jsonl"
-    factory = LoggerFactory(level="INFO", stream=None, log_file=path, max_bytes=2000, backup_count=2, root="vgrot")
+    factory = LoggerFactory(level="INFO", stream=None, log_file=path, root="vgrot")
     factory.start()
-    for i in range(200):
-        factory.get_logger("vgrot").info("rotating line %d", i)
+    log = factory.get_logger("vgrot")
+    log.info("before")
     factory.stop()
-    assert ["app.jsonl", "app.jsonl.1", "app.jsonl.2"] == sorted(p.name for p in tmp_path.iterdir())
-    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+    path.rename(tmp_path / "app.jsonl.1")
+    factory.start()
+    log.info("after")
+    factory.stop()
+    assert ["before"] == [
+        orjson.loads(line)["message"] for line in (tmp_path / "app.jsonl.1").read_bytes().splitlines()
+    ]
+    assert ["after"] == [orjson.loads(line)["message"] for line in path.read_bytes().splitlines()]
+
+
+def test_every_line_has_job_id_null_outside_a_job(factory: LoggerFactory, stream: io.StringIO) -> None:
+    log = get_logger("vgtest.jobid")
+    log.info("outside")
+    with job_context(job_id="j-1"):
+        log.info("inside")
+    factory.stop()
+    assert [None, "j-1"] == [line["job_id"] for line in lines(stream)]
+
+
+def test_get_logger_is_the_standard_logger_of_that_name() -> None:
+    assert logging.getLogger("vgtest.named") is get_logger("vgtest.named")
 
 
 def test_a_slow_handler_never_blocks_the_caller(stream: io.StringIO) -> None:
