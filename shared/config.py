@@ -29,7 +29,6 @@ __all__ = [
     "LogLevel",
     "Settings",
     "StorageBackend",
-    "load_settings",
 ]
 
 
@@ -299,8 +298,3 @@ def _format_problem(field: str, value: str, *, deployed: bool) -> str | None:
     if field == "jwt_secret_key":
         return None if len(value) >= 32 else f"expected at least 32 characters (got {len(value)})"
     return None
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment and ``.env``, with keyword overrides winning."""
-    return Settings(**overrides)

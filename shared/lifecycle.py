@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
+from shared._di import bind_loop, loop_of, reset_resource, unbind_loop
 from shared.errors import LifecycleError, PipelineError
 
 __all__ = ["LifecycleError", "lifespan", "overridden", "resolve", "start_resources", "stop_resources"]
@@ -26,9 +26,6 @@ T = TypeVar("T")
 _log = logging.getLogger("shared.lifecycle")
 _DEFAULT_STARTUP_TIMEOUT = 30.0
 _DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-
-# The loop each started container belongs to: its pools and clients are bound to that loop.
-_loops: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
 
 
 def _timeouts(container: Any, startup: float | None, shutdown: float | None) -> tuple[float, float]:
@@ -72,7 +69,7 @@ async def start_resources(container: Any, *, timeout: float | None = None) -> No
         PipelineError: a resource failed to open (its own error, e.g. DatabaseUnavailableError).
     """
     startup, shutdown = _timeouts(container, timeout, None)
-    owner = _loops.get(container)
+    owner = loop_of(container)
     running = asyncio.get_running_loop()
     if owner is not None and owner is not running and not owner.is_closed():
         raise LifecycleError(
@@ -102,7 +99,7 @@ async def start_resources(container: Any, *, timeout: float | None = None) -> No
         raise LifecycleError(
             f"A resource failed to start ({type(exc).__name__}); see the cause, then run `python -m shared doctor`"
         ) from exc
-    _loops[container] = running
+    bind_loop(container, running)
 
 
 async def stop_resources(container: Any, *, timeout: float | None = None) -> None:
@@ -112,7 +109,7 @@ async def stop_resources(container: Any, *, timeout: float | None = None) -> Non
         LifecycleError: a resource failed to close, or closing took longer than the limit.
     """
     _, shutdown = _timeouts(container, 1.0, timeout)
-    _loops.pop(container, None)
+    unbind_loop(container)
     try:
         async with asyncio.timeout(shutdown):
             result = container.shutdown_resources()
@@ -127,7 +124,7 @@ async def stop_resources(container: Any, *, timeout: float | None = None) -> Non
         # Whatever failed, nothing should claim to be open any more.
         for provider in _resources(container):
             if provider.initialized:
-                provider.reset_state()  # type: ignore[attr-defined]  # in the Cython provider, not its stub
+                reset_resource(provider)
 
 
 @contextlib.asynccontextmanager

@@ -13,16 +13,13 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from dependency_injector import wiring as _di_wiring
 from dependency_injector.wiring import Provide, Provider
 from dependency_injector.wiring import inject as _di_inject
 
+from shared._di import is_marker
 from shared.errors import NotWiredError
 
 __all__ = ["NotWiredError", "Provide", "Provider", "inject"]
-
-# The base class of the Provide/Provider/Closing markers (a Protocol in the stubs, a class at run time).
-_MARKER_TYPE: type[Any] = _di_wiring._Marker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,7 +29,7 @@ def _marked_parameters(func: Callable[..., Any]) -> dict[str, int]:
     """Return the parameters whose default is a wiring marker, with their positions."""
     marked: dict[str, int] = {}
     for index, parameter in enumerate(inspect.signature(func).parameters.values()):
-        if isinstance(parameter.default, _MARKER_TYPE):
+        if is_marker(parameter.default):
             marked[parameter.name] = index
     return marked
 
@@ -46,7 +43,7 @@ def _check(name: str, marked: dict[str, int], args: tuple[Any, ...], kwargs: dic
             value = args[index]
         else:
             raise NotWiredError(function=name, parameter=parameter)
-        if isinstance(value, _MARKER_TYPE):
+        if is_marker(value):
             raise NotWiredError(function=name, parameter=parameter)
 
 

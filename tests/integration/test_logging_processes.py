@@ -63,7 +63,7 @@ def test_four_processes_lose_no_line_across_several_rotations(tmp_path: Path) ->
         for line in raw:
             entry = orjson.loads(line)  # every line is whole, valid JSON
             assert f"job-{entry['worker']}" == entry["job_id"]
-            seen.add((entry['worker'], entry["index"]))
+            seen.add((entry["worker"], entry["index"]))
     assert rotations >= 3
     assert PROCESSES * LINES == len(seen)
     assert PROCESSES * LINES == sum(len(file.read_bytes().splitlines()) for file in files)
