@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +21,7 @@ from shared.logging import (
     JsonFormatter,
     LoggerFactory,
     Redactor,
+    _LeanRecord,
     current_job_id,
     get_logger,
     job_context,
@@ -182,6 +185,70 @@ def test_every_line_has_job_id_null_outside_a_job(factory: LoggerFactory, stream
         log.info("inside")
     factory.stop()
     assert [None, "j-1"] == [line["job_id"] for line in lines(stream)]
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _log_here(log: logging.Logger) -> int:
+    log.info("from a helper")
+    return sys._getframe().f_lineno - 1
+
+
+def test_lean_records_name_the_caller_as_the_standard_library_does(stream: io.StringIO) -> None:
+    """The default's cheaper caller lookup gives the same module, function and line as findCaller."""
+    found = []
+    for lean in (True, False):
+        capture = io.StringIO()
+        factory = LoggerFactory(level="INFO", stream=capture, root="vglean", lean=lean).start()
+        handler = _Capture()
+        records = handler.records
+        logging.getLogger("vglean").addHandler(handler)
+        line = _log_here(get_logger("vglean.x"))
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            get_logger("vglean.x").exception("failed")
+        logging.getLogger("vglean").removeHandler(handler)
+        factory.stop()
+        first, second = records
+        found.append((first.module, first.funcName, first.lineno, second.funcName, second.filename))
+        assert [lean, lean] == [isinstance(r, _LeanRecord) for r in records]
+        assert "test_logging" == orjson.loads(capture.getvalue().splitlines()[0])["module"]
+        assert line == first.lineno
+    assert found[0] == found[1]
+
+
+def test_lean_records_are_undone_when_the_last_factory_stops() -> None:
+    before = (logging.getLogRecordFactory(), logging._srcfile)
+    first = LoggerFactory(stream=None, root="vglean.a").start()
+    second = LoggerFactory(stream=None, root="vglean.b").start()
+    first.stop()
+    assert logging.getLogRecordFactory() is _LeanRecord
+    second.stop()
+    assert before == (logging.getLogRecordFactory(), logging._srcfile)
+
+
+def test_a_record_factory_someone_else_installed_is_kept() -> None:
+    original = logging.getLogRecordFactory()
+
+    def custom(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return logging.LogRecord(*args, **kwargs)
+
+    logging.setLogRecordFactory(custom)
+    try:
+        factory = LoggerFactory(stream=None, root="vglean.c").start()
+        assert custom is logging.getLogRecordFactory()
+        factory.stop()
+        assert custom is logging.getLogRecordFactory()
+    finally:
+        logging.setLogRecordFactory(original)
 
 
 def test_get_logger_is_the_standard_logger_of_that_name() -> None:
