@@ -210,38 +210,38 @@ class RedisClient:
 
     async def _call(self, operation: Callable[[], Awaitable[Any]], *, fallback: T) -> T:
         """Run one Redis round trip within the time bound; on trouble, degrade (or raise when strict)."""
-        now = time.monotonic()
-        if self._down_since is not None and now < self._probe_at:
+        if self._down_since is not None and (now := time.monotonic()) < self._probe_at:
             if self._strict:
                 raise CacheError(
                     f"Redis at {self._where} is unavailable ({self._last_error}); retry shortly",
                     retry_after=self._probe_at - now,
                 )
             return fallback
-        deadline = asyncio.get_running_loop().time() + self._timeout
+        acquired = False
         try:
-            async with asyncio.timeout_at(deadline):
+            # One time bound for the wait for a connection and the round trip together.
+            async with asyncio.timeout(self._timeout):
                 await self._slots.acquire()
-        except TimeoutError:
-            # Busy, not down: every connection was in use for the whole bound.
-            if self._strict:
-                raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
-            return fallback
-        try:
-            async with asyncio.timeout_at(deadline):
+                acquired = True
                 result = await operation()
         except DataError as exc:
             # redis-py refused the arguments before sending them: the caller's mistake, not an outage.
             msg = f"Redis cannot take these arguments ({exc}); pass bytes or str values"
             raise ValidationError(msg, field="value") from exc
         except (RedisError, OSError, TimeoutError) as exc:
+            if not acquired:
+                # Busy, not down: every connection was in use for the whole bound.
+                if self._strict:
+                    raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
+                return fallback
             self._mark_down(exc)
             if self._strict:
                 msg = f"Redis at {self._where} failed ({type(exc).__name__}); retry, or run `python -m shared doctor`"
                 raise CacheError(msg, retry_after=RECOVERY_PROBE_SECONDS) from exc
             return fallback
         finally:
-            self._slots.release()
+            if acquired:
+                self._slots.release()
         self._mark_up()
         return cast("T", result)
 
