@@ -129,6 +129,7 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=50, ge=1)
     redis_operation_timeout_seconds: float = Field(default=1.0, gt=0)
     redis_strict: bool = False
+    redis_cluster: bool = Field(default=False, description="REDIS_URL names a node of a Redis Cluster")
     redis_max_value_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger cache values are refused")
 
     storage_backend: StorageBackend = "local"

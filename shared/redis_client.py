@@ -15,6 +15,9 @@ given to ``set``, a value over ``max_value_bytes``, 4 MiB by default) raises
 :class:`~shared.errors.ValidationError` for that caller, before anything is sent, and the cache stays up.
 A stored value that is not valid JSON (or not a valid ``model``) reads as a miss, is deleted and logged.
 
+``REDIS_CLUSTER=true``: ``REDIS_URL`` names a node of a Redis Cluster and redis-py's cluster client is used;
+every operation works across slots (``get_many`` is split by slot), and the outage behaviour is the same.
+
 redis-py's defaults are chosen away on purpose: ``Redis.from_url`` retries nothing, and its 5 s socket
 timeout, times its retries, would hang a caller for about a minute on a frozen server.
 """
@@ -35,9 +38,10 @@ from urllib.parse import urlsplit
 import orjson
 import pydantic
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import DataError, RedisError
+from redis.exceptions import DataError, RedisClusterException, RedisError
 
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
@@ -65,6 +69,8 @@ DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
 RECOVERY_PROBE_SECONDS = 0.5
 _BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
 _MISS: Any = object()
+# What a failing Redis raises: redis-py's errors (RedisClusterException is not one of them), sockets, timeouts.
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 def validate_key(key: str) -> str:
@@ -172,7 +178,7 @@ class RedisClient:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         prefix: str = "videogen:cache:",
         strict: bool = False,
@@ -182,6 +188,7 @@ class RedisClient:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self._redis = client
+        self._cluster = isinstance(client, RedisCluster)
         self._max_value = max_value_bytes
         # At most one call per pooled connection; the others wait here, first come first served. redis-py's
         # BlockingConnectionPool wakes its waiters unfairly: under a burst some waited past the bound and a
@@ -196,7 +203,7 @@ class RedisClient:
         self._last_error = ""
 
     @property
-    def raw(self) -> aioredis.Redis:
+    def raw(self) -> aioredis.Redis | RedisCluster:
         """Return the underlying redis-py client, for what this cache does not wrap (no prefix, no degrading)."""
         return self._redis
 
@@ -228,7 +235,7 @@ class RedisClient:
             # redis-py refused the arguments before sending them: the caller's mistake, not an outage.
             msg = f"Redis cannot take these arguments ({exc}); pass bytes or str values"
             raise ValidationError(msg, field="value") from exc
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             if not acquired:
                 # Busy, not down: every connection was in use for the whole bound.
                 if self._strict:
@@ -321,7 +328,9 @@ class RedisClient:
         if not wanted:
             return {}
         names = [self._key(key) for key in wanted]
-        values: list[bytes | None] = await self._call(lambda: self._redis.mget(names), fallback=[None] * len(names))
+        # A cluster's MGET refuses keys of different slots (CROSSSLOT): redis-py splits them by slot for us.
+        fetch = self._redis.mget_nonatomic if isinstance(self._redis, RedisCluster) else self._redis.mget
+        values: list[bytes | None] = await self._call(lambda: fetch(names), fallback=[None] * len(names))
         return dict(zip(wanted, values, strict=True))
 
     async def set_many(self, mapping: Mapping[str, bytes | str], ttl: Ttl = None) -> bool:
@@ -345,7 +354,7 @@ class RedisClient:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             self._mark_down(exc)
             detail = f"{self._where}: {type(exc).__name__}; is redis-server running? (make services)"
             return HealthStatus.since("redis", started, detail)
@@ -356,8 +365,9 @@ class RedisClient:
         """Close the client and its pool (safe to call twice; a server that is gone cannot stop it)."""
         try:
             await self._redis.aclose()
-            await self._redis.connection_pool.disconnect()
-        except (RedisError, OSError, TimeoutError) as exc:
+            if isinstance(self._redis, aioredis.Redis):
+                await self._redis.connection_pool.disconnect()
+        except _FAILURES as exc:
             _log.debug("closing the Redis pool at %s: %s", self._where, type(exc).__name__)
 
 
@@ -366,19 +376,32 @@ def build_client(settings: Settings) -> RedisClient:
     bound = settings.redis_operation_timeout_seconds
     # One retry after a short backoff; socket timeouts sized so two attempts fit in the bound.
     retry = Retry(ExponentialBackoff(cap=bound / 10, base=bound / 20), retries=1)
-    # One connection more than the client's slots (RedisClient queues callers fairly), for the health check.
-    pool = aioredis.ConnectionPool.from_url(
-        settings.redis_dsn,
-        max_connections=settings.redis_max_connections + 1,
-        socket_connect_timeout=bound * 0.4,
-        socket_timeout=bound * 0.4,
-        retry=retry,
-        retry_on_timeout=True,
-        health_check_interval=30,
-    )
     parts = urlsplit(settings.redis_dsn)
     where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never the password
-    client = aioredis.Redis(connection_pool=pool, retry=retry)
+    client: aioredis.Redis | RedisCluster
+    if settings.redis_cluster:
+        # REDIS_URL names one node; the client learns the others and the slots from it (CLUSTER SLOTS).
+        client = RedisCluster.from_url(
+            settings.redis_dsn,
+            max_connections=settings.redis_max_connections + 1,  # per node
+            socket_connect_timeout=bound * 0.4,
+            socket_timeout=bound * 0.4,
+            retry=retry,
+            require_full_coverage=False,  # a lost master costs its slots only, not the whole cache
+        )
+        where = f"cluster {where}"
+    else:
+        # One connection more than the client's slots (RedisClient queues callers fairly), for the health check.
+        pool = aioredis.ConnectionPool.from_url(
+            settings.redis_dsn,
+            max_connections=settings.redis_max_connections + 1,
+            socket_connect_timeout=bound * 0.4,
+            socket_timeout=bound * 0.4,
+            retry=retry,
+            retry_on_timeout=True,
+            health_check_interval=30,
+        )
+        client = aioredis.Redis(connection_pool=pool, retry=retry)
     return RedisClient(
         client,
         prefix=settings.redis_key_prefix,
