@@ -188,7 +188,12 @@ class RedisClient:
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self._redis = client
+        # redis-py's cluster client, first used by many tasks at once, can hand one of them a connection that
+        # another is resetting (AttributeError: 'NoneType' object has no attribute 'writelines'): learn the
+        # slots once, before the first command (tests/integration/test_redis_cluster.py reproduces it).
         self._cluster = isinstance(client, RedisCluster)
+        self._uninitialised = self._cluster
+        self._init_lock = asyncio.Lock()
         self._max_value = max_value_bytes
         # At most one call per pooled connection; the others wait here, first come first served. redis-py's
         # BlockingConnectionPool wakes its waiters unfairly: under a burst some waited past the bound and a
@@ -224,10 +229,13 @@ class RedisClient:
                     retry_after=self._probe_at - now,
                 )
             return fallback
-        acquired = False
+        acquired = waiting = False
         try:
             # One time bound for the wait for a connection and the round trip together.
             async with asyncio.timeout(self._timeout):
+                if self._uninitialised:
+                    await self._initialise()
+                waiting = True
                 await self._slots.acquire()
                 acquired = True
                 result = await operation()
@@ -235,8 +243,12 @@ class RedisClient:
             # redis-py refused the arguments before sending them: the caller's mistake, not an outage.
             msg = f"Redis cannot take these arguments ({exc}); pass bytes or str values"
             raise ValidationError(msg, field="value") from exc
-        except _FAILURES as exc:
-            if not acquired:
+        except (*_FAILURES, AttributeError) as exc:
+            if isinstance(exc, AttributeError) and not self._cluster:
+                raise
+            # On a cluster, the AttributeError is redis-py's race above, met again after a node failure made it
+            # learn the slots anew: an outage for this call, not the caller's bug.
+            if waiting and not acquired:
                 # Busy, not down: every connection was in use for the whole bound.
                 if self._strict:
                     raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
@@ -251,6 +263,14 @@ class RedisClient:
                 self._slots.release()
         self._mark_up()
         return cast("T", result)
+
+    async def _initialise(self) -> None:
+        """Learn the cluster's nodes and slots once, before the first command (see ``__init__``)."""
+        async with self._init_lock:
+            if self._uninitialised:
+                assert isinstance(self._redis, RedisCluster)  # noqa: S101 - only a cluster starts uninitialised
+                await self._redis.initialize()
+                self._uninitialised = False
 
     def _mark_down(self, exc: BaseException) -> None:
         now = time.monotonic()
