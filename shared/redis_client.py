@@ -387,6 +387,11 @@ class RedisClient:
             await self._redis.aclose()
             if isinstance(self._redis, aioredis.Redis):
                 await self._redis.connection_pool.disconnect()
+            else:
+                # After a node failure redis-py marks the cluster client uninitialised until its next command,
+                # and its aclose() then closes nothing: close every node's connections ourselves (idempotent).
+                await self._redis.nodes_manager.aclose()
+                await self._redis.nodes_manager.aclose("startup_nodes")
         except _FAILURES as exc:
             _log.debug("closing the Redis pool at %s: %s", self._where, type(exc).__name__)
 
