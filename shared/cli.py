@@ -25,7 +25,10 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared", description="videogen-shared tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("doctor", help="load the settings and check every service, with latency")
+    doctor = commands.add_parser("doctor", help="load the settings and check every service, with latency")
+    doctor.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds each check may take before it is reported down"
+    )
     demo = commands.add_parser("demo", help="run one simulated job end to end through every component")
     demo.add_argument("--offline", action="store_true", help="run on the in-memory fakes instead of the services")
     db = commands.add_parser("db", help="database commands")
@@ -56,7 +59,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         if args.command == "doctor":
             from shared.doctor import run_doctor  # noqa: PLC0415 - each command loads only what it uses
 
-            return asyncio.run(run_doctor(settings, out=stream))
+            return asyncio.run(run_doctor(settings, out=stream, timeout=args.timeout))
         if args.command == "demo":
             from shared.demo import run_demo  # noqa: PLC0415
 

@@ -40,7 +40,6 @@ __all__ = [
     "LogLevel",
     "Settings",
     "StorageBackend",
-    "load_settings",
 ]
 
 
@@ -113,9 +112,9 @@ class Settings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     log_level: LogLevel = "INFO"
-    log_file: Path | None = Field(default=None, description="JSON log file (rotated at 100 MB, 5 kept); off if unset")
-    log_file_max_bytes: int = Field(default=100 * 1024 * 1024, gt=0, le=1024**4)
-    log_file_backup_count: int = Field(default=5, ge=0, le=1000)
+    log_file: Path | None = Field(
+        default=None, description="JSON log file, shared safely by many processes; rotate it externally (logrotate)"
+    )
     log_console: bool = Field(default=True, description="JSON lines on stderr too (off when only the file is wanted)")
 
     supabase_url: str | None = None
@@ -144,6 +143,8 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=50, ge=1, le=10_000)
     redis_operation_timeout_seconds: float = Field(default=1.0, gt=0, le=300, allow_inf_nan=False)
     redis_strict: bool = False
+    redis_cluster: bool = Field(default=False, description="REDIS_URL names a node of a Redis Cluster")
+    redis_max_value_bytes: int = Field(default=4 * 1024 * 1024, gt=0, description="larger cache values are refused")
 
     storage_backend: StorageBackend = "local"
     storage_local_root: Path = Path(".data/storage")
@@ -490,8 +491,3 @@ def _plaintext(field: str, value: str) -> tuple[str | None, str]:
         if any(v.lower() in {"false", "no", "0", "n", "f"} for v in query_values(value, "ssl_check_hostname")):
             return "ssl_check_hostname=false turns off host name checks", fix
     return None, ""
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Build Settings from the environment and ``.env``, with keyword overrides winning."""
-    return Settings(**overrides)

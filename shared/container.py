@@ -39,8 +39,6 @@ def init_logger_factory(settings: Settings) -> Iterator[LoggerFactory]:
         level=settings.log_level,
         secrets=settings.secret_values(),
         log_file=settings.log_file,
-        max_bytes=settings.log_file_max_bytes,
-        backup_count=settings.log_file_backup_count,
         stream=sys.stderr if settings.log_console else None,
     )
     factory.start()
@@ -109,7 +107,7 @@ def supabase_client(settings: Settings, http_client: httpx.AsyncClient) -> Supab
         if not value
     ]
     if missing:
-        raise ConfigError(missing)
+        raise ConfigError(problems=tuple(missing))
     return create_supabase_client(settings.supabase_url or "", _service_key(settings), http_client)
 
 
@@ -146,7 +144,9 @@ def make_token_verifier(settings: Settings, http_client: httpx.AsyncClient) -> T
     from shared.auth import TokenVerifier  # noqa: PLC0415 - PyJWT loads when first used
 
     if not settings.supabase_url:
-        raise ConfigError(["SUPABASE_URL: required to verify access tokens (their issuer is SUPABASE_URL/auth/v1)"])
+        raise ConfigError(
+            problems=("SUPABASE_URL: required to verify access tokens (their issuer is SUPABASE_URL/auth/v1)",)
+        )
     secret = settings.jwt_secret_key
     return TokenVerifier(
         supabase_url=settings.supabase_url,

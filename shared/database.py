@@ -29,7 +29,13 @@ import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from shared.config import Settings
-from shared.errors import DatabaseError, DatabaseUnavailableError, PipelineError
+from shared.errors import (
+    DatabaseError,
+    DatabaseTimeoutError,
+    DatabaseUnavailableError,
+    PipelineError,
+    TransactionTaskError,
+)
 from shared.health import HealthStatus
 from shared.retry import retry_with_backoff
 
@@ -77,10 +83,9 @@ def translate_error(exc: BaseException, *, action: str = "the query") -> Pipelin
         return exc
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(exc, TimeoutError) or sqlstate == _TIMEOUT_STATE:
-        return DatabaseUnavailableError(
+        return DatabaseTimeoutError(
             f"{action} timed out; the database is slow or a lock is held: retry later or raise the timeout",
             sqlstate=sqlstate,
-            code="database_timeout",
         )
     if sqlstate in _RETRYABLE_STATES or (sqlstate or "")[:2] in _RETRYABLE_CLASSES or _connection_lost(exc):
         return DatabaseUnavailableError(
@@ -242,11 +247,7 @@ class DatabaseClient:
         state = self._current.get()
         assert state is not None  # noqa: S101 - only called when a transaction is open
         if state.task is not asyncio.current_task():
-            msg = (
-                "a task started inside `async with db.transaction()` used the database: a transaction's "
-                "connection serves one task; await the calls in the transaction's own task"
-            )
-            raise DatabaseError(msg, code="transaction_shared_across_tasks")
+            raise TransactionTaskError
         limit = self._limit(timeout)
         try:
             async with asyncio.timeout(limit):
@@ -259,7 +260,7 @@ class DatabaseClient:
     ) -> Any:
         """Translate a failed first attempt; send the statement again when the failure allows it."""
         error = translate_error(exc)
-        retryable = isinstance(error, DatabaseUnavailableError) and error.code != "database_timeout"
+        retryable = isinstance(error, DatabaseUnavailableError) and not isinstance(error, DatabaseTimeoutError)
         if not retryable or self._attempts < 2:
             if error is exc:
                 raise error

@@ -16,7 +16,7 @@ from shared.config import Settings
 from shared.errors import PipelineError
 from shared.health import HealthStatus
 
-__all__ = ["CHECKS", "check_services", "run_doctor"]
+__all__ = ["CHECKS", "CHECK_TIMEOUT_SECONDS", "check_services", "run_doctor"]
 
 CHECK_TIMEOUT_SECONDS = 5.0
 
@@ -60,27 +60,44 @@ async def check_storage(settings: Settings) -> HealthStatus:
 CHECKS: dict[str, Check] = {"postgres": check_postgres, "redis": check_redis, "storage": check_storage}
 
 
-async def _run(name: str, check: Check, settings: Settings) -> HealthStatus:
+async def _run(name: str, check: Check, settings: Settings, timeout: float) -> HealthStatus:
     started = time.perf_counter()
     try:
-        return await asyncio.wait_for(check(settings), CHECK_TIMEOUT_SECONDS)
+        return await asyncio.wait_for(check(settings), timeout)
     except TimeoutError:
-        detail = f"no answer within {CHECK_TIMEOUT_SECONDS:.0f} s"
+        detail = f"no answer within {timeout:g} s"
     except PipelineError as error:
         detail = error.message
     return HealthStatus.since(name, started, detail)
 
 
-async def check_services(settings: Settings, checks: dict[str, Check] | None = None) -> list[HealthStatus]:
-    """Run the checks one after another (so one's imports never count in another's latency)."""
+async def check_services(
+    settings: Settings, checks: dict[str, Check] | None = None, *, timeout: float = CHECK_TIMEOUT_SECONDS
+) -> list[HealthStatus]:
+    """Run the checks one after another (so one's imports never count in another's latency).
+
+    Args:
+        settings: the settings whose services are checked.
+        checks: the checks by name (default :data:`CHECKS`: postgres, redis, storage).
+        timeout: seconds each check may take before its service is reported down.
+    """
     chosen = CHECKS if checks is None else checks
-    return [await _run(name, check, settings) for name, check in chosen.items()]
+    return [await _run(name, check, settings, timeout) for name, check in chosen.items()]
 
 
-async def run_doctor(settings: Settings, *, out: TextIO, checks: dict[str, Check] | None = None) -> int:
-    """Print the configuration summary and each service's health; return 0 when all are up, else 1."""
+async def run_doctor(
+    settings: Settings,
+    *,
+    out: TextIO,
+    checks: dict[str, Check] | None = None,
+    timeout: float = CHECK_TIMEOUT_SECONDS,
+) -> int:
+    """Print the configuration summary and each service's health; return 0 when all are up, else 1.
+
+    ``timeout`` is the seconds each check may take (5 by default; ``python -m shared doctor --timeout``).
+    """
     print(f"settings: ok (environment {settings.environment}, storage {settings.storage_backend})", file=out)
-    results = await check_services(settings, checks)
+    results = await check_services(settings, checks, timeout=timeout)
     for result in results:
         line = f"{result.name:<10} {result.status:<5} {result.latency_ms:8.1f} ms"
         print(line + (f"  {result.detail}" if result.detail else ""), file=out)

@@ -4,35 +4,45 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
 
     PipelineError                        code                  what the caller does next
     ├── ConfigError                      config_error          fix the settings (lists every problem)
+    ├── LifecycleError                   lifecycle_error       the container could not start or stop in time
+    ├── NotWiredError                    not_wired             wire the module before calling the function
     ├── ValidationError                  validation_error      refuse the input; the user must change it
     ├── BudgetExceededError              budget_exceeded       stop spending on this job
     ├── NotFoundError                    not_found             the named thing does not exist
     │   ├── JobNotFoundError             job_not_found
+    │   ├── UserNotFoundError            user_not_found        create the user first (auth.users)
     │   └── StorageNotFoundError         storage_not_found     (also a StorageError)
     ├── InvalidStateError                invalid_state         the job cannot move that way (e.g. backwards)
     ├── AudioAnalysisError               audio_analysis_failed a stage failed for good
     ├── GenerationError                  generation_failed
     ├── CompositionError                 composition_failed
     ├── DatabaseError                    database_error        a query failed; `sqlstate` says why
+    │   ├── TransactionTaskError         transaction_shared_across_tasks
+    │   │                                                      a bug: await the calls in the transaction's task
+    │   └── DatabaseUnavailableError     database_unavailable  (also a RetryableError)
+    │       └── DatabaseTimeoutError     database_timeout      retry later; never re-sent by the client itself
     ├── StorageError                     storage_error
     │   ├── StoragePermissionError       storage_permission_denied
     │   ├── StorageConflictError         storage_conflict
-    │   └── StorageNotFoundError         storage_not_found
+    │   ├── StorageNotFoundError         storage_not_found     (also a NotFoundError)
+    │   └── StorageUnavailableError      storage_unavailable   (also a RetryableError)
     └── RetryableError                   retryable             try again later, after `retry_after` seconds
         ├── DatabaseUnavailableError     database_unavailable  (also a DatabaseError)
         ├── CacheError                   cache_error           Redis failed and the caller asked to know
         └── StorageUnavailableError      storage_unavailable   (also a StorageError)
 
-Context travels as keyword-only, typed attributes (``job_id``, ``limit``, ``spent``, ``retry_after``,
-``sqlstate``...); messages are built from them, so nobody has to parse a string. Every error survives a
-pickle round trip, because workers hand them between processes. A message never contains a secret.
+Every class has the same shape: ``Error(message, *, job_id=None, code=None, **context)``, where the context
+is the keyword-only, typed attributes the class declares (``limit``, ``spent``, ``retry_after``,
+``sqlstate``...), checked by mypy (``typing.dataclass_transform``) and at run time. A class that can say
+what went wrong from its context alone builds its message from it when none is given (``JobNotFoundError(
+job_id=...)``), so nobody has to parse a string. Every error survives a pickle round trip, because workers
+hand them between processes. A message never contains a secret.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Any, ClassVar, dataclass_transform
 from uuid import UUID
 
 __all__ = [
@@ -42,11 +52,14 @@ __all__ = [
     "CompositionError",
     "ConfigError",
     "DatabaseError",
+    "DatabaseTimeoutError",
     "DatabaseUnavailableError",
     "GenerationError",
     "InvalidStateError",
     "JobNotFoundError",
+    "LifecycleError",
     "NotFoundError",
+    "NotWiredError",
     "PipelineError",
     "RetryableError",
     "StorageConflictError",
@@ -54,10 +67,35 @@ __all__ = [
     "StorageNotFoundError",
     "StoragePermissionError",
     "StorageUnavailableError",
+    "TransactionTaskError",
+    "UserNotFoundError",
     "ValidationError",
 ]
 
 JobId = UUID | str
+_REQUIRED: Any = object()
+
+
+def _positional(*, default: str, kw_only: bool) -> Any:
+    """Mark the message as the one positional field (read by type checkers through dataclass_transform)."""
+    del kw_only
+    return default
+
+
+@dataclass_transform(kw_only_default=True, eq_default=False, field_specifiers=(_positional,))
+class _ErrorShape(type):
+    """Collect each error class's context fields (its annotations, with their defaults) for the one ``__init__``."""
+
+    def __init__(cls, name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> None:
+        super().__init__(name, bases, namespace)
+        fields: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            for field, annotation in vars(klass).get("__annotations__", {}).items():
+                if field != "message" and not str(annotation).startswith("ClassVar"):
+                    fields[field] = vars(klass).get(field, _REQUIRED)
+        cls._fields = fields
+
+    _fields: dict[str, Any]
 
 
 def _restore(cls: type[PipelineError], args: tuple[Any, ...], state: dict[str, Any]) -> PipelineError:
@@ -68,16 +106,37 @@ def _restore(cls: type[PipelineError], args: tuple[Any, ...], state: dict[str, A
     return error
 
 
-class PipelineError(Exception):
+class PipelineError(Exception, metaclass=_ErrorShape):
     """Root of every error the pipeline raises; carries a stable ``code`` and the ``job_id`` if known."""
 
+    _fields: ClassVar[dict[str, Any]]
     default_code: ClassVar[str] = "pipeline_error"
 
-    def __init__(self, message: str, *, job_id: JobId | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.job_id = job_id
-        self.code = code or self.default_code
+    message: str = _positional(default="", kw_only=False)
+    job_id: JobId | None = None
+    code: str | None = None
+
+    def __init__(self, message: str = "", /, **context: Any) -> None:
+        if not isinstance(message, str):
+            msg = f"{type(self).__name__}()'s first argument is the message (a str); pass context by keyword"
+            raise TypeError(msg)
+        for field, default in self._fields.items():
+            value = context.pop(field, default)
+            if value is _REQUIRED:
+                msg = f"{type(self).__name__}() needs the keyword argument {field!r}"
+                raise TypeError(msg)
+            setattr(self, field, value)
+        if context:
+            msg = f"{type(self).__name__}() got unexpected keyword arguments: {', '.join(sorted(context))}"
+            raise TypeError(msg)
+        self.code = self.code or self.default_code
+        self.message = message or self._describe()
+        super().__init__(self.message)
+
+    def _describe(self) -> str:
+        """Return the message built from the context, for classes that can say it without one."""
+        msg = f"{type(self).__name__}() needs a message that says what went wrong and what to do"
+        raise TypeError(msg)
 
     def __str__(self) -> str:
         if self.job_id is None:
@@ -92,18 +151,41 @@ class PipelineError(Exception):
 
 
 class ConfigError(PipelineError):
-    """The settings are missing or invalid; ``problems`` holds one line per problem, never a value."""
+    """The settings are missing or invalid; ``problems`` holds one line per problem, never a value.
+
+    ``ConfigError("a message")`` keeps the message; ``ConfigError(problems=[...])`` lists the problems.
+    """
 
     default_code = "config_error"
+    problems: tuple[str, ...] = ()
 
-    def __init__(self, problems: Sequence[str], *, code: str | None = None) -> None:
-        self.problems = tuple(problems)
+    def _describe(self) -> str:
         count = len(self.problems)
         lines = "\n".join(f"  - {problem}" for problem in self.problems)
-        super().__init__(
+        return (
             f"Invalid configuration ({count} problem{'s' if count != 1 else ''}); "
-            f"fix these environment variables (or .env) and start again:\n{lines}",
-            code=code,
+            f"fix these environment variables (or .env) and start again:\n{lines}"
+        )
+
+
+class LifecycleError(PipelineError):
+    """The container's resources could not be started or stopped in time."""
+
+    default_code = "lifecycle_error"
+
+
+class NotWiredError(PipelineError):
+    """An ``@inject`` function was called before its module was wired to a container."""
+
+    default_code = "not_wired"
+    function: str
+    parameter: str
+
+    def _describe(self) -> str:
+        return (
+            f"{self.function}() was called before its module was wired, so '{self.parameter}' would be a "
+            "Provide marker, not the collaborator; call container.wire(modules=[...]) (or list the module "
+            "in the container's wiring_config) before calling it"
         )
 
 
@@ -111,43 +193,22 @@ class ValidationError(PipelineError):
     """The input is unacceptable; the message says what was wrong and what is accepted."""
 
     default_code = "validation_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        field: str | None = None,
-        job_id: JobId | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, job_id=job_id, code=code)
-        self.field = field
+    field: str | None = None
 
 
 class BudgetExceededError(PipelineError):
     """Spending more on this job would pass its budget; stop spending."""
 
     default_code = "budget_exceeded"
+    spent: Decimal
+    limit: Decimal
+    reserved: Decimal = Decimal(0)
+    requested: Decimal = Decimal(0)
 
-    def __init__(
-        self,
-        *,
-        job_id: JobId,
-        spent: Decimal,
-        limit: Decimal,
-        reserved: Decimal = Decimal(0),
-        requested: Decimal = Decimal(0),
-        code: str | None = None,
-    ) -> None:
-        self.spent = spent
-        self.limit = limit
-        self.reserved = reserved
-        self.requested = requested
-        super().__init__(
-            f"Budget exceeded: spent {spent} + reserved {reserved} + requested {requested} "
-            f"is more than the limit {limit}; raise the job's budget or stop spending on it",
-            job_id=job_id,
-            code=code,
+    def _describe(self) -> str:
+        return (
+            f"Budget exceeded: spent {self.spent} + reserved {self.reserved} + requested {self.requested} "
+            f"is more than the limit {self.limit}; raise the job's budget or stop spending on it"
         )
 
 
@@ -162,31 +223,26 @@ class JobNotFoundError(NotFoundError):
 
     default_code = "job_not_found"
 
-    def __init__(self, *, job_id: JobId, code: str | None = None) -> None:
-        super().__init__(
-            "Job not found; check the job id (was the job created in this database?)",
-            job_id=job_id,
-            code=code,
-        )
+    def _describe(self) -> str:
+        return "Job not found; check the job id (was the job created in this database?)"
+
+
+class UserNotFoundError(NotFoundError):
+    """The user a job was created for does not exist (no row in ``auth.users``)."""
+
+    default_code = "user_not_found"
+    user_id: UUID | str | None = None
+
+    def _describe(self) -> str:
+        return f"user {self.user_id} does not exist; create the user (auth.users) before creating jobs for it"
 
 
 class InvalidStateError(PipelineError):
     """The job cannot move from its current state to the one asked for."""
 
     default_code = "invalid_state"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        current: str | None = None,
-        requested: str | None = None,
-        job_id: JobId | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, job_id=job_id, code=code)
-        self.current = current
-        self.requested = requested
+    current: str | None = None
+    requested: str | None = None
 
 
 class AudioAnalysisError(PipelineError):
@@ -211,34 +267,26 @@ class RetryableError(PipelineError):
     """A passing failure; the same call may succeed later, after ``retry_after`` seconds if given."""
 
     default_code = "retryable"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        job_id: JobId | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, job_id=job_id, code=code)
-        self.retry_after = retry_after
+    retry_after: float | None = None
 
 
 class DatabaseError(PipelineError):
     """A database call failed; ``sqlstate`` is PostgreSQL's error code when there is one."""
 
     default_code = "database_error"
+    sqlstate: str | None = None
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        sqlstate: str | None = None,
-        job_id: JobId | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, job_id=job_id, code=code)
-        self.sqlstate = sqlstate
+
+class TransactionTaskError(DatabaseError):
+    """A task other than the one that opened ``db.transaction()`` used its connection: a bug in the caller."""
+
+    default_code = "transaction_shared_across_tasks"
+
+    def _describe(self) -> str:
+        return (
+            "a task started inside `async with db.transaction()` used the database: a transaction's "
+            "connection serves one task; await the calls in the transaction's own task"
+        )
 
 
 class DatabaseUnavailableError(DatabaseError, RetryableError):
@@ -246,18 +294,11 @@ class DatabaseUnavailableError(DatabaseError, RetryableError):
 
     default_code = "database_unavailable"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        sqlstate: str | None = None,
-        retry_after: float | None = None,
-        job_id: JobId | None = None,
-        code: str | None = None,
-    ) -> None:
-        PipelineError.__init__(self, message, job_id=job_id, code=code)
-        self.sqlstate = sqlstate
-        self.retry_after = retry_after
+
+class DatabaseTimeoutError(DatabaseUnavailableError):
+    """A call did not finish within its timeout; the client does not re-send it (it may still be running)."""
+
+    default_code = "database_timeout"
 
 
 class CacheError(RetryableError):
@@ -270,21 +311,9 @@ class StorageError(PipelineError):
     """A storage operation failed; ``bucket`` and ``path`` name the object."""
 
     default_code = "storage_error"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        bucket: str | None = None,
-        path: str | None = None,
-        status: int | None = None,
-        job_id: JobId | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, job_id=job_id, code=code)
-        self.bucket = bucket
-        self.path = path
-        self.status = status
+    bucket: str | None = None
+    path: str | None = None
+    status: int | None = None
 
 
 class StorageNotFoundError(StorageError, NotFoundError):
@@ -309,17 +338,3 @@ class StorageUnavailableError(StorageError, RetryableError):
     """Storage could not be reached or answered 5xx/429; try again later."""
 
     default_code = "storage_unavailable"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        bucket: str | None = None,
-        path: str | None = None,
-        status: int | None = None,
-        retry_after: float | None = None,
-        job_id: JobId | None = None,
-        code: str | None = None,
-    ) -> None:
-        StorageError.__init__(self, message, bucket=bucket, path=path, status=status, job_id=job_id, code=code)
-        self.retry_after = retry_after

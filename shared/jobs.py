@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Protocol, runtime_checkable
 from uuid import UUID
 
 from shared.database import Database, Record
-from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, NotFoundError, ValidationError
+from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, UserNotFoundError, ValidationError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
 
 __all__ = ["JobRepository", "JobStore"]
@@ -138,7 +138,7 @@ class JobRepository:
         except DatabaseError as error:
             if error.sqlstate == _FK_VIOLATION:
                 msg = f"user {user_id} does not exist in auth.users; create the job for a signed-up user"
-                raise NotFoundError(msg, job_id=new_id, code="user_not_found") from error
+                raise UserNotFoundError(msg, user_id=user_id, job_id=new_id) from error
             raise
         job = _job(row, new_id)
         if job.user_id != user_id:

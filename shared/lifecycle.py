@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
-from shared.errors import PipelineError
+from shared._di import bind_loop, loop_of, pin_started, reset_resource, unbind_loop, unpin
+from shared.errors import LifecycleError, PipelineError
 
 __all__ = ["LifecycleError", "lifespan", "overridden", "resolve", "start_resources", "stop_resources"]
 
@@ -26,19 +26,6 @@ T = TypeVar("T")
 _log = logging.getLogger("shared.lifecycle")
 _DEFAULT_STARTUP_TIMEOUT = 30.0
 _DEFAULT_SHUTDOWN_TIMEOUT = 10.0
-
-# The loop each started container belongs to: its pools and clients are bound to that loop.
-_loops: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
-# The Object overrides that pin each started async Resource to its value (see _pin_started).
-_pins: weakref.WeakKeyDictionary[Any, list[tuple[providers.Provider[Any], providers.Object[Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-class LifecycleError(PipelineError):
-    """The container's resources could not be started or stopped in time."""
-
-    default_code = "lifecycle_error"
 
 
 def _timeouts(container: Any, startup: float | None, shutdown: float | None) -> tuple[float, float]:
@@ -62,53 +49,6 @@ def _resources(container: Any) -> list[providers.Resource[Any]]:
     return list(container.traverse(types=[providers.Resource]))
 
 
-def _pin_started(container: Any) -> None:
-    """Make every provider return the object itself once the resources are open, as the type stubs promise.
-
-    dependency-injector hands out a Future for an async Resource, and for everything that depends on one
-    (``container.jobs()`` would be a Future typed as JobRepository). Once a Resource is open its value is final
-    until shutdown, so each one is overridden with ``providers.Object(value)`` and taken out of async mode,
-    the other providers recompute their mode on their next call, and the singletons built on a Future are
-    reset. :func:`_unpin` undoes it before the resources close. Only public provider methods are used.
-    """
-    pinned: list[tuple[providers.Provider[Any], providers.Object[Any]]] = []
-    for provider in _resources(container):
-        if not provider.initialized or provider.overridden:
-            continue
-        value = provider()
-        if isinstance(value, asyncio.Future) and value.done() and not value.cancelled():
-            pin = providers.Object(value.result())
-            provider.override(pin)
-            provider.disable_async_mode()
-            pinned.append((provider, pin))
-    _pins[container] = pinned
-    if pinned:
-        _recompute_modes(container, {id(provider) for provider, _ in pinned})
-
-
-def _recompute_modes(container: Any, resources: set[int]) -> None:
-    """Let every provider but the Resources find its async mode again; rebuild singletons built on ``resources``."""
-    for provider in container.traverse():
-        if not isinstance(provider, providers.Resource):
-            provider.reset_async_mode()
-    for singleton in container.traverse(types=[providers.BaseSingleton]):
-        if any(id(dependency) in resources for dependency in singleton.traverse(types=[providers.Resource])):
-            singleton.reset()
-
-
-def _unpin(container: Any) -> None:
-    """Remove the pins of :func:`_pin_started`, leaving any override a caller added on top in place."""
-    pinned = _pins.pop(container, [])
-    for provider, pin in pinned:
-        overrides = [override for override in provider.overridden if override is not pin]
-        provider.reset_override()
-        for override in overrides:
-            provider.override(override)
-        provider.enable_async_mode()
-    if pinned:
-        _recompute_modes(container, {id(provider) for provider, _ in pinned})
-
-
 async def _settle(container: Any) -> None:
     """Wait until no resource is half-initialised, so shutdown sees each one opened or failed."""
     pending = []
@@ -129,7 +69,7 @@ async def start_resources(container: Any, *, timeout: float | None = None) -> No
         PipelineError: a resource failed to open (its own error, e.g. DatabaseUnavailableError).
     """
     startup, shutdown = _timeouts(container, timeout, None)
-    owner = _loops.get(container)
+    owner = loop_of(container)
     running = asyncio.get_running_loop()
     if owner is not None and owner is not running and not owner.is_closed():
         raise LifecycleError(
@@ -159,8 +99,8 @@ async def start_resources(container: Any, *, timeout: float | None = None) -> No
         raise LifecycleError(
             f"A resource failed to start ({type(exc).__name__}); see the cause, then run `python -m shared doctor`"
         ) from exc
-    _pin_started(container)
-    _loops[container] = running
+    pin_started(container)
+    bind_loop(container, running)
 
 
 async def stop_resources(container: Any, *, timeout: float | None = None) -> None:
@@ -170,8 +110,8 @@ async def stop_resources(container: Any, *, timeout: float | None = None) -> Non
         LifecycleError: a resource failed to close, or closing took longer than the limit.
     """
     _, shutdown = _timeouts(container, 1.0, timeout)
-    _loops.pop(container, None)
-    _unpin(container)
+    unbind_loop(container)
+    unpin(container)
     try:
         async with asyncio.timeout(shutdown):
             result = container.shutdown_resources()
@@ -186,7 +126,7 @@ async def stop_resources(container: Any, *, timeout: float | None = None) -> Non
         # Whatever failed, nothing should claim to be open any more.
         for provider in _resources(container):
             if provider.initialized:
-                provider.reset_state()  # type: ignore[attr-defined]  # in the Cython provider, not its stub
+                reset_resource(provider)
 
 
 @contextlib.asynccontextmanager

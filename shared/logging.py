@@ -1,14 +1,23 @@
 """Write one JSON object per log line, carrying the job id, without ever blocking the event loop.
 
+- :func:`get_logger` returns the standard logger of that name; :class:`LoggerFactory` (the container's
+  ``logger_factory`` Resource) attaches the JSON output to the root logger on start and removes it on stop.
 - :func:`job_context` puts ``job_id`` and ``stage`` on every line logged inside it, asyncio tasks started
-  inside included (contextvars are copied into new tasks).
-- Records pass through a :class:`logging.handlers.QueueHandler`; a :class:`~logging.handlers.QueueListener`
-  thread formats them (orjson) and writes to stderr and, optionally, a rotating file. The caller only pays
-  for the enqueue, so a slow disk never stalls the loop.
+  inside included (contextvars are copied into new tasks). Every line has ``job_id``: null outside a job.
+- The caller's thread formats each record (orjson) and puts the finished line on a queue; one writer thread
+  drains the queue in batches, one write per batch, to stderr and, optionally, a file. The caller pays for
+  the formatting and the enqueue only, so a slow disk never stalls the loop.
+- The file is shared safely by many processes, the way the standard library and logrotate intend
+  (:class:`logging.handlers.WatchedFileHandler`): each process appends (``O_APPEND``, each batch of whole lines
+  in one ``write``, so lines from different processes never interleave), and rotation is external
+  (logrotate without ``copytruncate``, or anything that renames the file). Before each batch the writer checks
+  whether the path still names its open file and reopens it if not, so nothing is written to a file that
+  was rotated away and nothing is lost. No process rotates the file itself: with several processes an
+  in-process rotation (RotatingFileHandler) renames the file under the others and loses their lines.
+- While a factory runs (``lean``, the default) records are :class:`_LeanRecord`: a LogRecord built with only
+  the work a line uses and a cheaper caller lookup for ``module`` (about twice the lines per second).
 - :class:`Redactor` writes ``[REDACTED]`` for every secret value from Settings and for anything shaped like
   an API key, a bearer token or a JWT, in the message and the extra fields alike.
-- :class:`LoggerFactory` owns the handlers; the container opens it as a Resource and closes it (flushing
-  the queue) on shutdown. Tests override ``Container.logger_factory`` to capture records.
 """
 
 from __future__ import annotations
@@ -16,16 +25,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import logging.handlers
+import os
 import queue
 import re
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from types import FrameType
+from typing import Any, TextIO
 from uuid import UUID
 
 import orjson
@@ -34,10 +45,10 @@ __all__ = [
     "REDACTED",
     "JsonFormatter",
     "LoggerFactory",
-    "LoggerProvider",
     "Redactor",
     "current_job_id",
     "current_stage",
+    "get_logger",
     "job_context",
 ]
 
@@ -92,7 +103,7 @@ def current_stage() -> str | None:
 class Redactor:
     """Replace secret values and credential-shaped text with ``[REDACTED]``."""
 
-    __slots__ = ("_secrets", "_secrets_pattern", "_shapes")
+    __slots__ = ("_bearer", "_secrets", "_secrets_pattern", "_shapes")
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         literal: set[str] = set()
@@ -104,21 +115,22 @@ class Redactor:
             literal.add(orjson.dumps(secret).decode()[1:-1])
         self._secrets = tuple(sorted(literal, key=len, reverse=True))
         self._secrets_pattern = re.compile("|".join(re.escape(s) for s in self._secrets)) if literal else None
-        self._shapes = tuple((trigger, re.compile(pattern)) for trigger, pattern in _SECRET_SHAPES)
+        shapes = [(trigger, re.compile(pattern)) for trigger, pattern in _SECRET_SHAPES]
+        # "earer" is looked for in the lowered text (Bearer in any case); the others as they are.
+        self._shapes = tuple(shape for shape in shapes if shape[0] != "earer")
+        self._bearer = next(pattern for trigger, pattern in shapes if trigger == "earer")
 
     def __call__(self, text: str) -> str:
         """Return the text with every secret replaced."""
-        if self._secrets_pattern is not None and any(secret in text for secret in self._secrets):
-            text = self._secrets_pattern.sub(REDACTED, text)
-        lowered: str | None = None
+        for secret in self._secrets:
+            if secret in text:
+                text = self._secrets_pattern.sub(REDACTED, text)  # type: ignore[union-attr]  # set with secrets
+                break
         for trigger, pattern in self._shapes:
-            if trigger == "earer":
-                lowered = lowered if lowered is not None else text.lower()
-                if trigger not in lowered:
-                    continue
-            elif trigger not in text:
-                continue
-            text = pattern.sub(REDACTED, text)
+            if trigger in text:
+                text = pattern.sub(REDACTED, text)
+        if "earer" in text.lower():
+            text = self._bearer.sub(REDACTED, text)
         return text
 
 
@@ -148,22 +160,25 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as one line of JSON, redacted."""
+        fields = record.__dict__
+        message = fields.get("message")
         entry: dict[str, Any] = {
             "timestamp": self._timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "module": record.module,
-            "message": record.getMessage() if not hasattr(record, "message") else record.message,
+            "message": record.getMessage() if message is None else message,
+            "job_id": fields.get("job_id"),
         }
-        job_id = getattr(record, "job_id", None)
-        if job_id is not None:
-            entry["job_id"] = job_id
-        stage = getattr(record, "stage", None)
+        stage = fields.get("stage")
         if stage is not None:
             entry["stage"] = stage
-        fields = record.__dict__
         # The set difference runs in C (extras are few, standard attributes many); sorted, so lines are stable.
-        entry.update((key, fields[key]) for key in sorted(fields.keys() - _STANDARD_ATTRS) if not key.startswith("_"))
+        extras = fields.keys() - _STANDARD_ATTRS
+        if extras:
+            for key in sorted(extras):
+                if key[0] != "_":
+                    entry[key] = fields[key]
         if record.exc_info:
             entry["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         elif record.exc_text:
@@ -172,6 +187,115 @@ class JsonFormatter(logging.Formatter):
             entry["stack"] = record.stack_info
         line = orjson.dumps(entry, default=_default, option=orjson.OPT_NON_STR_KEYS).decode()
         return self._redact(line)
+
+
+# The source file of the logging package, whose frames stand between a caller and a handler.
+_LOGGING_SOURCE = logging.addLevelName.__code__.co_filename
+_UNKNOWN_FILE = "(unknown file)"  # the pathname logging gives a record when _srcfile is None
+_file_names: dict[str, tuple[str, str]] = {}
+
+
+class _LeanRecord(logging.LogRecord):
+    """A LogRecord built with only the work a JSON line uses; its caller found by a cheap walk of the stack.
+
+    The standard library's constructor and its findCaller were half of the cost of a line
+    (benchmarks/bench_logging.py): findCaller normalises the file name of every frame it walks, and the
+    constructor splits a path and looks up the thread and process names for every record. Here the first
+    frame outside the logging package is found by comparing code objects' file names, its file and module
+    names are cached, and the thread and process names (never written to a line) are left None. The
+    attributes are those of a LogRecord, so every handler and formatter still works. A ``stacklevel`` above 1
+    is not honoured: the line names the function that called the logger.
+    """
+
+    def __init__(  # noqa: PLR0917 - the signature of logging.LogRecord, which the record factory is called with
+        self,
+        name: str,
+        level: int,
+        pathname: str,
+        lineno: int,
+        msg: object,
+        args: Any,
+        exc_info: Any,
+        func: str | None = None,
+        sinfo: str | None = None,
+        **_: object,
+    ) -> None:
+        now = time.time_ns()
+        self.name = name
+        self.msg = msg
+        if args and len(args) == 1 and isinstance(args[0], dict) and args[0]:
+            args = args[0]
+        self.args = args
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.exc_info = exc_info
+        self.exc_text = None
+        self.stack_info = sinfo
+        self.created = now / 1e9
+        self.msecs = float(now // 1_000_000 % 1000)
+        self.relativeCreated = (self.created - _START) * 1000
+        self.thread = threading.get_ident()
+        self.threadName = None
+        self.processName = None
+        self.process = _pid[0]
+        frame: FrameType | None = sys._getframe(1)
+        while frame is not None and frame.f_code.co_filename == _LOGGING_SOURCE:
+            frame = frame.f_back
+        if frame is None or pathname != _UNKNOWN_FILE:
+            self.pathname, self.lineno, self.funcName = pathname, lineno, func or "(unknown function)"
+            self.filename, self.module = _names_of(pathname)
+            return
+        code = frame.f_code
+        self.pathname = code.co_filename
+        self.filename, self.module = _names_of(code.co_filename)
+        self.lineno = frame.f_lineno
+        self.funcName = code.co_name
+
+
+_START = logging._startTime  # type: ignore[attr-defined]  # logging's own start time, for relativeCreated
+
+
+_pid = [os.getpid()]  # os.getpid() per record was a measurable share of the cost; refreshed after a fork
+os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+
+
+def _names_of(path: str) -> tuple[str, str]:
+    """Return the file name and the module name of ``path`` (cached: a process logs from few files)."""
+    names = _file_names.get(path)
+    if names is None:
+        filename = os.path.basename(path)
+        names = _file_names[path] = (filename, os.path.splitext(filename)[0])
+    return names
+
+
+class _LeanRecords:
+    """Use :class:`_LeanRecord` while any LoggerFactory runs; put back what was there when the last one stops.
+
+    Two documented switches: ``logging._srcfile = None`` (the logging HOWTO's "Optimization" section: no
+    findCaller) and ``logging.setLogRecordFactory``. A record factory that someone else installed is kept.
+    """
+
+    _lock = threading.Lock()
+    _holders = 0
+    _saved: tuple[str | None, Callable[..., logging.LogRecord]] = (None, logging.LogRecord)
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls._lock:
+            if cls._holders == 0:
+                cls._saved = (logging._srcfile, logging.getLogRecordFactory())
+                if cls._saved[1] is logging.LogRecord:
+                    logging._srcfile = None
+                    logging.setLogRecordFactory(_LeanRecord)
+            cls._holders += 1
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._holders -= 1
+            if cls._holders == 0:
+                logging._srcfile = cls._saved[0]
+                logging.setLogRecordFactory(cls._saved[1])
 
 
 class _ContextQueueHandler(logging.handlers.QueueHandler):
@@ -187,11 +311,12 @@ class _ContextQueueHandler(logging.handlers.QueueHandler):
         super().__init__(lines)
         self.setFormatter(formatter)
         self._lines = lines
+        self._format = formatter.format
 
     def handle(self, record: logging.LogRecord) -> bool:
         # The queue is thread-safe and this handler has no filters: skip the handler lock on the hot path.
         try:
-            line = self.format(self.prepare(record))
+            line = self._format(self.prepare(record))
         except Exception:  # noqa: BLE001 - a record that cannot be formatted is reported, never fatal
             self.handleError(record)
             return True
@@ -213,29 +338,63 @@ class _ContextQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
-class LoggerProvider(Protocol):
-    """What components need from the logging set-up: named loggers."""
-
-    def get_logger(self, name: str) -> logging.Logger:
-        """Return the logger called ``name``."""
-        ...
-
-
 # Lines written per batch: one write and one flush per handler for up to this many lines.
 _BATCH = 256
 
 
+class _AppendFile:
+    """A log file shared by many processes: whole lines appended with one ``write``, reopened after a rotation.
+
+    The rule of :class:`logging.handlers.WatchedFileHandler`, on bytes and without its per-record stat: before
+    each batch, when the path no longer names the open file (renamed or deleted by the rotation), reopen it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._identity = (-1, -1)
+
+    def _open(self) -> None:
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        status = os.fstat(self._fd)
+        self._identity = (status.st_dev, status.st_ino)
+
+    def _current(self) -> bool:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (status.st_dev, status.st_ino) == self._identity
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` (whole lines) in one system call when the OS allows, to the file the path names now."""
+        if self._fd < 0 or not self._current():
+            self._open()
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def close(self) -> None:
+        """Close the file (safe to call twice)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class _BatchWriter(threading.Thread):
-    """Drain the queue of formatted lines in batches, writing each batch with one call per handler.
+    """Drain the queue of formatted lines in batches, writing each batch with one call per output.
 
     It does what :class:`logging.handlers.QueueListener` does, one batch at a time instead of one record at a
     time: one write and one flush per batch instead of per line. ``None`` in the queue stops it.
     """
 
-    def __init__(self, lines: queue.SimpleQueue[str | None], handlers: list[logging.Handler]) -> None:
+    def __init__(self, lines: queue.SimpleQueue[str | None], stream: TextIO | None, file: _AppendFile | None) -> None:
         super().__init__(name="videogen-log-writer", daemon=True)
         self._lines = lines
-        self._handlers = handlers
+        self._stream = stream
+        self._file = file
 
     def run(self) -> None:
         lines = self._lines
@@ -245,44 +404,37 @@ class _BatchWriter(threading.Thread):
                 while len(batch) < _BATCH and batch[-1] is not None:
                     batch.append(lines.get_nowait())
             stopping = batch[-1] is None
-            text = [line for line in batch if line is not None]
+            text = "".join(line for line in batch if line is not None)
             if text:
                 self._write(text)
             if stopping:
                 return
 
-    def _write(self, lines: list[str]) -> None:
-        for handler in self._handlers:
-            handler.acquire()
+    def _write(self, text: str) -> None:
+        if self._stream is not None:
             try:
-                if isinstance(handler, logging.handlers.RotatingFileHandler):
-                    _write_rotating(handler, lines)
-                elif isinstance(handler, logging.StreamHandler):
-                    handler.stream.write("".join(lines))
-                    handler.flush()
-            except Exception:  # noqa: BLE001 - a full disk or closed stream is reported, never fatal
-                handler.handleError(logging.makeLogRecord({"msg": "writing log lines failed"}))
-            finally:
-                handler.release()
+                self._stream.write(text)
+                self._stream.flush()
+            except Exception:  # noqa: BLE001 - a closed stream is reported, never fatal
+                _report("writing log lines to the console failed")
+        if self._file is not None:
+            try:
+                self._file.write(text.encode("utf-8", "backslashreplace"))
+            except OSError:
+                _report(f"writing log lines to {self._file.path} failed")
 
 
-def _write_rotating(handler: logging.handlers.RotatingFileHandler, lines: list[str]) -> None:
-    """Write lines to a rotating file, rolling over before a line would pass ``maxBytes``."""
-    if handler.stream is None:  # closed by a rollover that failed, or delayed opening
-        handler.stream = handler._open()
-    size = handler.stream.tell()
-    pending: list[str] = []
-    for line in lines:
-        length = len(line.encode("utf-8")) if not line.isascii() else len(line)
-        if handler.maxBytes and size and size + length > handler.maxBytes:
-            handler.stream.write("".join(pending))
-            pending = []
-            handler.doRollover()
-            size = 0
-        pending.append(line)
-        size += length
-    handler.stream.write("".join(pending))
-    handler.stream.flush()
+def _report(what: str) -> None:
+    """Tell stderr that lines were lost, as logging's own handleError does, without raising."""
+    if logging.raiseExceptions and sys.stderr is not None:
+        with contextlib.suppress(Exception):
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(f"--- {what}\n")
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Return the standard logger called ``name``; its lines are JSON once the container's logger_factory runs."""
+    return logging.getLogger(name)
 
 
 class LoggerFactory:
@@ -291,10 +443,13 @@ class LoggerFactory:
     Args:
         level: the level of the configured logger ("DEBUG" | "INFO" | "WARNING" | "ERROR").
         secrets: values to redact (``Settings.secret_values()``).
-        log_file: a rotating JSON log file, or None for the console only.
-        max_bytes / backup_count: rotation of the file (100 MB, 5 kept by default).
+        log_file: a JSON log file that many processes may share (rotate it externally, e.g. logrotate),
+            or None for the console only.
         stream: the console stream (stderr by default); None turns the console off.
         root: the logger the handlers attach to ("" is the root: library logs become JSON too).
+        lean: while running, build records with only the work a JSON line uses (a cheaper caller lookup, no
+            thread or process names): about twice the lines per second. Pass False when another handler in
+            the process prints ``%(threadName)s`` or ``%(processName)s``, or relies on ``stacklevel``.
     """
 
     def __init__(
@@ -303,21 +458,19 @@ class LoggerFactory:
         level: str = "INFO",
         secrets: Iterable[str] = (),
         log_file: Path | None = None,
-        max_bytes: int = 100 * 1024 * 1024,
-        backup_count: int = 5,
         stream: TextIO | None = sys.stderr,
         root: str = "",
+        lean: bool = True,
     ) -> None:
+        self._lean = lean
         self.level = logging.getLevelName(level.upper())
         self.formatter = JsonFormatter(Redactor(secrets))
         self.log_file = log_file
-        self._max_bytes = max_bytes
-        self._backup_count = backup_count
+        self._file: _AppendFile | None = None
         self._stream = stream
         self._root = logging.getLogger(root or None)
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._queue_handler = _ContextQueueHandler(self._queue, self.formatter)
-        self._handlers: list[logging.Handler] = []
         self._writer: _BatchWriter | None = None
         self._previous_level = self._root.level
 
@@ -330,19 +483,12 @@ class LoggerFactory:
         """Open the handlers and start the writer thread; idempotent."""
         if self._writer is not None:
             return self
-        if self._stream is not None:
-            self._handlers.append(logging.StreamHandler(self._stream))
         if self.log_file is not None:
             self.log_file.parent.mkdir(parents=True, exist_ok=True)
-            self._handlers.append(
-                logging.handlers.RotatingFileHandler(
-                    self.log_file,
-                    maxBytes=self._max_bytes,
-                    backupCount=self._backup_count,
-                    encoding="utf-8",
-                )
-            )
-        self._writer = _BatchWriter(self._queue, self._handlers)
+            self._file = _AppendFile(self.log_file)
+        self._writer = _BatchWriter(self._queue, self._stream, self._file)
+        if self._lean:
+            _LeanRecords.acquire()
         self._writer.start()
         self._previous_level = self._root.level
         self._root.setLevel(self.level)
@@ -350,7 +496,7 @@ class LoggerFactory:
         return self
 
     def get_logger(self, name: str) -> logging.Logger:
-        """Return the standard logger called ``name``; its records go through this factory's handlers."""
+        """Return the standard logger called ``name`` (as :func:`get_logger`); its lines go through this factory."""
         return logging.getLogger(name)
 
     def stop(self) -> None:
@@ -360,9 +506,10 @@ class LoggerFactory:
             return
         self._root.removeHandler(self._queue_handler)
         self._root.setLevel(self._previous_level)
+        if self._lean:
+            _LeanRecords.release()
         self._queue.put(None)
         writer.join()
-        for handler in self._handlers:
-            handler.flush()
-            handler.close()
-        self._handlers.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -71,10 +71,7 @@ class MigrationHistoryError(DatabaseError):
     """The folder and the database's migration history disagree; ``versions`` are the ones in question."""
 
     default_code = "migration_history"
-
-    def __init__(self, message: str, versions: list[str]) -> None:
-        super().__init__(message)
-        self.versions = tuple(versions)
+    versions: tuple[str, ...] = ()
 
 
 class MigrationsMissingLocallyError(MigrationHistoryError):
@@ -121,15 +118,17 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     """Read every ``<version>_<name>.sql`` in ``directory``, ordered by version; refuse a stray or duplicate."""
     folder = directory or default_migrations_dir()
     if not folder.is_dir():
-        raise ConfigError([f"migrations folder {folder} does not exist; run from a checkout of videogen-shared"])
+        raise ConfigError(
+            problems=(f"migrations folder {folder} does not exist; run from a checkout of videogen-shared",)
+        )
     migrations: dict[str, Migration] = {}
     for path in sorted(folder.glob("*.sql")):
         match = _FILE.match(path.name)
         if match is None:
-            raise ConfigError([f"{path.name}: migration files are named <timestamp>_<name>.sql"])
+            raise ConfigError(problems=(f"{path.name}: migration files are named <timestamp>_<name>.sql",))
         version = match["version"]
         if version in migrations:
-            raise ConfigError([f"{path.name}: version {version} is used by two migration files"])
+            raise ConfigError(problems=(f"{path.name}: version {version} is used by two migration files",))
         migrations[version] = Migration(version, match["name"], path.read_text(encoding="utf-8"))
     return [migrations[version] for version in sorted(migrations, key=int)]
 
@@ -264,7 +263,7 @@ def find_pending(local: list[Migration], applied: set[str], *, include_all: bool
             "update this checkout (git pull), or, if they were reverted, repair the history with "
             f"`supabase migration repair --status reverted {' '.join(missing)}`"
         )
-        raise MigrationsMissingLocallyError(msg, missing)
+        raise MigrationsMissingLocallyError(msg, versions=tuple(missing))
     newest = max(applied, key=_order, default=None)
     unapplied = [migration for migration in local if migration.version not in applied]
     older = [m for m in unapplied if newest is not None and _order(m.version) < _order(newest)]
@@ -275,7 +274,7 @@ def find_pending(local: list[Migration], applied: set[str], *, include_all: bool
             "a later timestamp, or apply them anyway: `python -m shared db migrate --include-all` (include_all=True, "
             "as `supabase db push --include-all`)"
         )
-        raise MigrationsOutOfOrderError(msg, [migration.version for migration in older])
+        raise MigrationsOutOfOrderError(msg, versions=tuple(migration.version for migration in older))
     return unapplied
 
 
@@ -375,7 +374,7 @@ async def ensure_database(dsn: str) -> bool:
     parts = urlsplit(dsn)
     name = parts.path.lstrip("/")
     if not name:
-        raise ConfigError(["DATABASE_URL: expected a database name after the host, such as /videogen"])
+        raise ConfigError(problems=("DATABASE_URL: expected a database name after the host, such as /videogen",))
     maintenance = urlunsplit(parts._replace(path="/postgres"))
     connection = await _connect(maintenance)
     try:

@@ -10,8 +10,13 @@ included, whether Redis is gone or frozen. Reads then miss and writes are skippe
 outage, not one per call; for ``RECOVERY_PROBE_SECONDS`` after a failure, calls miss at once without touching
 the network, then the next call probes again, so the client recovers by itself within about a second after
 Redis is back. ``strict=True`` raises :class:`~shared.errors.CacheError` (a RetryableError) instead, for
-callers that must know. A stored value that is not valid JSON (or not a valid ``model``) reads as a miss, is
-deleted and logged.
+callers that must know. A caller's mistake is not an outage: a key, value or TTL the cache cannot take (a dict
+given to ``set``, a value over ``max_value_bytes``, 4 MiB by default) raises
+:class:`~shared.errors.ValidationError` for that caller, before anything is sent, and the cache stays up.
+A stored value that is not valid JSON (or not a valid ``model``) reads as a miss, is deleted and logged.
+
+``REDIS_CLUSTER=true``: ``REDIS_URL`` names a node of a Redis Cluster and redis-py's cluster client is used;
+every operation works across slots (``get_many`` is split by slot), and the outage behaviour is the same.
 
 redis-py's defaults are chosen away on purpose: ``Redis.from_url`` retries nothing, and its 5 s socket
 timeout, times its retries, would hang a caller for about a minute on a frozen server.
@@ -33,15 +38,17 @@ from urllib.parse import urlsplit
 import orjson
 import pydantic
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisClusterException, RedisError
 
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
 from shared.health import HealthStatus
 
 __all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
     "Cache",
     "RedisClient",
     "Ttl",
@@ -50,6 +57,7 @@ __all__ = [
     "init_redis",
     "ttl_milliseconds",
     "validate_key",
+    "validate_value",
 ]
 
 T = TypeVar("T")
@@ -57,9 +65,12 @@ Ttl = int | timedelta | None
 
 _log = logging.getLogger("shared.redis_client")
 MAX_KEY_LENGTH = 512
+DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
 RECOVERY_PROBE_SECONDS = 0.5
 _BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
 _MISS: Any = object()
+# What a failing Redis raises: redis-py's errors (RedisClusterException is not one of them), sockets, timeouts.
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 def validate_key(key: str) -> str:
@@ -71,6 +82,31 @@ def validate_key(key: str) -> str:
     if _BAD_KEY.search(key):
         raise ValidationError(f"cache key {key[:40]!r} holds whitespace or control characters", field="key")
     return key
+
+
+def validate_value(value: bytes | str, max_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> bytes | str:
+    """Return ``value`` if the cache can take it: bytes or str, at most ``max_bytes`` bytes.
+
+    Raises:
+        ValidationError: another type (use ``set_json``), or a value too large for a cache (it would hold a
+            connection for seconds, and Redis would keep it even after the call gave up on it).
+    """
+    if isinstance(value, bytes):
+        size = len(value)
+    elif isinstance(value, str):
+        size = len(value) if value.isascii() else len(value.encode())
+    elif isinstance(value, bytearray | memoryview):
+        size = memoryview(value).nbytes
+    else:
+        msg = f"a cache value must be bytes or str, not {type(value).__name__}; use set_json for other values"
+        raise ValidationError(msg, field="value")
+    if size > max_bytes:
+        msg = (
+            f"cache value is {size:,} bytes; at most {max_bytes:,} are allowed (REDIS_MAX_VALUE_BYTES): keep "
+            "large data in storage and cache its path"
+        )
+        raise ValidationError(msg, field="value")
+    return value
 
 
 def ttl_milliseconds(ttl: Ttl) -> int | None:
@@ -142,15 +178,23 @@ class RedisClient:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         *,
         prefix: str = "videogen:cache:",
         strict: bool = False,
         operation_timeout: float = 1.0,
         where: str = "redis",
         max_connections: int = 50,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
     ) -> None:
         self._redis = client
+        # redis-py's cluster client, first used by many tasks at once, can hand one of them a connection that
+        # another is resetting (AttributeError: 'NoneType' object has no attribute 'writelines'): learn the
+        # slots once, before the first command (tests/integration/test_redis_cluster.py reproduces it).
+        self._cluster = isinstance(client, RedisCluster)
+        self._uninitialised = self._cluster
+        self._init_lock = asyncio.Lock()
+        self._max_value = max_value_bytes
         # At most one call per pooled connection; the others wait here, first come first served. redis-py's
         # BlockingConnectionPool wakes its waiters unfairly: under a burst some waited past the bound and a
         # busy cache read as an outage (benchmarks/bench_redis.py found it).
@@ -164,7 +208,7 @@ class RedisClient:
         self._last_error = ""
 
     @property
-    def raw(self) -> aioredis.Redis:
+    def raw(self) -> aioredis.Redis | RedisCluster:
         """Return the underlying redis-py client, for what this cache does not wrap (no prefix, no degrading)."""
         return self._redis
 
@@ -178,36 +222,55 @@ class RedisClient:
 
     async def _call(self, operation: Callable[[], Awaitable[Any]], *, fallback: T) -> T:
         """Run one Redis round trip within the time bound; on trouble, degrade (or raise when strict)."""
-        now = time.monotonic()
-        if self._down_since is not None and now < self._probe_at:
+        if self._down_since is not None and (now := time.monotonic()) < self._probe_at:
             if self._strict:
                 raise CacheError(
                     f"Redis at {self._where} is unavailable ({self._last_error}); retry shortly",
                     retry_after=self._probe_at - now,
                 )
             return fallback
-        deadline = asyncio.get_running_loop().time() + self._timeout
+        acquired = waiting = False
         try:
-            async with asyncio.timeout_at(deadline):
+            # One time bound for the wait for a connection and the round trip together.
+            async with asyncio.timeout(self._timeout):
+                if self._uninitialised:
+                    await self._initialise()
+                waiting = True
                 await self._slots.acquire()
-        except TimeoutError:
-            # Busy, not down: every connection was in use for the whole bound.
-            if self._strict:
-                raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
-            return fallback
-        try:
-            async with asyncio.timeout_at(deadline):
+                acquired = True
                 result = await operation()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except DataError as exc:
+            # redis-py refused the arguments before sending them: the caller's mistake, not an outage.
+            msg = f"Redis cannot take these arguments ({exc}); pass bytes or str values"
+            raise ValidationError(msg, field="value") from exc
+        except (*_FAILURES, AttributeError) as exc:
+            if isinstance(exc, AttributeError) and not self._cluster:
+                raise
+            # On a cluster, the AttributeError is redis-py's race above, met again after a node failure made it
+            # learn the slots anew: an outage for this call, not the caller's bug.
+            if waiting and not acquired:
+                # Busy, not down: every connection was in use for the whole bound.
+                if self._strict:
+                    raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
+                return fallback
             self._mark_down(exc)
             if self._strict:
                 msg = f"Redis at {self._where} failed ({type(exc).__name__}); retry, or run `python -m shared doctor`"
                 raise CacheError(msg, retry_after=RECOVERY_PROBE_SECONDS) from exc
             return fallback
         finally:
-            self._slots.release()
+            if acquired:
+                self._slots.release()
         self._mark_up()
         return cast("T", result)
+
+    async def _initialise(self) -> None:
+        """Learn the cluster's nodes and slots once, before the first command (see ``__init__``)."""
+        async with self._init_lock:
+            if self._uninitialised:
+                assert isinstance(self._redis, RedisCluster)  # noqa: S101 - only a cluster starts uninitialised
+                await self._redis.initialize()
+                self._uninitialised = False
 
     def _mark_down(self, exc: BaseException) -> None:
         now = time.monotonic()
@@ -236,6 +299,7 @@ class RedisClient:
     async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool:
         """Store ``value`` (for ``ttl`` seconds or a timedelta); return whether it was stored."""
         name, px = self._key(key), ttl_milliseconds(ttl)
+        validate_value(value, self._max_value)
         return bool(await self._call(lambda: self._redis.set(name, value, px=px), fallback=False))
 
     async def delete(self, *keys: str) -> int:
@@ -284,14 +348,16 @@ class RedisClient:
         if not wanted:
             return {}
         names = [self._key(key) for key in wanted]
-        values: list[bytes | None] = await self._call(lambda: self._redis.mget(names), fallback=[None] * len(names))
+        # A cluster's MGET refuses keys of different slots (CROSSSLOT): redis-py splits them by slot for us.
+        fetch = self._redis.mget_nonatomic if isinstance(self._redis, RedisCluster) else self._redis.mget
+        values: list[bytes | None] = await self._call(lambda: fetch(names), fallback=[None] * len(names))
         return dict(zip(wanted, values, strict=True))
 
     async def set_many(self, mapping: Mapping[str, bytes | str], ttl: Ttl = None) -> bool:
         """Store every value (each with ``ttl``) in one round trip; return whether they were stored."""
         if not mapping:
             return True
-        items = [(self._key(key), value) for key, value in mapping.items()]
+        items = [(self._key(key), validate_value(value, self._max_value)) for key, value in mapping.items()]
         px = ttl_milliseconds(ttl)
 
         async def write() -> bool:
@@ -308,7 +374,7 @@ class RedisClient:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._redis.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             self._mark_down(exc)
             detail = f"{self._where}: {type(exc).__name__}; is redis-server running? (make services)"
             return HealthStatus.since("redis", started, detail)
@@ -319,8 +385,14 @@ class RedisClient:
         """Close the client and its pool (safe to call twice; a server that is gone cannot stop it)."""
         try:
             await self._redis.aclose()
-            await self._redis.connection_pool.disconnect()
-        except (RedisError, OSError, TimeoutError) as exc:
+            if isinstance(self._redis, aioredis.Redis):
+                await self._redis.connection_pool.disconnect()
+            else:
+                # After a node failure redis-py marks the cluster client uninitialised until its next command,
+                # and its aclose() then closes nothing: close every node's connections ourselves (idempotent).
+                await self._redis.nodes_manager.aclose()
+                await self._redis.nodes_manager.aclose("startup_nodes")
+        except _FAILURES as exc:
             _log.debug("closing the Redis pool at %s: %s", self._where, type(exc).__name__)
 
 
@@ -329,19 +401,32 @@ def build_client(settings: Settings) -> RedisClient:
     bound = settings.redis_operation_timeout_seconds
     # One retry after a short backoff; socket timeouts sized so two attempts fit in the bound.
     retry = Retry(ExponentialBackoff(cap=bound / 10, base=bound / 20), retries=1)
-    # One connection more than the client's slots (RedisClient queues callers fairly), for the health check.
-    pool = aioredis.ConnectionPool.from_url(
-        settings.redis_dsn,
-        max_connections=settings.redis_max_connections + 1,
-        socket_connect_timeout=bound * 0.4,
-        socket_timeout=bound * 0.4,
-        retry=retry,
-        retry_on_timeout=True,
-        health_check_interval=30,
-    )
     parts = urlsplit(settings.redis_dsn)
     where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"  # never the password
-    client = aioredis.Redis(connection_pool=pool, retry=retry)
+    client: aioredis.Redis | RedisCluster
+    if settings.redis_cluster:
+        # REDIS_URL names one node; the client learns the others and the slots from it (CLUSTER SLOTS).
+        client = RedisCluster.from_url(
+            settings.redis_dsn,
+            max_connections=settings.redis_max_connections + 1,  # per node
+            socket_connect_timeout=bound * 0.4,
+            socket_timeout=bound * 0.4,
+            retry=retry,
+            require_full_coverage=False,  # a lost master costs its slots only, not the whole cache
+        )
+        where = f"cluster {where}"
+    else:
+        # One connection more than the client's slots (RedisClient queues callers fairly), for the health check.
+        pool = aioredis.ConnectionPool.from_url(
+            settings.redis_dsn,
+            max_connections=settings.redis_max_connections + 1,
+            socket_connect_timeout=bound * 0.4,
+            socket_timeout=bound * 0.4,
+            retry=retry,
+            retry_on_timeout=True,
+            health_check_interval=30,
+        )
+        client = aioredis.Redis(connection_pool=pool, retry=retry)
     return RedisClient(
         client,
         prefix=settings.redis_key_prefix,
@@ -349,6 +434,7 @@ def build_client(settings: Settings) -> RedisClient:
         operation_timeout=bound,
         where=where,
         max_connections=settings.redis_max_connections,
+        max_value_bytes=settings.redis_max_value_bytes,
     )
 
 

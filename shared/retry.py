@@ -32,18 +32,23 @@ AsyncSleep = Callable[[float], Awaitable[None]]
 
 
 class RetryPolicy:
-    """Compute waits and decide when to stop; shared by the sync and async paths."""
+    """Compute waits and decide when to stop; shared by the sync and async paths.
+
+    Pass one to ``retry_with_backoff(policy=...)`` to share it between functions, or to seed its jitter
+    (``rng=random.Random(7)``) so a test sees the same waits every run. The defaults are those of
+    :func:`retry_with_backoff`.
+    """
 
     __slots__ = ("base_delay", "deadline", "jitter", "max_attempts", "max_delay", "rng")
 
     def __init__(
         self,
         *,
-        max_attempts: int,
-        base_delay: float,
-        max_delay: float | None,
-        jitter: bool,
-        deadline: float | None,
+        max_attempts: int = 3,
+        base_delay: float = 2.0,
+        max_delay: float | None = None,
+        jitter: bool = False,
+        deadline: float | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -82,6 +87,9 @@ class RetryPolicy:
         upcoming = retry_state.upcoming_sleep or 0.0
         elapsed = retry_state.seconds_since_start or 0.0
         return elapsed + upcoming > self.deadline
+
+
+_DEFAULTS = (3, 2.0, None, False, None)
 
 
 def _error_of(retry_state: tenacity.RetryCallState) -> BaseException | None:
@@ -137,6 +145,7 @@ def retry_with_backoff(
     deadline: float | None = None,
     logger: logging.Logger | None = None,
     sleep: SyncSleep | AsyncSleep | None = None,
+    policy: RetryPolicy | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -151,6 +160,7 @@ def retry_with_backoff(
     deadline: float | None = None,
     logger: logging.Logger | None = None,
     sleep: SyncSleep | AsyncSleep | None = None,
+    policy: RetryPolicy | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a sync or async function so that it retries with exponential backoff.
 
@@ -163,17 +173,24 @@ def retry_with_backoff(
         deadline: seconds in all, from the first call, past which no retry waits.
         logger: where retries are logged (default: ``shared.retry``).
         sleep: the sleep to use (a coroutine function for async code); tests pass one that does not sleep.
+        policy: a :class:`RetryPolicy` to use instead of ``max_attempts``, ``base_delay``, ``max_delay``,
+            ``jitter`` and ``deadline`` (passing both is refused); its ``rng`` seeds the jitter.
 
     Returns:
         The decorated function, with the same signature.
+
+    Raises:
+        ValidationError: a negative delay, fewer than one attempt, a deadline that is not positive, or a
+            ``policy`` together with the arguments it replaces.
     """
-    policy = RetryPolicy(
-        max_attempts=max_attempts,
-        base_delay=base_delay,
-        max_delay=max_delay,
-        jitter=jitter,
-        deadline=deadline,
-    )
+    given = (max_attempts, base_delay, max_delay, jitter, deadline)
+    if policy is None:
+        policy = RetryPolicy(
+            max_attempts=max_attempts, base_delay=base_delay, max_delay=max_delay, jitter=jitter, deadline=deadline
+        )
+    elif given != _DEFAULTS:
+        msg = "pass either policy= or max_attempts/base_delay/max_delay/jitter/deadline, not both"
+        raise ValidationError(msg, field="policy")
     log = logger or logging.getLogger("shared.retry")
 
     def decorate(func: Callable[P, R]) -> Callable[P, R]:

@@ -13,41 +13,23 @@ import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from dependency_injector import wiring as _di_wiring
 from dependency_injector.wiring import Provide, Provider
 from dependency_injector.wiring import inject as _di_inject
 
-from shared.errors import PipelineError
+from shared._di import is_marker
+from shared.errors import NotWiredError
 
 __all__ = ["NotWiredError", "Provide", "Provider", "inject"]
 
-# The base class of the Provide/Provider/Closing markers (a Protocol in the stubs, a class at run time).
-_MARKER_TYPE: type[Any] = _di_wiring._Marker
-
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class NotWiredError(PipelineError):
-    """An ``@inject`` function was called before its module was wired to a container."""
-
-    default_code = "not_wired"
-
-    def __init__(self, *, function: str, parameter: str) -> None:
-        self.function = function
-        self.parameter = parameter
-        super().__init__(
-            f"{function}() was called before its module was wired, so '{parameter}' would be a "
-            "Provide marker, not the collaborator; call container.wire(modules=[...]) (or list the module "
-            "in the container's wiring_config) before calling it"
-        )
 
 
 def _marked_parameters(func: Callable[..., Any]) -> dict[str, int]:
     """Return the parameters whose default is a wiring marker, with their positions."""
     marked: dict[str, int] = {}
     for index, parameter in enumerate(inspect.signature(func).parameters.values()):
-        if isinstance(parameter.default, _MARKER_TYPE):
+        if is_marker(parameter.default):
             marked[parameter.name] = index
     return marked
 
@@ -61,7 +43,7 @@ def _check(name: str, marked: dict[str, int], args: tuple[Any, ...], kwargs: dic
             value = args[index]
         else:
             raise NotWiredError(function=name, parameter=parameter)
-        if isinstance(value, _MARKER_TYPE):
+        if is_marker(value):
             raise NotWiredError(function=name, parameter=parameter)
 
 

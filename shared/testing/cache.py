@@ -10,7 +10,15 @@ import orjson
 import pydantic
 
 from shared.health import HealthStatus
-from shared.redis_client import Ttl, decode_json, encode_json, ttl_milliseconds, validate_key
+from shared.redis_client import (
+    DEFAULT_MAX_VALUE_BYTES,
+    Ttl,
+    decode_json,
+    encode_json,
+    ttl_milliseconds,
+    validate_key,
+    validate_value,
+)
 
 __all__ = ["FakeCache"]
 
@@ -20,8 +28,11 @@ T = TypeVar("T")
 class FakeCache:
     """In-memory Cache: the same answers as RedisClient, TTLs included (``clock`` lets a test move time)."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    ) -> None:
         self._clock = clock
+        self._max_value = max_value_bytes
         self._values: dict[str, tuple[bytes, float | None]] = {}
 
     def _live(self, key: str) -> bytes | None:
@@ -39,6 +50,7 @@ class FakeCache:
 
     async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool:
         milliseconds = ttl_milliseconds(ttl)
+        validate_value(value, self._max_value)
         data = value.encode() if isinstance(value, str) else bytes(value)
         expires = None if milliseconds is None else self._clock() + milliseconds / 1000
         self._values[validate_key(key)] = (data, expires)
@@ -75,8 +87,9 @@ class FakeCache:
 
     async def set_many(self, mapping: Mapping[str, bytes | str], ttl: Ttl = None) -> bool:
         ttl_milliseconds(ttl)
-        for key in mapping:
+        for key, value in mapping.items():
             validate_key(key)
+            validate_value(value, self._max_value)
         for key, value in mapping.items():
             await self.set(key, value, ttl)
         return True

@@ -22,7 +22,7 @@ from typing import Any
 
 from dependency_injector import providers
 
-from shared.wiring import _MARKER_TYPE
+from shared._di import is_marker
 
 __all__ = ["InjectionProblem", "assert_injections", "check_injections", "provided_types"]
 
@@ -149,7 +149,7 @@ def check_injections(*modules: types.ModuleType) -> list[InjectionProblem]:
             original = inspect.unwrap(function)
             hints = _hints(original)
             for parameter in inspect.signature(original).parameters.values():
-                if not isinstance(parameter.default, _MARKER_TYPE) or parameter.name not in hints:
+                if not is_marker(parameter.default) or parameter.name not in hints:
                     continue
                 provider = parameter.default.provider
                 if isinstance(provider, str):

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, NoReturn
 from uuid import UUID
 
-from shared.errors import InvalidStateError, JobNotFoundError, NotFoundError
+from shared.errors import InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.jobs import check_job_input, check_page_limit, check_progress, check_text
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
 from shared.testing.world import FakeWorld
@@ -59,7 +59,7 @@ class FakeJobStore:
             return existing
         if user_id not in self._users:
             msg = f"user {user_id} does not exist in auth.users; create the job for a signed-up user"
-            raise NotFoundError(msg, job_id=new_id, code="user_not_found")
+            raise UserNotFoundError(msg, user_id=user_id, job_id=new_id)
         now = self._clock()
         job = Job(
             id=new_id,

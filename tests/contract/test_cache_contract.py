@@ -149,6 +149,27 @@ async def test_value_that_cannot_be_json_is_refused(subject: Subject) -> None:
         await subject.cache.set_json("k", object())
 
 
+@pytest.mark.parametrize("value", [{"a": 1}, ["a"], 1.5, None, object()], ids=repr)
+async def test_a_value_that_is_not_bytes_or_str_is_refused(subject: Subject, value: object) -> None:
+    with pytest.raises(ValidationError, match="must be bytes or str"):
+        await subject.cache.set("k", value)  # type: ignore[arg-type]  # the caller's mistake under test
+    with pytest.raises(ValidationError, match="must be bytes or str"):
+        await subject.cache.set_many({"k": value})  # type: ignore[dict-item]  # the caller's mistake under test
+    assert await subject.cache.get("k") is None
+
+
+async def test_a_value_over_the_size_limit_is_refused_before_it_is_sent(subject: Subject) -> None:
+    limit = 4 * 1024 * 1024
+    assert await subject.cache.set("fits", b"x" * limit)
+    with pytest.raises(ValidationError, match="at most 4,194,304"):
+        await subject.cache.set("big", b"x" * (limit + 1))
+    with pytest.raises(ValidationError, match="at most 4,194,304"):
+        await subject.cache.set("big", "\u00e9" * (limit // 2 + 1))  # the limit counts UTF-8 bytes
+    with pytest.raises(ValidationError, match="at most 4,194,304"):
+        await subject.cache.set_many({"small": b"v", "big": b"x" * (limit + 1)})
+    assert {"big": None, "small": None} == await subject.cache.get_many(["big", "small"])
+
+
 async def test_health_check_reports_ok(subject: Subject) -> None:
     health = await subject.cache.health_check()
     assert ("redis", "ok") == (health.name, health.status)
@@ -170,6 +191,43 @@ async def test_invalid_json_is_logged(redis_client: RedisClient, caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="shared.redis_client"):
         assert await redis_client.get_json("bad") is None
     assert any("not valid JSON" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_wrong_value_type_fails_that_caller_only(
+    redis_client: RedisClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before: redis-py's DataError marked the cache down, and other callers' hits missed for 0.5 s."""
+    await redis_client.set("shared", b"hit")
+    with caplog.at_level(logging.WARNING, logger="shared.redis_client"):
+        with pytest.raises(ValidationError):
+            await redis_client.set("x", {"a": 1})  # type: ignore[arg-type]  # the caller's mistake under test
+        assert redis_client.available
+        assert b"hit" == await redis_client.get("shared")
+    assert [] == [r for r in caplog.records if "unavailable" in r.getMessage()]
+
+
+async def test_arguments_redis_py_refuses_are_a_validation_error_not_an_outage(redis_client: RedisClient) -> None:
+    """A DataError that gets past our checks (here from the raw command) is still the caller's, not an outage."""
+    with pytest.raises(ValidationError, match="cannot take these arguments"):
+        await redis_client._call(lambda: redis_client.raw.set("k", {"a": 1}), fallback=False)  # type: ignore[arg-type]
+    assert redis_client.available
+
+
+async def test_a_100_mb_value_is_refused_without_storing_anything(redis_client: RedisClient, redis_prefix: str) -> None:
+    """Before: set returned False after 1-2 s, Redis stored all 104,857,600 bytes and the cache was marked down."""
+    with pytest.raises(ValidationError, match="REDIS_MAX_VALUE_BYTES"):
+        await redis_client.set("huge", b"x" * 104_857_600)
+    assert redis_client.available
+    assert 0 == await redis_client.raw.exists(f"{redis_prefix}huge")
+
+
+async def test_the_size_limit_is_a_setting(make_settings: MakeSettings, redis_prefix: str) -> None:
+    settings = make_settings(redis_key_prefix=redis_prefix, redis_max_value_bytes=10)
+    async for client in init_redis(settings):
+        assert await client.set("k", b"x" * 10)
+        with pytest.raises(ValidationError, match="at most 10 are allowed"):
+            await client.set_json("k", "x" * 20)
+        assert client.available
 
 
 async def test_more_tasks_than_connections_wait_for_one_instead_of_missing(

@@ -12,7 +12,13 @@ import pytest
 
 from shared.config import Settings
 from shared.database import DatabaseClient, init_database, translate_error
-from shared.errors import DatabaseError, DatabaseUnavailableError, PipelineError, RetryableError
+from shared.errors import (
+    DatabaseError,
+    DatabaseTimeoutError,
+    DatabaseUnavailableError,
+    PipelineError,
+    RetryableError,
+)
 from tests.fixtures.core import MakeSettings
 from tests.fixtures.postgres import ADMIN_DSN
 
@@ -210,8 +216,8 @@ async def test_health_check_reports_down_after_close(db_settings: Settings) -> N
         (asyncpg.InterfaceError("connection is closed"), DatabaseUnavailableError),
         (ConnectionResetError("reset"), DatabaseUnavailableError),
         (asyncpg.InternalClientError("cannot switch to state 12"), DatabaseUnavailableError),
-        (TimeoutError(), DatabaseUnavailableError),
-        (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), DatabaseUnavailableError),
+        (TimeoutError(), DatabaseTimeoutError),
+        (asyncpg.QueryCanceledError("canceling statement due to statement timeout"), DatabaseTimeoutError),
         (asyncpg.UniqueViolationError("duplicate"), DatabaseError),
         (asyncpg.PostgresSyntaxError("syntax"), DatabaseError),
         (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), DatabaseError),

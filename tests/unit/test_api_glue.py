@@ -66,7 +66,7 @@ def test_import_shared_loads_no_web_framework() -> None:
         (InvalidStateError("no"), 409),
         (DatabaseUnavailableError("down", retry_after=7), 503),
         (AuthUnavailableError("jwks down", retry_after=5), 503),
-        (ConfigError(["X: missing"]), 500),
+        (ConfigError(problems=("X: missing",)), 500),
         (PipelineError("other"), 500),
     ],
 )
@@ -76,7 +76,7 @@ def test_every_pipeline_error_maps_to_a_status(error: PipelineError, status: int
 
 
 def test_a_5xx_that_is_not_retryable_hides_its_message() -> None:
-    response = error_response(ConfigError(["DATABASE_URL: secret-ish detail"]))
+    response = error_response(ConfigError(problems=("DATABASE_URL: secret-ish detail",)))
     assert b"secret-ish" not in response.body
     assert b"internal error; see the logs" in response.body
 

@@ -15,14 +15,19 @@ from shared.errors import (
     CacheError,
     ConfigError,
     DatabaseError,
+    DatabaseTimeoutError,
     DatabaseUnavailableError,
     JobNotFoundError,
+    LifecycleError,
     NotFoundError,
+    NotWiredError,
     PipelineError,
     RetryableError,
     StorageError,
     StorageNotFoundError,
     StorageUnavailableError,
+    TransactionTaskError,
+    UserNotFoundError,
     ValidationError,
 )
 
@@ -35,18 +40,24 @@ def _sample(cls: type[PipelineError]) -> PipelineError:
     """Build one instance of each class with the context it takes."""
     job_id = uuid4()
     if cls is ConfigError:
-        return ConfigError(["DATABASE_URL: expected a postgres:// URL", "LOG_LEVEL: bad"])
+        return ConfigError(problems=("DATABASE_URL: expected a postgres:// URL", "LOG_LEVEL: bad"))
     if cls is BudgetExceededError:
         return BudgetExceededError(
             job_id=job_id, spent=Decimal("9.5"), reserved=Decimal("0.25"), requested=Decimal(1), limit=Decimal(10)
         )
     if cls is JobNotFoundError:
         return JobNotFoundError(job_id=job_id)
+    if cls is UserNotFoundError:
+        return UserNotFoundError(user_id=uuid4(), job_id=job_id)
+    if cls is NotWiredError:
+        return NotWiredError(function="stage.run", parameter="cache")
+    if cls is TransactionTaskError:
+        return TransactionTaskError()
     if issubclass(cls, StorageUnavailableError):
         return cls("storage is down", bucket="clips", path="a/b.mp4", status=503, retry_after=3.0, job_id=job_id)
     if issubclass(cls, StorageError):
         return cls("storage failed", bucket="clips", path="a/b.mp4", status=404, job_id=job_id)
-    if cls is DatabaseUnavailableError:
+    if issubclass(cls, DatabaseUnavailableError):
         return cls("connection lost", sqlstate="08006", retry_after=1.5, job_id=job_id)
     if cls is DatabaseError:
         return cls("bad query", sqlstate="23505", job_id=job_id)
@@ -92,7 +103,7 @@ def test_budget_error_message_is_built_from_its_fields() -> None:
 
 
 def test_config_error_lists_one_line_per_problem() -> None:
-    error = ConfigError(["A: one", "B: two"])
+    error = ConfigError(problems=("A: one", "B: two"))
     assert ("A: one", "B: two") == error.problems
     assert ["  - A: one", "  - B: two"] == error.message.splitlines()[1:]
     assert error.message.startswith("Invalid configuration (2 problems)")
@@ -111,6 +122,9 @@ def test_code_can_be_overridden_per_instance() -> None:
         (StorageNotFoundError, (StorageError, NotFoundError)),
         (CacheError, (RetryableError,)),
         (JobNotFoundError, (NotFoundError,)),
+        (UserNotFoundError, (NotFoundError,)),
+        (DatabaseTimeoutError, (DatabaseUnavailableError, RetryableError)),
+        (TransactionTaskError, (DatabaseError,)),
     ],
 )
 def test_errors_branch_on_what_the_caller_does_next(
@@ -127,3 +141,54 @@ def test_retryable_subclasses_keep_retry_after() -> None:
 
 def test_repr_shows_class_code_and_job() -> None:
     assert "ValidationError('bad', code='validation_error', job_id='j')" == repr(ValidationError("bad", job_id="j"))
+
+
+def test_config_error_keeps_a_plain_message() -> None:
+    """Before: a str was taken as a sequence of problems, one per character."""
+    error = ConfigError("REDIS_URL is not reachable; start Redis")
+    assert "REDIS_URL is not reachable; start Redis" == error.message
+    assert () == error.problems
+
+
+def test_a_sequence_as_the_message_is_refused() -> None:
+    with pytest.raises(TypeError, match="first argument is the message"):
+        ConfigError(["A: one"])  # type: ignore[arg-type]  # the old form, refused by mypy and at run time
+
+
+def test_unknown_context_is_refused() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword arguments: colour"):
+        ValidationError("bad", colour="red")  # type: ignore[call-arg]  # the point of the test
+
+
+def test_missing_required_context_is_refused() -> None:
+    with pytest.raises(TypeError, match="'limit'"):
+        BudgetExceededError(job_id="j", spent=Decimal(1))  # type: ignore[call-arg]  # the point of the test
+
+
+def test_a_class_without_a_built_message_needs_one() -> None:
+    with pytest.raises(TypeError, match="needs a message"):
+        ValidationError()
+
+
+def test_context_is_set_as_typed_attributes() -> None:
+    error = StorageUnavailableError("down", bucket="clips", status=503, retry_after=2.5)
+    assert ("clips", None, 503, 2.5) == (error.bucket, error.path, error.status, error.retry_after)
+    assert "storage_unavailable" == error.code
+
+
+def test_every_class_in_the_package_is_drawn_in_the_tree() -> None:
+    """errors.py's docstring draws every class, LifecycleError and NotWiredError included."""
+    import shared.lifecycle  # noqa: PLC0415 - the classes other modules re-export
+    import shared.wiring  # noqa: PLC0415
+
+    assert shared.lifecycle.LifecycleError is LifecycleError
+    assert shared.wiring.NotWiredError is NotWiredError
+    doc = errors.__doc__ or ""
+    missing = [cls.__name__ for cls in ERROR_CLASSES if f" {cls.__name__} " not in doc]
+    assert [] == missing
+
+
+def test_subclasses_share_one_constructor() -> None:
+    """One shape: no class in the tree writes its own __init__."""
+    own = [cls.__name__ for cls in ERROR_CLASSES if cls is not PipelineError and "__init__" in vars(cls)]
+    assert [] == own

@@ -5,16 +5,27 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from shared.logging import REDACTED, JsonFormatter, LoggerFactory, Redactor, current_job_id, job_context
+from shared.logging import (
+    REDACTED,
+    JsonFormatter,
+    LoggerFactory,
+    Redactor,
+    _LeanRecord,
+    current_job_id,
+    get_logger,
+    job_context,
+)
 
 
 @pytest.fixture
@@ -45,7 +56,7 @@ def test_each_record_is_one_json_object_with_the_standard_fields(factory: Logger
     assert 3 == line["clip_index"]
     stamp = datetime.fromisoformat(str(line["timestamp"]))
     assert 0 == stamp.utcoffset().total_seconds()  # type: ignore[union-attr]  # aware by construction
-    assert "job_id" not in line
+    assert line["job_id"] is None  # present, null outside a job
 
 
 async def test_job_context_reaches_lines_logged_in_tasks_started_inside(
@@ -65,7 +76,7 @@ async def test_job_context_reaches_lines_logged_in_tasks_started_inside(
     factory.stop()
     inside, outside = lines(stream)
     assert ("job-1", "clip_generation") == (inside["job_id"], inside["stage"])
-    assert "job_id" not in outside
+    assert outside["job_id"] is None
     assert current_job_id() is None
 
 
@@ -150,15 +161,98 @@ def test_stop_flushes_everything_to_the_file_and_is_idempotent(tmp_path: Path) -
     assert 500 == len(path.read_text().splitlines())
 
 
-def test_the_file_rotates_and_keeps_the_configured_number(tmp_path: Path) -> None:
+def test_the_file_is_reopened_after_an_external_rotation(tmp_path: Path) -> None:
     path = tmp_path / "app.jsonl"
-    factory = LoggerFactory(level="INFO", stream=None, log_file=path, max_bytes=2000, backup_count=2, root="vgrot")
+    factory = LoggerFactory(level="INFO", stream=None, log_file=path, root="vgrot")
     factory.start()
-    for i in range(200):
-        factory.get_logger("vgrot").info("rotating line %d", i)
+    log = factory.get_logger("vgrot")
+    log.info("before")
     factory.stop()
-    assert ["app.jsonl", "app.jsonl.1", "app.jsonl.2"] == sorted(p.name for p in tmp_path.iterdir())
-    assert all(p.stat().st_size <= 2000 for p in tmp_path.iterdir())
+    path.rename(tmp_path / "app.jsonl.1")
+    factory.start()
+    log.info("after")
+    factory.stop()
+    assert ["before"] == [
+        orjson.loads(line)["message"] for line in (tmp_path / "app.jsonl.1").read_bytes().splitlines()
+    ]
+    assert ["after"] == [orjson.loads(line)["message"] for line in path.read_bytes().splitlines()]
+
+
+def test_every_line_has_job_id_null_outside_a_job(factory: LoggerFactory, stream: io.StringIO) -> None:
+    log = get_logger("vgtest.jobid")
+    log.info("outside")
+    with job_context(job_id="j-1"):
+        log.info("inside")
+    factory.stop()
+    assert [None, "j-1"] == [line["job_id"] for line in lines(stream)]
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _log_here(log: logging.Logger) -> int:
+    log.info("from a helper")
+    return sys._getframe().f_lineno - 1
+
+
+def test_lean_records_name_the_caller_as_the_standard_library_does(stream: io.StringIO) -> None:
+    """The default's cheaper caller lookup gives the same module, function and line as findCaller."""
+    found = []
+    for lean in (True, False):
+        capture = io.StringIO()
+        factory = LoggerFactory(level="INFO", stream=capture, root="vglean", lean=lean).start()
+        handler = _Capture()
+        records = handler.records
+        logging.getLogger("vglean").addHandler(handler)
+        line = _log_here(get_logger("vglean.x"))
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            get_logger("vglean.x").exception("failed")
+        logging.getLogger("vglean").removeHandler(handler)
+        factory.stop()
+        first, second = records
+        found.append((first.module, first.funcName, first.lineno, second.funcName, second.filename))
+        assert [lean, lean] == [isinstance(r, _LeanRecord) for r in records]
+        assert "test_logging" == orjson.loads(capture.getvalue().splitlines()[0])["module"]
+        assert line == first.lineno
+    assert found[0] == found[1]
+
+
+def test_lean_records_are_undone_when_the_last_factory_stops() -> None:
+    before = (logging.getLogRecordFactory(), logging._srcfile)
+    first = LoggerFactory(stream=None, root="vglean.a").start()
+    second = LoggerFactory(stream=None, root="vglean.b").start()
+    first.stop()
+    assert logging.getLogRecordFactory() is _LeanRecord
+    second.stop()
+    assert before == (logging.getLogRecordFactory(), logging._srcfile)
+
+
+def test_a_record_factory_someone_else_installed_is_kept() -> None:
+    original = logging.getLogRecordFactory()
+
+    def custom(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        return logging.LogRecord(*args, **kwargs)
+
+    logging.setLogRecordFactory(custom)
+    try:
+        factory = LoggerFactory(stream=None, root="vglean.c").start()
+        assert custom is logging.getLogRecordFactory()
+        factory.stop()
+        assert custom is logging.getLogRecordFactory()
+    finally:
+        logging.setLogRecordFactory(original)
+
+
+def test_get_logger_is_the_standard_logger_of_that_name() -> None:
+    assert logging.getLogger("vgtest.named") is get_logger("vgtest.named")
 
 
 def test_a_slow_handler_never_blocks_the_caller(stream: io.StringIO) -> None:

@@ -17,10 +17,10 @@ MODULES = sorted(
 
 # The import paths the README promises module authors; removing one of these names breaks them.
 PROMISED = {
-    "shared.config": {"Settings", "load_settings"},
+    "shared.config": {"Settings"},
     "shared.errors": {"PipelineError", "RetryableError", "ValidationError", "BudgetExceededError", "ConfigError"},
-    "shared.logging": {"LoggerFactory", "job_context"},
-    "shared.retry": {"retry_with_backoff"},
+    "shared.logging": {"LoggerFactory", "get_logger", "job_context"},
+    "shared.retry": {"RetryPolicy", "retry_with_backoff"},
     "shared.database": {"DatabaseClient", "init_database"},
     "shared.jobs": {"JobRepository", "JobStore"},
     "shared.cost_tracking": {"CostTracker", "CostLedger"},

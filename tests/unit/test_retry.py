@@ -103,6 +103,25 @@ def test_full_jitter_stays_between_zero_and_the_delay() -> None:
     assert policy.jitter
 
 
+def test_a_policy_with_a_seeded_rng_gives_the_same_waits_every_time() -> None:
+    """Before: retry_with_backoff took no RetryPolicy, so its rng seam could not be used."""
+    runs = []
+    for _ in range(2):
+        sleeps = Sleeps()
+        policy = RetryPolicy(max_attempts=6, base_delay=1.0, jitter=True, rng=random.Random(7))
+        call = retry_with_backoff(policy=policy, sleep=sleeps)(Flaky(*(RetryableError(str(i)) for i in range(5))))
+        assert "ok" == call()
+        runs.append(sleeps.delays)
+    expected = random.Random(7)
+    assert [expected.uniform(0, 2.0**i) for i in range(5)] == runs[0]
+    assert runs[0] == runs[1]
+
+
+def test_a_policy_and_the_arguments_it_replaces_are_refused_together() -> None:
+    with pytest.raises(ValidationError, match="either policy"):
+        retry_with_backoff(policy=RetryPolicy(), max_attempts=5)
+
+
 def test_retry_after_is_honoured_when_longer_than_the_backoff() -> None:
     sleeps, flaky = Sleeps(), Flaky(RetryableError("slow down", retry_after=30), RetryableError("again"))
     call = retry_with_backoff(sleep=sleeps)(flaky)
