@@ -35,7 +35,7 @@ from uuid import UUID
 
 import jwt
 
-from shared.errors import PipelineError, RetryableError
+from shared.errors import AuthenticationError, AuthUnavailableError
 
 if TYPE_CHECKING:
     import httpx
@@ -64,26 +64,6 @@ class Role(StrEnum):
 
     AUTHENTICATED = "authenticated"
     SERVICE_ROLE = "service_role"
-
-
-class AuthenticationError(PipelineError):
-    """The request carries no acceptable access token; sign in (again) and send ``Authorization: Bearer``.
-
-    ``reason`` names the check that failed (``missing``, ``malformed``, ``algorithm``, ``signature``, ``expired``,
-    ``not_yet_valid``, ``issuer``, ``audience``, ``claims``, ``role``, ``unknown_key``).
-    """
-
-    default_code = "authentication_failed"
-
-    def __init__(self, message: str, *, reason: str, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.reason = reason
-
-
-class AuthUnavailableError(RetryableError):
-    """The signing keys could not be fetched and no unexpired copy is cached; retry (the token may be good)."""
-
-    default_code = "auth_unavailable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,10 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
     ├── ConfigError                      config_error          fix the settings (lists every problem)
     ├── LifecycleError                   lifecycle_error       the container could not start or stop in time
     ├── NotWiredError                    not_wired             wire the module before calling the function
+    ├── AuthenticationError              authentication_failed sign in again (HTTP 401); `reason` says why
+    ├── RequestTimeoutError              request_timeout       the client sent too slowly (HTTP 408)
     ├── ValidationError                  validation_error      refuse the input; the user must change it
+    │   └── PayloadTooLargeError         payload_too_large     send a smaller body (HTTP 413)
     ├── BudgetExceededError              budget_exceeded       stop spending on this job
     ├── NotFoundError                    not_found             the named thing does not exist
     │   ├── JobNotFoundError             job_not_found
@@ -17,6 +20,9 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
     ├── GenerationError                  generation_failed
     ├── CompositionError                 composition_failed
     ├── DatabaseError                    database_error        a query failed; `sqlstate` says why
+    │   ├── MigrationHistoryError        migration_history     the folder and the database disagree
+    │   │   ├── MigrationsMissingLocallyError                  update the checkout (`versions` it lacks)
+    │   │   └── MigrationsOutOfOrderError                      rename, or `db migrate --include-all`
     │   ├── TransactionTaskError         transaction_shared_across_tasks
     │   │                                                      a bug: await the calls in the transaction's task
     │   └── DatabaseUnavailableError     database_unavailable  (also a RetryableError)
@@ -28,6 +34,7 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
     │   └── StorageUnavailableError      storage_unavailable   (also a RetryableError)
     └── RetryableError                   retryable             try again later, after `retry_after` seconds
         ├── DatabaseUnavailableError     database_unavailable  (also a DatabaseError)
+        ├── AuthUnavailableError         auth_unavailable      the signing keys cannot be fetched (HTTP 503)
         ├── CacheError                   cache_error           Redis failed and the caller asked to know
         └── StorageUnavailableError      storage_unavailable   (also a StorageError)
 
@@ -47,6 +54,8 @@ from uuid import UUID
 
 __all__ = [
     "AudioAnalysisError",
+    "AuthUnavailableError",
+    "AuthenticationError",
     "BudgetExceededError",
     "CacheError",
     "CompositionError",
@@ -58,9 +67,14 @@ __all__ = [
     "InvalidStateError",
     "JobNotFoundError",
     "LifecycleError",
+    "MigrationHistoryError",
+    "MigrationsMissingLocallyError",
+    "MigrationsOutOfOrderError",
     "NotFoundError",
     "NotWiredError",
+    "PayloadTooLargeError",
     "PipelineError",
+    "RequestTimeoutError",
     "RetryableError",
     "StorageConflictError",
     "StorageError",
@@ -338,3 +352,56 @@ class StorageUnavailableError(StorageError, RetryableError):
     """Storage could not be reached or answered 5xx/429; try again later."""
 
     default_code = "storage_unavailable"
+
+
+class AuthenticationError(PipelineError):
+    """The request carries no acceptable access token; sign in (again) and send ``Authorization: Bearer``.
+
+    ``reason`` names the check that failed (``missing``, ``malformed``, ``algorithm``, ``signature``, ``expired``,
+    ``not_yet_valid``, ``issuer``, ``audience``, ``claims``, ``role``, ``unknown_key``).
+    """
+
+    default_code = "authentication_failed"
+    reason: str = "missing"
+
+
+class AuthUnavailableError(RetryableError):
+    """The signing keys could not be fetched and no unexpired copy is cached; retry (the token may be good)."""
+
+    default_code = "auth_unavailable"
+
+
+class PayloadTooLargeError(ValidationError):
+    """The request body is larger than this route accepts; send a smaller file."""
+
+    default_code = "payload_too_large"
+    field: str | None = "body"
+    limit: int
+
+    def _describe(self) -> str:
+        return f"The request body is larger than the limit of {self.limit} bytes; send a smaller file"
+
+
+class RequestTimeoutError(PipelineError):
+    """The client sent its request too slowly; send it again on a faster connection."""
+
+    default_code = "request_timeout"
+
+
+class MigrationHistoryError(DatabaseError):
+    """The migrations folder and the database's history disagree; ``versions`` are the ones in question."""
+
+    default_code = "migration_history"
+    versions: tuple[str, ...] = ()
+
+
+class MigrationsMissingLocallyError(MigrationHistoryError):
+    """The database has applied versions the folder lacks (the Supabase CLI's ErrMissingLocal)."""
+
+    default_code = "migrations_missing_locally"
+
+
+class MigrationsOutOfOrderError(MigrationHistoryError):
+    """Files older than the newest applied version are not applied yet (the Supabase CLI's ErrMissingRemote)."""
+
+    default_code = "migrations_out_of_order"

@@ -31,7 +31,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from shared.errors import ConfigError, DatabaseError, DatabaseUnavailableError
+from shared.errors import (
+    ConfigError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    MigrationHistoryError,
+    MigrationsMissingLocallyError,
+    MigrationsOutOfOrderError,
+)
 
 __all__ = [
     "Migration",
@@ -65,25 +72,6 @@ _HISTORY_DDL = [
     "alter table supabase_migrations.schema_migrations add column if not exists name text",
 ]
 _INSERT_VERSION = "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)"
-
-
-class MigrationHistoryError(DatabaseError):
-    """The folder and the database's migration history disagree; ``versions`` are the ones in question."""
-
-    default_code = "migration_history"
-    versions: tuple[str, ...] = ()
-
-
-class MigrationsMissingLocallyError(MigrationHistoryError):
-    """The database has applied versions the folder lacks (the Supabase CLI's ErrMissingLocal)."""
-
-    default_code = "migrations_missing_locally"
-
-
-class MigrationsOutOfOrderError(MigrationHistoryError):
-    """Files older than the newest applied version are not applied yet (the Supabase CLI's ErrMissingRemote)."""
-
-    default_code = "migrations_out_of_order"
 
 
 @dataclass

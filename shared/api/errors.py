@@ -26,7 +26,9 @@ from shared.errors import (
     BudgetExceededError,
     InvalidStateError,
     NotFoundError,
+    PayloadTooLargeError,
     PipelineError,
+    RequestTimeoutError,
     RetryableError,
     ValidationError,
 )
@@ -59,24 +61,6 @@ class ErrorBody(BaseModel):
     """The body of every error response."""
 
     error: ErrorDetail
-
-
-class PayloadTooLargeError(ValidationError):
-    """The request body is larger than this route accepts; send a smaller file."""
-
-    default_code = "payload_too_large"
-
-    def __init__(self, *, limit: int, code: str | None = None) -> None:
-        self.limit = limit
-        super().__init__(
-            f"The request body is larger than the limit of {limit} bytes; send a smaller file", field="body", code=code
-        )
-
-
-class RequestTimeoutError(PipelineError):
-    """The client sent its request too slowly; send it again on a faster connection."""
-
-    default_code = "request_timeout"
 
 
 def status_for(error: PipelineError) -> int:

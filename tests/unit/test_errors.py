@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import pickle
+import pkgutil
 from decimal import Decimal
 from uuid import uuid4
 
 import pytest
 
+import shared
 from shared import errors
 from shared.errors import (
     BudgetExceededError,
@@ -53,6 +56,10 @@ def _sample(cls: type[PipelineError]) -> PipelineError:
         return NotWiredError(function="stage.run", parameter="cache")
     if cls is TransactionTaskError:
         return TransactionTaskError()
+    if cls is errors.PayloadTooLargeError:
+        return errors.PayloadTooLargeError(limit=1024, job_id=job_id)
+    if cls is errors.AuthenticationError:
+        return errors.AuthenticationError("the token expired; sign in again", reason="expired")
     if issubclass(cls, StorageUnavailableError):
         return cls("storage is down", bucket="clips", path="a/b.mp4", status=503, retry_after=3.0, job_id=job_id)
     if issubclass(cls, StorageError):
@@ -186,6 +193,23 @@ def test_every_class_in_the_package_is_drawn_in_the_tree() -> None:
     doc = errors.__doc__ or ""
     missing = [cls.__name__ for cls in ERROR_CLASSES if f" {cls.__name__} " not in doc]
     assert [] == missing
+
+
+def test_every_error_class_of_the_package_lives_in_the_one_tree() -> None:
+    """No module defines an error of its own: each is in shared.errors (other modules may re-export it)."""
+    for info in pkgutil.walk_packages(shared.__path__, "shared."):
+        if not info.name.endswith("__main__"):  # it runs the command line
+            importlib.import_module(info.name)
+    stack: list[type[PipelineError]] = [PipelineError]
+    found: set[type[PipelineError]] = set()
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            if sub.__module__.startswith("shared") and sub not in found:
+                found.add(sub)
+                stack.append(sub)
+    elsewhere = sorted(f"{cls.__module__}.{cls.__name__}" for cls in found if cls.__module__ != "shared.errors")
+    assert [] == elsewhere
+    assert found <= set(ERROR_CLASSES)
 
 
 def test_subclasses_share_one_constructor() -> None:
