@@ -23,7 +23,7 @@ from uuid import UUID
 
 from shared.database import Database, Record
 from shared.errors import BudgetExceededError, DatabaseError, InvalidStateError, JobNotFoundError, ValidationError
-from shared.jobs import check_page_limit
+from shared.jobs import check_cursor, check_page_limit
 from shared.models import JobCost, StageName
 
 __all__ = ["BudgetStatus", "CostLedger", "CostLine", "CostSummary", "CostTracker", "Reservation", "to_money"]
@@ -139,7 +139,11 @@ class CostLedger(Protocol):
     async def get_budget(self, job_id: UUID, limit: Decimal | None = None) -> BudgetStatus: ...
     async def check_budget(self, job_id: UUID, new_cost: Decimal | int | str, limit: Decimal | None = None) -> bool: ...
     async def enforce_budget_limit(self, job_id: UUID, limit: Decimal | None = None) -> None: ...
-    async def list_costs(self, job_id: UUID) -> list[JobCost]: ...
+    async def list_costs(
+        self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
+    ) -> list[JobCost]: ...
+    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]: ...
+    async def cost_summary(self, job_id: UUID) -> CostSummary: ...
     def reserve(
         self,
         job_id: UUID,
@@ -162,6 +166,19 @@ def check_names(stage_name: StageName | str, api_name: str, idempotency_key: str
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise ValidationError("idempotency_key must be 1-200 characters", field="idempotency_key")
     return stage
+
+
+async def iter_cost_pages(ledger: CostLedger, job_id: UUID, page_size: int) -> AsyncIterator[JobCost]:
+    """Walk every page of ``ledger.list_costs`` in order (the one paging loop of every CostLedger)."""
+    after: datetime | None = None
+    after_id: UUID | None = None
+    while True:
+        page = await ledger.list_costs(job_id, limit=page_size, after=after, after_id=after_id)
+        for cost in page:
+            yield cost
+        if len(page) < page_size:
+            return
+        after, after_id = page[-1].created_at, page[-1].id
 
 
 def warn_overshoot(job_id: UUID, spent: Decimal, limit: Decimal, *, estimate: Decimal | None, actual: Decimal) -> None:
@@ -320,22 +337,13 @@ class CostTracker:
         page costs the same at any depth. :meth:`iter_costs` walks them all, :meth:`cost_summary` sums them.
         """
         check_page_limit(limit)
-        if after_id is not None and after is None:
-            raise ValidationError("after_id needs after: pass the last row's created_at and id", field="after_id")
+        check_cursor(after, after_id, name="after")
         rows = await self._db.fetch(_COSTS_PAGE, job_id, after, after_id, limit)
         return [_cost(row) for row in rows]
 
-    async def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
+    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
         """Yield every cost row of the job, oldest first, fetched ``page_size`` rows at a time."""
-        after: datetime | None = None
-        after_id: UUID | None = None
-        while True:
-            page = await self.list_costs(job_id, limit=page_size, after=after, after_id=after_id)
-            for cost in page:
-                yield cost
-            if len(page) < page_size:
-                return
-            after, after_id = page[-1].created_at, page[-1].id
+        return iter_cost_pages(self, job_id, page_size)
 
     async def cost_summary(self, job_id: UUID) -> CostSummary:
         """Return the job's spend in total, per stage and per API, summed in PostgreSQL (one round trip)."""

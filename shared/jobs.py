@@ -52,8 +52,9 @@ class JobStore(Protocol):
     ) -> Job: ...
     async def get_job(self, job_id: UUID) -> Job: ...
     async def list_jobs_for_user(
-        self, user_id: UUID, *, limit: int = 50, before: datetime | None = None
+        self, user_id: UUID, *, limit: int = 50, before: datetime | None = None, before_id: UUID | None = None
     ) -> list[Job]: ...
+    async def heartbeat_stage(self, job_id: UUID, stage: StageName) -> bool: ...
     async def update_progress(
         self, job_id: UUID, stage: StageName, progress: int, estimated_remaining: int | None = None
     ) -> Job: ...
@@ -89,6 +90,13 @@ def check_page_limit(limit: int) -> None:
     """Refuse a page size outside 1-1000."""
     if not 1 <= limit <= 1000:
         raise ValidationError(f"limit must be 1-1000, got {limit}", field="limit")
+
+
+def check_cursor(at: datetime | None, at_id: UUID | None, *, name: str) -> None:
+    """Refuse a keyset cursor with an id but no time: the next page starts after the last row's (time, id)."""
+    if at_id is not None and at is None:
+        msg = f"{name}_id needs {name}: pass the last row's created_at as {name} and its id as {name}_id together"
+        raise ValidationError(msg, field=f"{name}_id")
 
 
 def check_text(value: str, field: str) -> None:
@@ -159,9 +167,7 @@ class JobRepository:
         page costs the same at any depth. ``before`` alone returns the jobs created strictly before it.
         """
         check_page_limit(limit)
-        if before_id is not None and before is None:
-            msg = "before_id needs before: pass the last job's created_at and id together"
-            raise ValidationError(msg, field="before_id")
+        check_cursor(before, before_id, name="before")
         rows = await self._db.fetch(_JOBS_PAGE, user_id, before, before_id, limit)
         return [Job.model_validate(dict(row)) for row in rows]
 

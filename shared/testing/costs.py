@@ -10,10 +10,23 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
-from shared.cost_tracking import BudgetStatus, Reservation, check_names, to_money, warn_overshoot
+from shared.cost_tracking import (
+    BudgetStatus,
+    CostLine,
+    CostSummary,
+    Reservation,
+    check_names,
+    iter_cost_pages,
+    to_money,
+    warn_overshoot,
+)
 from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError
+from shared.jobs import check_cursor, check_page_limit
 from shared.models import JobCost, StageName
 from shared.testing.world import FakeWorld
+
+# The largest id: a cursor with a time only takes the rows strictly after it, as PostgreSQL's coalesce does.
+_MAX_ID = UUID(int=2**128 - 1)
 
 __all__ = ["FakeCostTracker"]
 
@@ -160,8 +173,32 @@ class FakeCostTracker:
         if not status.allows(Decimal(0)):
             raise BudgetExceededError(job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit)
 
-    async def list_costs(self, job_id: UUID) -> list[JobCost]:
-        return list(self._job(job_id).costs)
+    async def list_costs(
+        self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
+    ) -> list[JobCost]:
+        check_page_limit(limit)
+        check_cursor(after, after_id, name="after")
+        rows = sorted(self._job(job_id).costs, key=lambda row: (row.created_at, row.id))
+        if after is not None:
+            cursor = (after, after_id or _MAX_ID)
+            rows = [row for row in rows if (row.created_at, row.id) > cursor]
+        return rows[:limit]
+
+    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
+        return iter_cost_pages(self, job_id, page_size)
+
+    async def cost_summary(self, job_id: UUID) -> CostSummary:
+        rows = self._job(job_id).costs
+        by_stage: dict[StageName, CostLine] = {}
+        by_api: dict[str, CostLine] = {}
+        for row in rows:
+            stage, api = by_stage.get(row.stage_name), by_api.get(row.api_name)
+            by_stage[row.stage_name] = CostLine(
+                (stage.calls if stage else 0) + 1, (stage.cost if stage else 0) + row.cost
+            )
+            by_api[row.api_name] = CostLine((api.calls if api else 0) + 1, (api.cost if api else 0) + row.cost)
+        total = CostLine(len(rows), sum((row.cost for row in rows), start=Decimal(0)))
+        return CostSummary(job_id, total, by_stage, by_api)
 
     @contextlib.asynccontextmanager
     async def reserve(

@@ -10,13 +10,15 @@ from typing import Any, NoReturn
 from uuid import UUID
 
 from shared.errors import InvalidStateError, JobNotFoundError, UserNotFoundError
-from shared.jobs import check_job_input, check_page_limit, check_progress, check_text
+from shared.jobs import check_cursor, check_job_input, check_page_limit, check_progress, check_text
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
 from shared.testing.world import FakeWorld
 
 __all__ = ["FakeJobStore"]
 
 _ACTIVE = {JobStatus.QUEUED, JobStatus.PROCESSING}
+# The smallest id: a cursor with a time only takes the rows strictly before it, as PostgreSQL's coalesce does.
+_ZERO_ID = UUID(int=0)
 
 
 class FakeJobStore:
@@ -79,10 +81,25 @@ class FakeJobStore:
         except KeyError:
             raise JobNotFoundError(job_id=job_id) from None
 
-    async def list_jobs_for_user(self, user_id: UUID, *, limit: int = 50, before: datetime | None = None) -> list[Job]:
+    async def list_jobs_for_user(
+        self, user_id: UUID, *, limit: int = 50, before: datetime | None = None, before_id: UUID | None = None
+    ) -> list[Job]:
         check_page_limit(limit)
-        mine = [j for j in self._jobs.values() if j.user_id == user_id and (before is None or j.created_at < before)]
-        return sorted(mine, key=lambda j: j.created_at, reverse=True)[:limit]
+        check_cursor(before, before_id, name="before")
+        cursor = (before, before_id or _ZERO_ID) if before is not None else None
+        mine = [
+            job
+            for job in self._jobs.values()
+            if job.user_id == user_id and (cursor is None or (job.created_at, job.id) < cursor)
+        ]
+        return sorted(mine, key=lambda job: (job.created_at, job.id), reverse=True)[:limit]
+
+    async def heartbeat_stage(self, job_id: UUID, stage: StageName) -> bool:
+        current = self._stages.get((job_id, StageName(stage)))
+        if current is None or current.status is not StageStatus.RUNNING:
+            return False
+        self._stages[job_id, current.stage_name] = current.model_copy(update={"heartbeat_at": self._clock()})
+        return True
 
     def _update(self, job: Job, **changes: Any) -> Job:
         updated = job.model_copy(update={**changes, "updated_at": max(self._clock(), job.created_at)})

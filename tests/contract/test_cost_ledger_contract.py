@@ -249,3 +249,35 @@ def test_to_money_rounds_up_to_four_places() -> None:
     assert Decimal("0.1000") == to_money(0.1)
     with pytest.raises(ValidationError, match="more than the ledger holds"):
         to_money(Decimal("1e9"))
+
+
+async def test_cost_pages_iteration_and_summary_agree(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    spend = [
+        (StageName.SCENE_PLANNING, "openai", "0.10"),
+        (CLIPS, "replicate", "0.50"),
+        (CLIPS, "replicate", "0.25"),
+        (CLIPS, "openai", "0.05"),
+        (StageName.COMPOSITION, "replicate", "1.00"),
+    ]
+    for n, (stage, api, cost) in enumerate(spend):
+        await ledger.tracker.track_cost(job, stage, api, cost, idempotency_key=f"k{n}")
+    everything = await ledger.tracker.list_costs(job)
+    walked = []
+    page = await ledger.tracker.list_costs(job, limit=2)
+    while page:
+        walked.extend(page)
+        page = await ledger.tracker.list_costs(job, limit=2, after=page[-1].created_at, after_id=page[-1].id)
+    assert [row.id for row in everything] == [row.id for row in walked]
+    assert 5 == len(everything)
+    assert [row.id for row in everything] == [row.id async for row in ledger.tracker.iter_costs(job, page_size=2)]
+    summary = await ledger.tracker.cost_summary(job)
+    assert (5, Decimal("1.90")) == (summary.total.calls, summary.total.cost)
+    assert (3, Decimal("0.80")) == (summary.by_stage[CLIPS].calls, summary.by_stage[CLIPS].cost)
+    assert (3, Decimal("1.75")) == (summary.by_api["replicate"].calls, summary.by_api["replicate"].cost)
+    assert {StageName.SCENE_PLANNING, CLIPS, StageName.COMPOSITION} == set(summary.by_stage)
+    with pytest.raises(ValidationError) as refused:
+        await ledger.tracker.list_costs(job, after_id=everything[0].id)
+    assert "after_id" == refused.value.field
+    with pytest.raises(JobNotFoundError):
+        await ledger.tracker.cost_summary(uuid.uuid4())

@@ -193,3 +193,33 @@ async def test_empty_messages_are_refused(jobs: JobStore, make_user: MakeUser) -
         await jobs.fail_job(job.id, " ")
     with pytest.raises(ValidationError):
         await jobs.complete_job(job.id, "")
+
+
+async def test_pages_walked_with_the_cursor_return_every_job_once_newest_first(
+    jobs: JobStore, make_user: MakeUser
+) -> None:
+    user = await make_user()
+    for n in range(5):
+        await jobs.create_job(user_id=user, audio_url=f"a{n}.mp3", user_prompt=f"p{n}")
+    everything = await jobs.list_jobs_for_user(user, limit=10)
+    walked: list[Job] = []
+    page = await jobs.list_jobs_for_user(user, limit=2)
+    while page:
+        walked.extend(page)
+        page = await jobs.list_jobs_for_user(user, limit=2, before=page[-1].created_at, before_id=page[-1].id)
+    assert [job.id for job in everything] == [job.id for job in walked]
+    assert sorted(everything, key=lambda job: (job.created_at, job.id), reverse=True) == everything
+    with pytest.raises(ValidationError) as refused:
+        await jobs.list_jobs_for_user(user, before_id=everything[0].id)
+    assert "before_id" == refused.value.field
+
+
+async def test_a_heartbeat_counts_only_for_a_running_stage(jobs: JobStore, make_user: MakeUser) -> None:
+    job = await new_job(jobs, make_user)
+    assert not await jobs.heartbeat_stage(job.id, StageName.AUDIO_ANALYSIS)  # never started
+    await jobs.start_stage(job.id, StageName.AUDIO_ANALYSIS)
+    assert await jobs.heartbeat_stage(job.id, StageName.AUDIO_ANALYSIS)
+    [stage] = await jobs.list_stages(job.id)
+    assert stage.heartbeat_at is not None
+    await jobs.complete_stage(job.id, StageName.AUDIO_ANALYSIS)
+    assert not await jobs.heartbeat_stage(job.id, StageName.AUDIO_ANALYSIS)
