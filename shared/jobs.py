@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, NoReturn, Protocol, runtime_checkable
 from uuid import UUID
 
+from shared.cost_tracking import Money, to_money
 from shared.database import Database, Record
 from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, NotFoundError, ValidationError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
@@ -35,7 +36,7 @@ class JobStore(Protocol):
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Decimal | None = None,
+        budget_limit: Money | None = None,
         job_id: UUID | None = None,
     ) -> Job: ...
     async def get_job(self, job_id: UUID) -> Job: ...
@@ -55,14 +56,13 @@ class JobStore(Protocol):
     async def fail_job(self, job_id: UUID, error_message: str) -> Job: ...
 
 
-def check_job_input(audio_url: str, user_prompt: str, budget_limit: Decimal | None) -> None:
-    """Refuse an empty audio URL or prompt and a budget that is negative, NaN or infinite."""
+def check_job_input(audio_url: str, user_prompt: str, budget_limit: Money | None) -> Decimal | None:
+    """Refuse an empty audio URL or prompt; return the budget as money (see :func:`~shared.cost_tracking.to_money`)."""
     if not audio_url.strip():
         raise ValidationError("audio_url is empty; pass the storage URL of the uploaded audio", field="audio_url")
     if not user_prompt.strip():
         raise ValidationError("user_prompt is empty; pass the user's prompt", field="user_prompt")
-    if budget_limit is not None and (not budget_limit.is_finite() or budget_limit < 0):
-        raise ValidationError(f"budget_limit must be a finite amount >= 0, got {budget_limit}", field="budget_limit")
+    return None if budget_limit is None else to_money(budget_limit, field="budget_limit")
 
 
 def check_progress(progress: int, estimated_remaining: int | None) -> None:
@@ -97,11 +97,11 @@ class JobRepository:
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Decimal | None = None,
+        budget_limit: Money | None = None,
         job_id: UUID | None = None,
     ) -> Job:
         """Create a queued job (``job_id`` makes a retried call return the first job, not a second one)."""
-        check_job_input(audio_url, user_prompt, budget_limit)
+        budget = check_job_input(audio_url, user_prompt, budget_limit)
         new_id = job_id or uuid.uuid4()
         try:
             row = await self._db.fetchrow(
@@ -121,7 +121,7 @@ class JobRepository:
                 user_id,
                 audio_url,
                 user_prompt,
-                budget_limit,
+                budget,
             )
         except DatabaseError as error:
             if error.sqlstate == _FK_VIOLATION:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
-from shared.cost_tracking import BudgetStatus, Reservation, check_names, to_money, warn_overshoot
+from shared.cost_tracking import BudgetStatus, Money, Reservation, check_names, to_money, warn_overshoot
 from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError
 from shared.models import JobCost, StageName
 
@@ -46,7 +46,7 @@ class _FakeReservation:
     def committed(self) -> JobCost | None:
         return self._committed
 
-    async def commit(self, actual_cost: Decimal | int | str) -> JobCost:
+    async def commit(self, actual_cost: Money) -> JobCost:
         if self._committed is None:
             self._committed = self._tracker._commit(self.id, self._held, to_money(actual_cost, field="actual_cost"))
         return self._committed
@@ -103,7 +103,7 @@ class FakeCostTracker:
         job.spent += cost
         return row, True
 
-    def _limit(self, job: _Job, limit: Decimal | None) -> Decimal:
+    def _limit(self, job: _Job, limit: Money | None) -> Decimal:
         if limit is not None:
             return to_money(limit, field="limit")
         return job.budget_limit if job.budget_limit is not None else self._default
@@ -113,7 +113,7 @@ class FakeCostTracker:
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        cost: Decimal | int | str,
+        cost: Money,
         *,
         idempotency_key: str | None = None,
     ) -> JobCost:
@@ -128,7 +128,7 @@ class FakeCostTracker:
     async def get_total_cost(self, job_id: UUID) -> Decimal:
         return self._job(job_id).spent
 
-    async def get_budget(self, job_id: UUID, limit: Decimal | None = None) -> BudgetStatus:
+    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus:
         job = self._job(job_id)
         now = self._clock()
         reserved = sum(
@@ -141,11 +141,11 @@ class FakeCostTracker:
         )
         return BudgetStatus(job_id, job.spent, reserved, self._limit(job, limit))
 
-    async def check_budget(self, job_id: UUID, new_cost: Decimal | int | str, limit: Decimal | None = None) -> bool:
+    async def check_budget(self, job_id: UUID, new_cost: Money, limit: Money | None = None) -> bool:
         amount = to_money(new_cost, field="new_cost")
         return (await self.get_budget(job_id, limit)).allows(amount)
 
-    async def enforce_budget_limit(self, job_id: UUID, limit: Decimal | None = None) -> None:
+    async def enforce_budget_limit(self, job_id: UUID, limit: Money | None = None) -> None:
         status = await self.get_budget(job_id, limit)
         if not status.allows(Decimal(0)):
             raise BudgetExceededError(job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit)
@@ -159,8 +159,8 @@ class FakeCostTracker:
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        estimated_cost: Decimal | int | str,
-        limit: Decimal | None = None,
+        estimated_cost: Money,
+        limit: Money | None = None,
     ) -> AsyncIterator[Reservation]:
         stage = check_names(stage_name, api_name)
         estimate = to_money(estimated_cost, field="estimated_cost")

@@ -121,7 +121,7 @@ def test_cli_migrate_reports_what_it_did(empty_dsn: str, monkeypatch: pytest.Mon
     monkeypatch.setenv("ENVIRONMENT", "development")
     out = io.StringIO()
     assert 0 == cli_main(["db", "migrate"], out=out)
-    assert "applied 2 migration(s)" in out.getvalue()
+    assert f"applied {len(load_migrations())} migration(s)" in out.getvalue()
     out = io.StringIO()
     assert 0 == cli_main(["db", "migrate"], out=out)
     assert "up to date" in out.getvalue()
