@@ -72,3 +72,23 @@ async def test_updated_at_is_kept_by_the_trigger(db: DatabaseClient, jobs: JobRe
     after = await db.fetchrow("select updated_at, created_at from jobs where id = $1", job.id)
     assert after is not None
     assert after["updated_at"] >= after["created_at"]
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [(1.5, Decimal("1.5")), ("1.00", Decimal(1)), (3, Decimal(3)), (Decimal("0.00001"), Decimal("0.0001"))],
+)
+async def test_budget_limit_goes_through_to_money(
+    jobs: JobRepository, make_user: MakeUser, given: object, stored: Decimal
+) -> None:
+    """The observed break: a float or a string budget raised AttributeError."""
+    job = await new_job(jobs, make_user, given)  # type: ignore[arg-type] # every Money type, on purpose
+    assert stored == job.budget_limit
+    assert stored == (await jobs.get_job(job.id)).budget_limit
+
+
+@pytest.mark.parametrize("bad", [10**30, "1e28", Decimal("1E+30"), "NaN", -1, True, "abc", float("inf")])
+async def test_bad_budget_limit_is_a_validation_error(jobs: JobRepository, make_user: MakeUser, bad: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        await new_job(jobs, make_user, bad)  # type: ignore[arg-type] # bad on purpose
+    assert "budget_limit" == caught.value.field
