@@ -10,12 +10,13 @@ BOOTSTRAP_PIP := pip==26.3
 SYSTEM_PACKAGES := pgbouncer redis-server postgresql lame flac sox ffmpeg openssl
 SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg openssl
 
-.PHONY: help venv system-deps services lint typecheck test test-fast demo bench lock clean
+.PHONY: help venv system-deps services lint typecheck test test-fast demo bench mutate lock clean
 
 help:
 	@echo "make demo   run one simulated job end to end against the local services"
 	@echo "make test   lint, type-check and run the whole test suite with the coverage gate"
 	@echo "make bench  run the benchmarks (figures in benchmarks/README.md)"
+	@echo "make mutate mutation testing of cost_tracking.py and jobs.py (mutmut; minutes)"
 	@echo "make lint | typecheck | lock | clean"
 
 # The interpreter's own pip (23.2.1 on a fresh Python 3.11 venv) only installs the pinned, hashed pip of
@@ -64,6 +65,14 @@ demo: venv services
 
 bench: venv system-deps services
 	$(BIN)/python -m benchmarks
+
+# Mutation testing of the money and job modules ([tool.mutmut] in pyproject.toml: cost_tracking.py and jobs.py
+# against the tests that exercise them); outside `make test`. The report counts killed mutants per module,
+# leaving out those that change only a message's text, and lists the others that survived.
+mutate: venv services
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/python .ci/mutation_report.py
 
 # Compiles both locks again (the existing pins are kept where pyproject.toml still admits them).
 lock: venv

@@ -116,7 +116,7 @@ class BudgetStatus:
         return self.spent + self.reserved + new_cost <= self.limit
 
 
-class Reservation(Protocol):
+class Reservation(Protocol):  # pragma: no mutate block
     """An estimate held against a job's budget inside ``async with ledger.reserve(...)``."""
 
     @property
@@ -129,7 +129,7 @@ class Reservation(Protocol):
 
 
 @runtime_checkable
-class CostLedger(Protocol):
+class CostLedger(Protocol):  # pragma: no mutate block
     """What pipeline modules do with money; CostTracker and shared.testing.FakeCostTracker implement it."""
 
     async def track_cost(

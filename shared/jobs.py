@@ -27,7 +27,7 @@ _FK_VIOLATION = "23503"
 
 
 @runtime_checkable
-class JobStore(Protocol):
+class JobStore(Protocol):  # pragma: no mutate block
     """What pipeline modules do with jobs; JobRepository and shared.testing.FakeJobStore implement it."""
 
     async def create_job(
