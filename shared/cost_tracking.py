@@ -276,6 +276,55 @@ class _DbReservation:
         self._committed = await self._tracker._commit(self, actual)
 
 
+class _Lease:
+    """Renew a reservation every ``interval`` seconds: a timer, and a renewal task only while one is due.
+
+    A call shorter than the interval (the common case) costs a timer and no task.
+    """
+
+    def __init__(self, tracker: CostTracker, reservation: _DbReservation, interval: float) -> None:
+        self._tracker = tracker
+        self._reservation = reservation
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._timer = self._loop.call_later(interval, self._due)
+
+    def idle(self) -> bool:
+        """Return whether no renewal is in flight."""
+        return self._task is None or self._task.done()
+
+    def _due(self) -> None:
+        self._task = asyncio.create_task(self._renew(), name=f"lease of reservation {self._reservation.id}")
+
+    async def _renew(self) -> None:
+        try:
+            active = await self._tracker.renew(self._reservation)
+        except DatabaseError:
+            # The next renewal may get through; if none does, the hold ends at its TTL like a dead worker's.
+            _log.warning("could not renew reservation %s; trying again", self._reservation.id, exc_info=True)
+            active = True
+        if active and not self._stopped:
+            self._timer = self._loop.call_later(self._interval, self._due)
+
+    def stop(self) -> None:
+        """Renew no more."""
+        self._stopped = True
+        self._timer.cancel()
+
+    async def stop_and_wait(self) -> None:
+        """Renew no more, and wait until a renewal in flight has ended."""
+        self.stop()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
+            if not self._task.cancelled() and self._task.exception() is not None:
+                _log.warning(
+                    "the lease of reservation %s failed", self._reservation.id, exc_info=self._task.exception()
+                )
+
+
 class CostTracker:
     """Costs, budgets and reservations in PostgreSQL (``Container.cost_tracker``)."""
 
@@ -438,11 +487,14 @@ class CostTracker:
             raise BudgetExceededError(
                 job_id=job_id, spent=row["spent"], reserved=row["reserved"], limit=row["budget"], requested=estimate
             )
-        lease = asyncio.create_task(self._keep(reservation), name=f"lease of reservation {reservation.id}")
+        lease = _Lease(self, reservation, self._ttl.total_seconds() / 3)
         try:
             yield reservation
         finally:
-            await _to_the_end(self._close(reservation, lease))
+            if reservation.committed is not None and lease.idle():
+                lease.stop()  # the common path: nothing to wait for, so no task is made
+            else:
+                await _to_the_end(self._close(reservation, lease))
 
     async def renew(self, reservation: Reservation) -> bool:
         """Extend an active reservation's hold to a full TTL from now; return False once it is no longer active.
@@ -461,24 +513,9 @@ class CostTracker:
         )
         return status == "UPDATE 1"
 
-    async def _keep(self, reservation: _DbReservation) -> None:
-        """Renew the reservation every third of the TTL until it is committed, released or the block ends."""
-        interval = self._ttl.total_seconds() / 3
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                if not await self.renew(reservation):
-                    return
-            except DatabaseError:
-                # The next renewal may get through; if none does, the hold ends at its TTL like a dead worker's.
-                _log.warning("could not renew reservation %s; trying again", reservation.id, exc_info=True)
-
-    async def _close(self, reservation: _DbReservation, lease: asyncio.Task[None]) -> None:
+    async def _close(self, reservation: _DbReservation, lease: _Lease) -> None:
         """Stop the lease, then release the reservation unless it was committed."""
-        lease.cancel()
-        await asyncio.wait([lease])
-        if not lease.cancelled() and lease.exception() is not None:
-            _log.warning("the lease of reservation %s failed", reservation.id, exc_info=lease.exception())
+        await lease.stop_and_wait()
         if reservation.committed is None:
             await self._release(reservation)
 
