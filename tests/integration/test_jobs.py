@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from shared.database import DatabaseClient
-from shared.errors import DatabaseError, NotFoundError, ValidationError
+from shared.errors import DatabaseError, JobNotFoundError, NotFoundError, ValidationError
 from shared.jobs import JobRepository
-from shared.models import Job
+from shared.models import Job, StageName
 from tests.fixtures.postgres import MakeUser
 
 
@@ -92,3 +92,35 @@ async def test_bad_budget_limit_is_a_validation_error(jobs: JobRepository, make_
     with pytest.raises(ValidationError) as caught:
         await new_job(jobs, make_user, bad)  # type: ignore[arg-type] # bad on purpose
     assert "budget_limit" == caught.value.field
+
+
+async def test_errors_carry_the_job_id_and_the_field(jobs: JobRepository, make_user: MakeUser) -> None:
+    missing = uuid.uuid4()
+    for call in (jobs.get_job(missing), jobs.update_progress(missing, StageName.COMPOSITION, 5)):
+        with pytest.raises(JobNotFoundError) as caught:
+            await call
+        assert missing == caught.value.job_id
+    job = await new_job(jobs, make_user)
+    await jobs.start_stage(job.id, StageName.COMPOSITION)
+    with pytest.raises(ValidationError) as refused:
+        await jobs.fail_stage(job.id, StageName.COMPOSITION, " ")
+    assert "error" == refused.value.field
+    with pytest.raises(ValidationError) as paged:
+        await jobs.list_jobs_for_user(job.user_id, limit=0)
+    assert "limit" == paged.value.field
+    assert [job.id] == [j.id for j in await jobs.list_jobs_for_user(job.user_id, limit=1)]
+    assert [job.id] == [j.id for j in await jobs.list_jobs_for_user(job.user_id, limit=1000)]
+
+
+async def test_progress_names_the_current_stage(jobs: JobRepository, make_user: MakeUser) -> None:
+    job = await new_job(jobs, make_user)
+    moved = await jobs.update_progress(job.id, StageName.SCENE_PLANNING, 10, 60)
+    assert (StageName.SCENE_PLANNING, 10, 60) == (moved.current_stage, moved.progress, moved.estimated_remaining)
+
+
+async def test_a_users_jobs_come_fifty_to_a_page_by_default(
+    jobs: JobRepository, make_user: MakeUser, db: DatabaseClient
+) -> None:
+    user = await make_user()
+    await db.executemany("insert into jobs (user_id, audio_url, user_prompt) values ($1, 'a.mp3', 'p')", [(user,)] * 51)
+    assert 50 == len(await jobs.list_jobs_for_user(user))

@@ -287,3 +287,31 @@ async def test_overrun_is_recorded_reported_and_seen_by_the_next_reservation(
     async with tracker.reserve(job, CLIPS, "replicate", 3) as within:
         await within.commit(3)
     assert Decimal(10) == await tracker.get_total_cost(job)
+
+
+async def test_costs_without_a_key_each_get_their_own_and_list_oldest_first(money: Money) -> None:
+    job = await money.new_job(Decimal(10))
+    tracker = money.tracker()
+    first = await tracker.track_cost(job, CLIPS, "openai", "0.10")
+    second = await tracker.track_cost(job, CLIPS, "openai", "0.10")
+    assert first.idempotency_key is not None
+    assert second.idempotency_key is not None
+    assert first.idempotency_key.startswith("auto:")
+    assert first.idempotency_key != second.idempotency_key
+    assert [first.id, second.id] == [c.id for c in await tracker.list_costs(job)]
+    assert Decimal("0.2") == await tracker.get_total_cost(job)
+
+
+async def test_enforce_budget_limit_reports_the_figures(money: Money) -> None:
+    job = await money.new_job(Decimal(1))
+    tracker = money.tracker()
+    await tracker.track_cost(job, CLIPS, "openai", 2)
+    with pytest.raises(BudgetExceededError) as caught:
+        await tracker.enforce_budget_limit(job)
+    assert (job, Decimal(2), Decimal(0), Decimal(1)) == (
+        caught.value.job_id,
+        caught.value.spent,
+        caught.value.reserved,
+        caught.value.limit,
+    )
+    await tracker.enforce_budget_limit(job, limit=2)  # at the limit is within it
