@@ -39,9 +39,14 @@ def message_only(diff: str) -> bool:
         return False
     changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
     return bool(changed) and all(
-        a[0] == tokenize.STRING and " " in a[1] and not any(word in a[1].lower() for word in SQL_WORDS)
-        for a, _ in changed
+        _prose(a) or (a == (tokenize.NAME, "msg") and b == (tokenize.NAME, "None")) for a, b in changed
     )
+
+
+def _prose(token: tuple[int, str]) -> bool:
+    """Return whether a token is a string of prose (a message or a log line), not SQL or a field name."""
+    kind, text = token
+    return kind == tokenize.STRING and " " in text and not any(word in text.lower() for word in SQL_WORDS)
 
 
 def sql_case_only(diff: str) -> bool:

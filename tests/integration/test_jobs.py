@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from shared.database import DatabaseClient
-from shared.errors import DatabaseError, JobNotFoundError, NotFoundError, ValidationError
+from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, NotFoundError, ValidationError
 from shared.jobs import JobRepository
 from shared.models import Job, StageName
 from tests.fixtures.postgres import MakeUser
@@ -124,3 +124,31 @@ async def test_a_users_jobs_come_fifty_to_a_page_by_default(
     user = await make_user()
     await db.executemany("insert into jobs (user_id, audio_url, user_prompt) values ($1, 'a.mp3', 'p')", [(user,)] * 51)
     assert 50 == len(await jobs.list_jobs_for_user(user))
+
+
+async def test_refused_moves_say_where_the_job_is_and_where_it_was_asked_to_go(
+    jobs: JobRepository, make_user: MakeUser
+) -> None:
+    job = await new_job(jobs, make_user)
+    with pytest.raises(InvalidStateError) as never_started:
+        await jobs.complete_stage(job.id, StageName.COMPOSITION)
+    await jobs.start_stage(job.id, StageName.COMPOSITION)
+    await jobs.fail_stage(job.id, StageName.COMPOSITION, "boom")
+    with pytest.raises(InvalidStateError) as failed_stage:
+        await jobs.complete_stage(job.id, StageName.COMPOSITION)
+    await jobs.complete_job(job.id, "videos/1.mp4")
+    with pytest.raises(InvalidStateError) as completed_job:
+        await jobs.fail_job(job.id, "too late")
+    found = [(e.value.current, e.value.requested, e.value.job_id) for e in (never_started, failed_stage, completed_job)]
+    assert [(None, "completed", job.id), ("failed", "completed", job.id), ("completed", "failed", job.id)] == found
+
+
+async def test_empty_urls_and_messages_name_their_field(jobs: JobRepository, make_user: MakeUser) -> None:
+    job = await new_job(jobs, make_user)
+    with pytest.raises(ValidationError) as video:
+        await jobs.complete_job(job.id, " ")
+    with pytest.raises(ValidationError) as message:
+        await jobs.fail_job(job.id, "")
+    with pytest.raises(ValidationError) as page:
+        await jobs.list_jobs_for_user(job.user_id, limit=1001)
+    assert ["video_url", "error_message", "limit"] == [e.value.field for e in (video, message, page)]

@@ -315,3 +315,7 @@ async def test_enforce_budget_limit_reports_the_figures(money: Money) -> None:
         caught.value.limit,
     )
     await tracker.enforce_budget_limit(job, limit=2)  # at the limit is within it
+    async with tracker.reserve(job, CLIPS, "replicate", "0.5", limit=3):
+        with pytest.raises(BudgetExceededError) as held:
+            await tracker.enforce_budget_limit(job, limit="2.4")
+    assert (Decimal(2), Decimal("0.5"), Decimal("2.4")) == (held.value.spent, held.value.reserved, held.value.limit)
