@@ -25,10 +25,11 @@ import asyncpg
 import pytest
 
 from shared.cost_tracking import CostTracker
-from shared.database import DatabaseClient
-from shared.errors import BudgetExceededError
+from shared.database import DatabaseClient, init_database
+from shared.errors import BudgetExceededError, ValidationError
 from shared.jobs import JobRepository
 from shared.models import StageName
+from tests.fixtures.core import MakeSettings
 from tests.fixtures.postgres import MakeUser
 
 CLIPS = StageName.CLIP_GENERATION
@@ -319,3 +320,25 @@ async def test_enforce_budget_limit_reports_the_figures(money: Money) -> None:
         with pytest.raises(BudgetExceededError) as held:
             await tracker.enforce_budget_limit(job, limit="2.4")
     assert (Decimal(2), Decimal("0.5"), Decimal("2.4")) == (held.value.spent, held.value.reserved, held.value.limit)
+
+
+async def test_a_release_that_fails_is_logged_and_does_not_mask_the_block(
+    money: Money, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await money.new_job(Decimal(1))
+    async for closing in init_database(make_settings(database_url=money.dsn)):
+        tracker = CostTracker(closing, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+        with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+            async with tracker.reserve(job, CLIPS, "replicate", "0.60") as reservation:
+                await closing.aclose()  # the database goes away before the block ends
+    (record,) = [r for r in caplog.records if r.name == "shared.cost_tracking"]
+    assert f"could not release reservation {reservation.id}; it expires at its TTL" == record.getMessage()
+    assert record.exc_info is not None
+    assert 1 == await money.active(job)  # held until its TTL, as a dead worker's would be
+
+
+async def test_check_budget_names_a_bad_amount(money: Money) -> None:
+    job = await money.new_job(Decimal(1))
+    with pytest.raises(ValidationError) as caught:
+        await money.tracker().check_budget(job, "abc")
+    assert "new_cost" == caught.value.field
