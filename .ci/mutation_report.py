@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import textwrap
 import tokenize
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mutmut.mutation.diff_apply import get_diff_for_mutant
 MODULES = ["shared/cost_tracking.py", "shared/jobs.py"]
 TARGET = 0.85
 SQL_WORDS = ("select ", "update ", "insert ", " from ", "$1", "public.")
+MESSAGE_NAMES = ("shown", "known", "msg")
 # Mutants that no test can kill because the program behaves the same, each with the reason.
 EQUIVALENT: dict[str, str] = {}
 
@@ -29,8 +31,12 @@ def _strings(code: str) -> list[tuple[int, str]]:
 
 def message_only(diff: str) -> bool:
     """Return whether the mutant changes nothing but the prose of string literals."""
-    before = "\n".join(line[1:] for line in diff.splitlines()[2:] if line[:1] in " -" and not line.startswith("@@"))
-    after = "\n".join(line[1:] for line in diff.splitlines()[2:] if line[:1] in " +" and not line.startswith("@@"))
+    before = textwrap.dedent(
+        "\n".join(line[1:] for line in diff.splitlines()[2:] if line[:1] in " -" and not line.startswith("@@"))
+    )
+    after = textwrap.dedent(
+        "\n".join(line[1:] for line in diff.splitlines()[2:] if line[:1] in " +" and not line.startswith("@@"))
+    )
     try:
         old, new = _strings(before), _strings(after)
     except (tokenize.TokenError, IndentationError):
@@ -38,6 +44,10 @@ def message_only(diff: str) -> bool:
     if len(old) != len(new):
         return False
     changed = [(a, b) for a, b in zip(old, new, strict=True) if a != b]
+    # Names that only ever build a message's text (the quoted value, the list of known stages, the message).
+    removed = [line[1:].strip() for line in diff.splitlines()[2:] if line.startswith("-")]
+    if removed and all(line.startswith(tuple(f"{name} = " for name in MESSAGE_NAMES)) for line in removed):
+        return True
     return bool(changed) and all(
         _prose(a) or (a == (tokenize.NAME, "msg") and b == (tokenize.NAME, "None")) for a, b in changed
     )

@@ -26,7 +26,7 @@ import pytest
 
 from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient, init_database
-from shared.errors import BudgetExceededError, ValidationError
+from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError, ValidationError
 from shared.jobs import JobRepository
 from shared.models import StageName
 from tests.fixtures.core import MakeSettings
@@ -45,7 +45,7 @@ class Money:
     def tracker(self, ttl: timedelta = timedelta(minutes=15)) -> CostTracker:
         return CostTracker(self.db, default_budget=Decimal(50), reservation_ttl=ttl)
 
-    async def new_job(self, budget: Decimal = Decimal(1)) -> uuid.UUID:
+    async def new_job(self, budget: Decimal | None = Decimal(1)) -> uuid.UUID:
         job = await JobRepository(self.db).create_job(
             user_id=await self.make_user(), audio_url="a.mp3", user_prompt="p", budget_limit=budget
         )
@@ -333,7 +333,8 @@ async def test_a_release_that_fails_is_logged_and_does_not_mask_the_block(
                 await closing.aclose()  # the database goes away before the block ends
     (record,) = [r for r in caplog.records if r.name == "shared.cost_tracking"]
     assert f"could not release reservation {reservation.id}; it expires at its TTL" == record.getMessage()
-    assert record.exc_info is not None
+    assert record.exc_info
+    assert record.exc_info[1] is not None
     assert 1 == await money.active(job)  # held until its TTL, as a dead worker's would be
 
 
@@ -342,3 +343,63 @@ async def test_check_budget_names_a_bad_amount(money: Money) -> None:
     with pytest.raises(ValidationError) as caught:
         await money.tracker().check_budget(job, "abc")
     assert "new_cost" == caught.value.field
+
+
+async def test_money_errors_carry_their_fields(money: Money) -> None:
+    missing = uuid.uuid4()
+    tracker = money.tracker()
+    for call in (
+        tracker.get_budget(missing),
+        tracker.get_total_cost(missing),
+        tracker.track_cost(missing, CLIPS, "a", 1),
+    ):
+        with pytest.raises(JobNotFoundError) as caught:
+            await call
+        assert missing == caught.value.job_id
+    job = await money.new_job(Decimal(5))
+    assert job == (await tracker.get_budget(job)).job_id
+    with pytest.raises(ValidationError) as limit:
+        await tracker.get_budget(job, limit="abc")
+    with pytest.raises(ValidationError) as default:
+        CostTracker(money.db, default_budget="abc", reservation_ttl=timedelta(minutes=1))
+    async with tracker.reserve(job, CLIPS, "replicate", 1) as reservation:
+        with pytest.raises(ValidationError) as actual:
+            await reservation.commit("abc")
+    with pytest.raises(InvalidStateError) as released:
+        await reservation.commit(1)
+    assert ["limit", "default_budget", "actual_cost"] == [e.value.field for e in (limit, default, actual)]
+    assert ("released", "committed", job) == (released.value.current, released.value.requested, released.value.job_id)
+
+
+async def test_only_a_commit_above_its_estimate_warns_and_the_default_budget_is_named(
+    money: Money, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await money.new_job(None)  # the default budget, 50
+    tracker = money.tracker()
+    with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+        async with tracker.reserve(job, CLIPS, "replicate", 2) as at_estimate:
+            await at_estimate.commit(2)
+        async with tracker.reserve(job, CLIPS, "replicate", 1) as below:
+            await below.commit("0.5")
+        assert [] == caplog.records
+        async with tracker.reserve(job, CLIPS, "replicate", 1) as above:
+            await above.commit(3)
+    (record,) = caplog.records
+    assert (str(job), str(above.id), "50.0000", "5.5000") == tuple(
+        getattr(record, name) for name in ("job_id", "reservation_id", "limit", "spent")
+    )
+
+
+async def test_track_cost_warns_only_past_the_budget_with_its_figures(
+    money: Money, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await money.new_job(Decimal(2))
+    tracker = money.tracker()
+    with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+        await tracker.track_cost(job, CLIPS, "openai", 2)  # at the limit: within it
+        assert [] == caplog.records
+        await tracker.track_cost(job, CLIPS, "openai", "0.5")
+    (record,) = caplog.records
+    assert (str(job), "2.5000", "2.0000", "0.5000") == tuple(
+        getattr(record, name) for name in ("job_id", "spent", "limit", "actual_cost")
+    )
