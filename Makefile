@@ -21,7 +21,7 @@ REAL_SERVICES_PATH := $(shell find $(abspath ..) -maxdepth 3 -name 'supabase-sto
 endif
 export REAL_SERVICES_PATH
 
-.PHONY: help venv system-deps services storage-server lint typecheck test test-fast consumer demo bench bench-scale lock clean
+.PHONY: help venv system-deps services storage-server lint typecheck test test-fast consumer demo bench bench-scale mutate lock clean
 
 help:
 	@echo "make demo   run one simulated job end to end against the local services"
@@ -29,6 +29,7 @@ help:
 	@echo "make bench  run the benchmarks (figures in benchmarks/README.md)"
 	@echo "make consumer  the example module project on the built wheel, in a fresh venv"
 	@echo "make bench-scale  the growth table at 1k, 100k and 1M jobs (a few minutes; several GB of disk)"
+	@echo "make mutate mutation testing of cost_tracking.py and jobs.py (mutmut; minutes)"
 	@echo "make lint | typecheck | lock | clean"
 
 # The interpreter's own pip (23.2.1 on a fresh Python 3.11 venv) only installs the pinned, hashed pip of
@@ -94,6 +95,13 @@ bench: venv system-deps services
 # Separate from `make bench`: it builds a 1M-job database (benchmarks/bench_scale.py).
 bench-scale: venv system-deps services
 	$(BIN)/python -m benchmarks scale
+# Mutation testing of the money and job modules ([tool.mutmut] in pyproject.toml: cost_tracking.py and jobs.py
+# against the tests that exercise them); outside `make test`. The report counts killed mutants per module,
+# leaving out those that change only a message's text, and lists the others that survived.
+mutate: venv services
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 || true
+	$(BIN)/python .ci/mutation_report.py
 
 # Compiles both locks again (the existing pins are kept where pyproject.toml still admits them).
 lock: venv

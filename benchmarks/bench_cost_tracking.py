@@ -150,7 +150,8 @@ async def _throughput(dsn: str, statement: str) -> tuple[int, dict[str, Rates], 
             return await tracker.track_cost(job_id, STAGE, API, COST)
 
         async def raw(job_id: uuid.UUID) -> object:
-            return await deadlocks.fetchrow(statement, job_id, STAGE.value, API, COST, None)
+            # With a key made per call, as track_cost makes one when it is given none.
+            return await deadlocks.fetchrow(statement, job_id, STAGE.value, API, COST, f"auto:{uuid.uuid4()}")
 
         async def ours_pair(job_id: uuid.UUID) -> None:
             async with tracker.reserve(job_id, STAGE, API, COST) as reservation:
@@ -158,8 +159,8 @@ async def _throughput(dsn: str, statement: str) -> tuple[int, dict[str, Rates], 
 
         async def raw_pair(job_id: uuid.UUID) -> None:
             row = await deadlocks.fetchrow(
-                "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7)",
-                *(job_id, STAGE.value, API, COST, None, DEFAULT_BUDGET, TTL),
+                "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7, $8)",
+                *(uuid.uuid4(), job_id, STAGE.value, API, COST, None, DEFAULT_BUDGET, TTL),
             )
             assert row is not None  # noqa: S101  # the hot job exists and its budget never refuses
             await deadlocks.fetchrow("select * from public.commit_job_reservation($1, $2)", row["reservation_id"], COST)

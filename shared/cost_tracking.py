@@ -7,30 +7,60 @@ short statement, committed (``commit_job_reservation``, one statement) or releas
 that is neither within the TTL (a worker that died) stops counting. ``track_cost`` is one statement too: the
 cost row and the job's total move together, and an idempotency key already recorded counts nothing.
 
+Every write carries an identity made here before the first send, because the DatabaseClient sends a statement
+again when the connection is lost and the answer with it: ``track_cost`` makes an idempotency key when it is
+given none, ``reserve`` chooses the reservation's id (a re-sent reserve finds its own reservation), commit and
+release are keyed by that id, and a lease renewal only moves the expiry forward.
+
+While the ``async with reserve(...)`` block runs, a background task renews the reservation every third of the
+TTL (a lease), so only a worker that died loses its hold. Cancellation never strands money: a commit or release
+in flight runs to its end (a second cancel included) before the cancellation goes on, and a cancelled reserve
+releases the id it chose, whether or not PostgreSQL had made the reservation yet.
+
+Every amount the API takes goes through :func:`to_money`: a ValidationError or the right Decimal, nothing else.
+
 Round trips: 1 for ``track_cost``, 2 for a reserve + commit pair, 2 for a reservation that is released.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
-from typing import Protocol, runtime_checkable
+from decimal import Decimal
+from typing import Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
 from shared.database import Database, Record
-from shared.errors import BudgetExceededError, DatabaseError, InvalidStateError, JobNotFoundError, ValidationError
-from shared.jobs import check_cursor, check_page_limit
+from shared.errors import (
+    BudgetExceededError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    InvalidStateError,
+    JobNotFoundError,
+)
 from shared.models import JobCost, StageName
+from shared.rules import Money, check_cursor, check_names, check_page_limit, to_money
 
-__all__ = ["BudgetStatus", "CostLedger", "CostLine", "CostSummary", "CostTracker", "Reservation", "to_money"]
+__all__ = [
+    "BudgetStatus",
+    "CostLedger",
+    "CostLine",
+    "CostSummary",
+    "CostTracker",
+    "LedgerRules",
+    "Money",
+    "Reservation",
+    "iter_cost_pages",
+    "to_money",
+]
 
+_T = TypeVar("_T")
 _log = logging.getLogger("shared.cost_tracking")
-_CENT_FRACTION = Decimal("0.0001")
-_MAX_MONEY = Decimal("99999999.9999")  # numeric(12, 4)
 _RAISED = "P0001"
 # A keyset page, the optional cursor written as a row comparison against coalesce() so that it stays an Index
 # Cond on job_costs_job_id_created_at_id_idx under the generic plan (tests/integration/test_generic_plans.py).
@@ -54,33 +84,24 @@ select grouping(c.stage_name, c.api_name) as grouping, c.stage_name, c.api_name,
 """
 
 
-def to_money(value: Decimal | int | str | float, *, field: str = "cost") -> Decimal:
-    """Return ``value`` as Decimal money (4 places, rounded up so a budget is never under-counted).
-
-    Raises:
-        ValidationError: negative, NaN, infinite, not a number, or more than numeric(12,4) holds.
-    """
-    try:
-        # str() first: Decimal(0.1) would carry the float's binary noise into the ledger.
-        amount = value if isinstance(value, Decimal) else Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        raise ValidationError(f"{field} must be a number of dollars, got {value!r}", field=field) from None
-    if isinstance(value, bool) or not amount.is_finite() or amount < 0:
-        raise ValidationError(f"{field} must be a finite amount >= 0, got {value!r}", field=field)
-    money = amount.quantize(_CENT_FRACTION, rounding=ROUND_CEILING)
-    if money > _MAX_MONEY:
-        raise ValidationError(f"{field} {value} is more than the ledger holds ({_MAX_MONEY})", field=field)
-    return money
-
-
 @dataclass(frozen=True, slots=True)
 class BudgetStatus:
-    """A job's money at one moment: spent, held by active reservations, and its limit."""
+    """A job's money at one moment: spent, held by active reservations, its limit, and what overran estimates.
+
+    ``overrun`` is the sum, over committed reservations, of what each cost above its estimate: money spent
+    that no reservation had held. It is part of ``spent`` already.
+    """
 
     job_id: UUID
     spent: Decimal
     reserved: Decimal
     limit: Decimal
+    overrun: Decimal = Decimal(0)
+
+    @property
+    def over_limit(self) -> Decimal:
+        """Return how far the spend went past the limit (0 when within it)."""
+        return max(self.spent - self.limit, Decimal(0))
 
     @property
     def available(self) -> Decimal:
@@ -110,7 +131,7 @@ class CostSummary:
     by_api: dict[str, CostLine]
 
 
-class Reservation(Protocol):
+class Reservation(Protocol):  # pragma: no mutate block
     """An estimate held against a job's budget inside ``async with ledger.reserve(...)``."""
 
     @property
@@ -119,11 +140,11 @@ class Reservation(Protocol):
     def estimated_cost(self) -> Decimal: ...
     @property
     def committed(self) -> JobCost | None: ...
-    async def commit(self, actual_cost: Decimal | int | str) -> JobCost: ...
+    async def commit(self, actual_cost: Money) -> JobCost: ...
 
 
 @runtime_checkable
-class CostLedger(Protocol):
+class CostLedger(Protocol):  # pragma: no mutate block
     """What pipeline modules do with money; CostTracker and shared.testing.FakeCostTracker implement it."""
 
     async def track_cost(
@@ -131,14 +152,14 @@ class CostLedger(Protocol):
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        cost: Decimal | int | str,
+        cost: Money,
         *,
         idempotency_key: str | None = None,
     ) -> JobCost: ...
     async def get_total_cost(self, job_id: UUID) -> Decimal: ...
-    async def get_budget(self, job_id: UUID, limit: Decimal | None = None) -> BudgetStatus: ...
-    async def check_budget(self, job_id: UUID, new_cost: Decimal | int | str, limit: Decimal | None = None) -> bool: ...
-    async def enforce_budget_limit(self, job_id: UUID, limit: Decimal | None = None) -> None: ...
+    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus: ...
+    async def check_budget(self, job_id: UUID, new_cost: Money, limit: Money | None = None) -> bool: ...
+    async def enforce_budget_limit(self, job_id: UUID, limit: Money | None = None) -> None: ...
     async def list_costs(
         self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
     ) -> list[JobCost]: ...
@@ -149,26 +170,12 @@ class CostLedger(Protocol):
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        estimated_cost: Decimal | int | str,
-        limit: Decimal | None = None,
+        estimated_cost: Money,
+        limit: Money | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]: ...
 
 
-def check_names(stage_name: StageName | str, api_name: str, idempotency_key: str | None = None) -> StageName:
-    """Return the stage as a StageName; refuse an unknown stage, an empty API name or a bad key."""
-    try:
-        stage = StageName(stage_name)
-    except ValueError:
-        known = ", ".join(StageName)
-        raise ValidationError(f"unknown stage {stage_name!r}; expected one of {known}", field="stage_name") from None
-    if not 1 <= len(api_name.strip()) <= 100:
-        raise ValidationError("api_name must be 1-100 characters, such as 'openai' or 'replicate'", field="api_name")
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
-        raise ValidationError("idempotency_key must be 1-200 characters", field="idempotency_key")
-    return stage
-
-
-async def iter_cost_pages(ledger: CostLedger, job_id: UUID, page_size: int) -> AsyncIterator[JobCost]:
+async def iter_cost_pages(ledger: LedgerRules, job_id: UUID, page_size: int) -> AsyncIterator[JobCost]:
     """Walk every page of ``ledger.list_costs`` in order (the one paging loop of every CostLedger)."""
     after: datetime | None = None
     after_id: UUID | None = None
@@ -198,15 +205,73 @@ def warn_overshoot(job_id: UUID, spent: Decimal, limit: Decimal, *, estimate: De
     )
 
 
+def warn_overrun(
+    job_id: UUID, reservation_id: UUID, *, estimate: Decimal, actual: Decimal, spent: Decimal, limit: Decimal
+) -> None:
+    """Log, in one line with both figures, that a commit cost more than its reservation held."""
+    over = "; over its budget, further reservations are refused" if spent > limit else ""
+    _log.warning(
+        "job %s: actual cost %s is above its estimate %s (overrun %s); spent %s of its budget %s%s",
+        job_id,
+        actual,
+        estimate,
+        actual - estimate,
+        spent,
+        limit,
+        over,
+        extra={
+            "job_id": str(job_id),
+            "reservation_id": str(reservation_id),
+            "estimated_cost": str(estimate),
+            "actual_cost": str(actual),
+            "overrun": str(actual - estimate),
+            "spent": str(spent),
+            "limit": str(limit),
+        },
+    )
+
+
+async def _to_the_end(work: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``work`` to its end even if the caller is cancelled meanwhile (again and again), then go on cancelling.
+
+    ``asyncio.shield`` alone would let the caller leave while the work still runs; money moves must be finished
+    when the block is left. A cancellation, from ``task.cancel()`` or ``asyncio.timeout``, is re-raised once the
+    work is done, so the task still ends cancelled (and a timeout still becomes TimeoutError).
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("interrupted work failed as well", exc_info=task.exception())
+        raise asyncio.CancelledError
+    return task.result()
+
+
 class _DbReservation:
-    """A reservation row in PostgreSQL; commit records the cost once."""
+    """A reservation row in PostgreSQL under the id chosen here; commit records the cost once."""
 
-    __slots__ = ("_committed", "_tracker", "estimated_cost", "id", "job_id")
+    __slots__ = ("_committed", "_tracker", "api_name", "estimated_cost", "id", "job_id", "stage")
 
-    def __init__(self, tracker: CostTracker, reservation_id: UUID, job_id: UUID, estimate: Decimal) -> None:
+    def __init__(
+        self,
+        tracker: CostTracker,
+        *,
+        reservation_id: UUID,
+        job_id: UUID,
+        stage: StageName,
+        api_name: str,
+        estimate: Decimal,
+    ) -> None:
         self._tracker = tracker
-        self.job_id = job_id
         self.id = reservation_id
+        self.job_id = job_id
+        self.stage = stage
+        self.api_name = api_name
         self.estimated_cost = estimate
         self._committed: JobCost | None = None
 
@@ -215,18 +280,104 @@ class _DbReservation:
         """Return the cost row once committed."""
         return self._committed
 
-    async def commit(self, actual_cost: Decimal | int | str) -> JobCost:
-        """Record the actual cost (once: a second commit returns the first row and counts nothing)."""
-        if self._committed is not None:
-            return self._committed
-        self._committed = await self._tracker._commit(self, to_money(actual_cost, field="actual_cost"))
+    async def commit(self, actual_cost: Money) -> JobCost:
+        """Record the actual cost (once: a second commit returns the first row and counts nothing).
+
+        The money was spent, so a commit in flight finishes even when the task is cancelled meanwhile.
+        """
+        if self._committed is None:
+            await _to_the_end(self._record(to_money(actual_cost, field="actual_cost")))
+        assert self._committed is not None  # noqa: S101 - set by _record
         return self._committed
 
+    async def _record(self, actual: Decimal) -> None:
+        self._committed = await self._tracker._commit(self, actual)
 
-class CostTracker:
+
+class _Lease:
+    """Renew a reservation every ``interval`` seconds: a timer, and a renewal task only while one is due.
+
+    A call shorter than the interval (the common case) costs a timer and no task.
+    """
+
+    def __init__(self, tracker: CostTracker, reservation: _DbReservation, interval: float) -> None:
+        self._tracker = tracker
+        self._reservation = reservation
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._timer = self._loop.call_later(interval, self._due)
+
+    def idle(self) -> bool:
+        """Return whether no renewal is in flight."""
+        return self._task is None or self._task.done()
+
+    def _due(self) -> None:
+        self._task = asyncio.create_task(self._renew(), name=f"lease of reservation {self._reservation.id}")
+
+    async def _renew(self) -> None:
+        try:
+            active = await self._tracker.renew(self._reservation)
+        except DatabaseError:
+            # The next renewal may get through; if none does, the hold ends at its TTL like a dead worker's.
+            _log.warning("could not renew reservation %s; trying again", self._reservation.id, exc_info=True)
+            active = True
+        if active and not self._stopped:
+            self._timer = self._loop.call_later(self._interval, self._due)
+
+    def stop(self) -> None:
+        """Renew no more."""
+        self._stopped = True
+        self._timer.cancel()
+
+    async def stop_and_wait(self) -> None:
+        """Renew no more, and wait until a renewal in flight has ended."""
+        self.stop()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task])
+            if not self._task.cancelled() and self._task.exception() is not None:
+                _log.warning(
+                    "the lease of reservation %s failed", self._reservation.id, exc_info=self._task.exception()
+                )
+
+
+class LedgerRules:
+    """What every CostLedger derives from its own ``get_budget`` and ``list_costs``, written once.
+
+    CostTracker and shared.testing's FakeCostTracker both inherit it, so the budget checks and the paging loop
+    cannot differ between the real ledger and its fake.
+    """
+
+    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus:
+        raise NotImplementedError
+
+    async def list_costs(
+        self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
+    ) -> list[JobCost]:
+        raise NotImplementedError
+
+    async def check_budget(self, job_id: UUID, new_cost: Money, limit: Money | None = None) -> bool:
+        """Return whether spent + active reservations + ``new_cost`` stays within the limit."""
+        amount = to_money(new_cost, field="new_cost")
+        return (await self.get_budget(job_id, limit)).allows(amount)
+
+    async def enforce_budget_limit(self, job_id: UUID, limit: Money | None = None) -> None:
+        """Raise BudgetExceededError when spent + active reservations exceed the limit."""
+        status = await self.get_budget(job_id, limit)
+        if not status.allows(Decimal(0)):
+            raise BudgetExceededError(job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit)
+
+    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
+        """Yield every cost row of the job, oldest first, fetched ``page_size`` rows at a time."""
+        return iter_cost_pages(self, job_id, page_size)
+
+
+class CostTracker(LedgerRules):
     """Costs, budgets and reservations in PostgreSQL (``Container.cost_tracker``)."""
 
-    def __init__(self, db: Database, *, default_budget: Decimal, reservation_ttl: timedelta) -> None:
+    def __init__(self, db: Database, *, default_budget: Money, reservation_ttl: timedelta) -> None:
         self._db = db
         self._default = to_money(default_budget, field="default_budget")
         self._ttl = reservation_ttl
@@ -236,13 +387,18 @@ class CostTracker:
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        cost: Decimal | int | str,
+        cost: Money,
         *,
         idempotency_key: str | None = None,
     ) -> JobCost:
-        """Record a cost and add it to the job's total atomically; a key already recorded counts nothing."""
+        """Record a cost and add it to the job's total atomically; a key already recorded counts nothing.
+
+        Without ``idempotency_key`` one is made here, before the first send, so that the statement sent again
+        after a lost answer is counted once. Pass your own to make a retry of the whole call count once too.
+        """
         stage = check_names(stage_name, api_name, idempotency_key)
         amount = to_money(cost)
+        key = idempotency_key if idempotency_key is not None else f"auto:{uuid.uuid4()}"
         row = await self._db.fetchrow(
             """
             with job as (
@@ -271,14 +427,14 @@ class CostTracker:
             stage.value,
             api_name,
             amount,
-            idempotency_key,
+            key,
         )
         if row is None:
             # An unknown job, or a concurrent call with the same key committed after our snapshot was taken.
             row = await self._db.fetchrow(
                 "select *, false as newly_recorded from public.job_costs where job_id = $1 and idempotency_key = $2",
                 job_id,
-                idempotency_key,
+                key,
             )
             if row is None:
                 raise JobNotFoundError(job_id=job_id)
@@ -296,18 +452,21 @@ class CostTracker:
         spent: Decimal = total
         return spent
 
-    async def get_budget(self, job_id: UUID, limit: Decimal | None = None) -> BudgetStatus:
-        """Return what the job has spent and reserved, and its limit (``limit``, the job's, or the default)."""
+    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus:
+        """Return what the job has spent, reserved and overrun, and its limit (``limit``, the job's, or the default)."""
         override = None if limit is None else to_money(limit, field="limit")
         row = await self._db.fetchrow(
             """
             select j.total_cost,
                    coalesce($2, j.budget_limit, $3) as budget,
-                   coalesce((select sum(r.estimated_cost) from public.job_cost_reservations r
-                              where r.job_id = j.id and r.status = 'active' and r.expires_at > clock_timestamp()),
-                            0) as reserved
+                   coalesce(sum(r.estimated_cost) filter (
+                       where r.status = 'active' and r.expires_at > clock_timestamp()), 0) as reserved,
+                   coalesce(sum(r.actual_cost - r.estimated_cost) filter (
+                       where r.status = 'committed' and r.actual_cost > r.estimated_cost), 0) as overrun
               from public.jobs j
+              left join public.job_cost_reservations r on r.job_id = j.id
              where j.id = $1
+             group by j.id
             """,
             job_id,
             override,
@@ -315,18 +474,7 @@ class CostTracker:
         )
         if row is None:
             raise JobNotFoundError(job_id=job_id)
-        return BudgetStatus(job_id, row["total_cost"], row["reserved"], row["budget"])
-
-    async def check_budget(self, job_id: UUID, new_cost: Decimal | int | str, limit: Decimal | None = None) -> bool:
-        """Return whether spent + active reservations + ``new_cost`` stays within the limit."""
-        amount = to_money(new_cost, field="new_cost")
-        return (await self.get_budget(job_id, limit)).allows(amount)
-
-    async def enforce_budget_limit(self, job_id: UUID, limit: Decimal | None = None) -> None:
-        """Raise BudgetExceededError when spent + active reservations exceed the limit."""
-        status = await self.get_budget(job_id, limit)
-        if not status.allows(Decimal(0)):
-            raise BudgetExceededError(job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit)
+        return BudgetStatus(job_id, row["total_cost"], row["reserved"], row["budget"], row["overrun"])
 
     async def list_costs(
         self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
@@ -340,10 +488,6 @@ class CostTracker:
         check_cursor(after, after_id, name="after")
         rows = await self._db.fetch(_COSTS_PAGE, job_id, after, after_id, limit)
         return [_cost(row) for row in rows]
-
-    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
-        """Yield every cost row of the job, oldest first, fetched ``page_size`` rows at a time."""
-        return iter_cost_pages(self, job_id, page_size)
 
     async def cost_summary(self, job_id: UUID) -> CostSummary:
         """Return the job's spend in total, per stage and per API, summed in PostgreSQL (one round trip)."""
@@ -369,39 +513,75 @@ class CostTracker:
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        estimated_cost: Decimal | int | str,
-        limit: Decimal | None = None,
+        estimated_cost: Money,
+        limit: Money | None = None,
     ) -> AsyncIterator[Reservation]:
         """Hold ``estimated_cost`` against the budget for the block, or raise BudgetExceededError before it.
 
         Inside, ``await reservation.commit(actual)`` records the cost. Leaving without a commit, or by an
-        exception, releases the reservation.
+        exception or a cancellation, releases the reservation before the block is left. While the block runs
+        the hold is renewed every third of the TTL, so a long paid call keeps it; a worker that dies loses it
+        at the TTL.
         """
         stage = check_names(stage_name, api_name)
         estimate = to_money(estimated_cost, field="estimated_cost")
         override = None if limit is None else to_money(limit, field="limit")
-        row = await self._db.fetchrow(
-            "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7)",
-            job_id,
-            stage.value,
-            api_name,
-            estimate,
-            override,
-            self._default,
-            self._ttl,
+        reservation = _DbReservation(
+            self, reservation_id=uuid.uuid4(), job_id=job_id, stage=stage, api_name=api_name, estimate=estimate
         )
+        try:
+            row = await self._db.fetchrow(
+                "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7, $8)",
+                reservation.id,
+                job_id,
+                stage.value,
+                api_name,
+                estimate,
+                override,
+                self._default,
+                self._ttl,
+            )
+        except (asyncio.CancelledError, DatabaseUnavailableError):
+            # PostgreSQL may have made the reservation (or may still make it): release its id either way.
+            await _to_the_end(self._abandon(reservation))
+            raise
         if row is None:
             raise JobNotFoundError(job_id=job_id)
         if row["reservation_id"] is None:
             raise BudgetExceededError(
                 job_id=job_id, spent=row["spent"], reserved=row["reserved"], limit=row["budget"], requested=estimate
             )
-        reservation = _DbReservation(self, row["reservation_id"], job_id, estimate)
+        lease = _Lease(self, reservation, self._ttl.total_seconds() / 3)
         try:
             yield reservation
         finally:
-            if reservation.committed is None:
-                await self._release(reservation)
+            if reservation.committed is not None and lease.idle():
+                lease.stop()  # the common path: nothing to wait for, so no task is made
+            else:
+                await _to_the_end(self._close(reservation, lease))
+
+    async def renew(self, reservation: Reservation) -> bool:
+        """Extend an active reservation's hold to a full TTL from now; return False once it is no longer active.
+
+        The block of ``reserve`` does this in the background. The expiry only moves forward, so a renewal sent
+        again after a lost answer changes nothing more.
+        """
+        status = await self._db.execute(
+            """
+            update public.job_cost_reservations
+               set expires_at = greatest(expires_at, clock_timestamp() + $2)
+             where id = $1 and status = 'active'
+            """,
+            reservation.id,
+            self._ttl,
+        )
+        return status == "UPDATE 1"
+
+    async def _close(self, reservation: _DbReservation, lease: _Lease) -> None:
+        """Stop the lease, then release the reservation unless it was committed."""
+        await lease.stop_and_wait()
+        if reservation.committed is None:
+            await self._release(reservation)
 
     async def _commit(self, reservation: _DbReservation, actual: Decimal) -> JobCost:
         try:
@@ -417,16 +597,14 @@ class CostTracker:
             raise InvalidStateError("the reservation no longer exists", job_id=reservation.job_id)
         if row["newly_recorded"] and actual > reservation.estimated_cost:
             limit = row["budget_limit"] if row["budget_limit"] is not None else self._default
-            _log.warning(
-                "actual cost %s is above its estimate %s",
-                actual,
-                reservation.estimated_cost,
-                extra={"job_id": str(reservation.job_id), "reservation_id": str(reservation.id)},
+            warn_overrun(
+                reservation.job_id,
+                reservation.id,
+                estimate=reservation.estimated_cost,
+                actual=actual,
+                spent=row["spent"],
+                limit=limit,
             )
-            if row["spent"] > limit:
-                warn_overshoot(
-                    reservation.job_id, row["spent"], limit, estimate=reservation.estimated_cost, actual=actual
-                )
         return _cost(row)
 
     async def _release(self, reservation: _DbReservation) -> None:
@@ -437,6 +615,31 @@ class CostTracker:
             )
         except DatabaseError:
             # Not raised over the block's own exception: the reservation stops counting at its TTL anyway.
+            _log.warning("could not release reservation %s; it expires at its TTL", reservation.id, exc_info=True)
+
+    async def _abandon(self, reservation: _DbReservation) -> None:
+        """Release a reservation whose reserve was cancelled or lost, whether or not PostgreSQL made it.
+
+        A released row under the id is written if there is none yet, so a reserve still on its way finds the id
+        taken and holds nothing. The job row's lock comes first, as in reserve_job_budget, which checks the id
+        under that lock: the two cannot interleave.
+        """
+        try:
+            await self._db.execute(
+                """
+                with job as (select id from public.jobs where id = $2 for update)
+                insert into public.job_cost_reservations
+                       (id, job_id, stage_name, api_name, estimated_cost, status, expires_at)
+                select $1, job.id, $3, $4, $5, 'released', clock_timestamp() from job
+                on conflict (id) do update set status = 'released' where job_cost_reservations.status = 'active'
+                """,
+                reservation.id,
+                reservation.job_id,
+                reservation.stage.value,
+                reservation.api_name,
+                reservation.estimated_cost,
+            )
+        except DatabaseError:
             _log.warning("could not release reservation %s; it expires at its TTL", reservation.id, exc_info=True)
 
 

@@ -7,7 +7,10 @@ server that is starting or shutting down, a serialization failure or a deadlock 
 :class:`~shared.errors.DatabaseUnavailableError` (a ``RetryableError``).
 
 Outside a transaction a statement whose connection was lost is sent again (three attempts in all), so the
-statements this package runs are idempotent (client-made ids, idempotency keys, guarded state moves). Inside
+statements this package runs are idempotent by construction: each write carries an identity the client made
+before the first send (a job id, a reservation id, an idempotency key) or only moves state forward. A statement
+that cannot be made so runs inside ``async with db.no_resend():``: after a lost connection it is not sent
+again, and the caller gets a retryable error saying that its outcome is unknown. Inside
 ``async with db.transaction():`` nothing is re-sent: the error reaches the caller, who re-runs the whole
 transaction. Behind a transaction pooler (Supavisor on port 6543, pgbouncer) set the statement cache to 0.
 """
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -139,6 +142,7 @@ class DatabaseClient:
         self._timeout = command_timeout
         self._attempts = attempts
         self._current: ContextVar[_Transaction | None] = ContextVar(f"db_transaction_{id(self)}", default=None)
+        self._resend_allowed: ContextVar[bool] = ContextVar(f"db_resend_{id(self)}", default=True)
         self._retry = retry_with_backoff(
             max_attempts=max(attempts - 1, 1),
             base_delay=0.1,
@@ -267,6 +271,15 @@ class DatabaseClient:
             raise error from exc
         assert isinstance(error, DatabaseUnavailableError)  # noqa: S101 - narrowed by `retryable`
         lost = error.sqlstate is None or error.sqlstate.startswith("08")
+        if lost and not self._resend_allowed.get():
+            # A refused or rolled-back statement (serialization failure, deadlock) is safe to send again; one
+            # whose connection went away may have committed, and this one has no identity to tell.
+            msg = (
+                f"the connection was lost while {method} was in flight, so PostgreSQL may have applied it; it is "
+                "marked not idempotent (db.no_resend()), so it was not sent again: check whether it took effect "
+                "before you retry it"
+            )
+            raise DatabaseUnavailableError(msg, sqlstate=error.sqlstate, code="outcome_unknown") from exc
         reason = "connection lost" if lost else f"SQLSTATE {error.sqlstate}"
         _log.warning("database %s; retrying the statement", reason, extra={"error": str(error)})
         return await self._retry(method, query, args, self._limit(timeout))
@@ -317,6 +330,19 @@ class DatabaseClient:
     async def _release_quietly(self, connection: PoolConnectionProxy) -> None:
         with contextlib.suppress(*_DRIVER_ERRORS, asyncio.CancelledError):
             await self._pool.release(connection)
+
+    @contextlib.contextmanager
+    def no_resend(self) -> Iterator[None]:
+        """Never send the block's statements again after a lost connection (for writes without an identity).
+
+        Such a statement raises a retryable DatabaseUnavailableError with code ``outcome_unknown`` instead: it
+        may or may not have been applied, and only the caller can find out which.
+        """
+        token = self._resend_allowed.set(False)
+        try:
+            yield
+        finally:
+            self._resend_allowed.reset(token)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:

@@ -8,16 +8,15 @@ DatabaseClient may safely send it again after a lost connection.
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, NoReturn, Protocol, runtime_checkable
 from uuid import UUID
 
 from shared.database import Database, Record
-from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, UserNotFoundError, ValidationError
+from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
+from shared.rules import Money, check_cursor, check_job_input, check_page_limit, check_progress, check_text
 
 __all__ = ["JobRepository", "JobStore"]
 
@@ -38,7 +37,7 @@ _FK_VIOLATION = "23503"
 
 
 @runtime_checkable
-class JobStore(Protocol):
+class JobStore(Protocol):  # pragma: no mutate block
     """What pipeline modules do with jobs; JobRepository and shared.testing.FakeJobStore implement it."""
 
     async def create_job(
@@ -47,7 +46,7 @@ class JobStore(Protocol):
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Decimal | None = None,
+        budget_limit: Money | None = None,
         job_id: UUID | None = None,
     ) -> Job: ...
     async def get_job(self, job_id: UUID) -> Job: ...
@@ -68,43 +67,6 @@ class JobStore(Protocol):
     async def fail_job(self, job_id: UUID, error_message: str) -> Job: ...
 
 
-def check_job_input(audio_url: str, user_prompt: str, budget_limit: Decimal | None) -> None:
-    """Refuse an empty audio URL or prompt and a budget that is negative, NaN or infinite."""
-    if not audio_url.strip():
-        raise ValidationError("audio_url is empty; pass the storage URL of the uploaded audio", field="audio_url")
-    if not user_prompt.strip():
-        raise ValidationError("user_prompt is empty; pass the user's prompt", field="user_prompt")
-    if budget_limit is not None and (not budget_limit.is_finite() or budget_limit < 0):
-        raise ValidationError(f"budget_limit must be a finite amount >= 0, got {budget_limit}", field="budget_limit")
-
-
-def check_progress(progress: int, estimated_remaining: int | None) -> None:
-    """Refuse progress outside 0-100 and a negative time remaining."""
-    if isinstance(progress, bool) or not 0 <= progress <= 100:
-        raise ValidationError(f"progress must be 0-100, got {progress}", field="progress")
-    if estimated_remaining is not None and (estimated_remaining < 0 or not math.isfinite(estimated_remaining)):
-        raise ValidationError(f"estimated_remaining must be >= 0 seconds, got {estimated_remaining}", field="progress")
-
-
-def check_page_limit(limit: int) -> None:
-    """Refuse a page size outside 1-1000."""
-    if not 1 <= limit <= 1000:
-        raise ValidationError(f"limit must be 1-1000, got {limit}", field="limit")
-
-
-def check_cursor(at: datetime | None, at_id: UUID | None, *, name: str) -> None:
-    """Refuse a keyset cursor with an id but no time: the next page starts after the last row's (time, id)."""
-    if at_id is not None and at is None:
-        msg = f"{name}_id needs {name}: pass the last row's created_at as {name} and its id as {name}_id together"
-        raise ValidationError(msg, field=f"{name}_id")
-
-
-def check_text(value: str, field: str) -> None:
-    """Refuse an empty message or URL."""
-    if not value.strip():
-        raise ValidationError(f"{field} is empty", field=field)
-
-
 class JobRepository:
     """Read and move jobs and their stages in PostgreSQL (``Container.jobs``)."""
 
@@ -117,11 +79,11 @@ class JobRepository:
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Decimal | None = None,
+        budget_limit: Money | None = None,
         job_id: UUID | None = None,
     ) -> Job:
         """Create a queued job (``job_id`` makes a retried call return the first job, not a second one)."""
-        check_job_input(audio_url, user_prompt, budget_limit)
+        budget = check_job_input(audio_url, user_prompt, budget_limit)
         new_id = job_id or uuid.uuid4()
         try:
             row = await self._db.fetchrow(
@@ -141,7 +103,7 @@ class JobRepository:
                 user_id,
                 audio_url,
                 user_prompt,
-                budget_limit,
+                budget,
             )
         except DatabaseError as error:
             if error.sqlstate == _FK_VIOLATION:

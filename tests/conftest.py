@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.storage",
     "tests.fixtures.audio",
     "tests.fixtures.jwks",
+    "tests.fixtures.proxy",
 ]
 # shared.testing.fixtures (the kit module authors use) comes from its pytest11 entry point, as in a consumer.

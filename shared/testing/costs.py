@@ -14,15 +14,14 @@ from shared.cost_tracking import (
     BudgetStatus,
     CostLine,
     CostSummary,
+    LedgerRules,
     Reservation,
-    check_names,
-    iter_cost_pages,
-    to_money,
+    warn_overrun,
     warn_overshoot,
 )
 from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError
-from shared.jobs import check_cursor, check_page_limit
 from shared.models import JobCost, StageName
+from shared.rules import Money, check_cursor, check_names, check_page_limit, to_money
 from shared.testing.world import FakeWorld
 
 # The largest id: a cursor with a time only takes the rows strictly after it, as PostgreSQL's coalesce does.
@@ -39,6 +38,7 @@ class _Held:
     estimate: Decimal
     expires_at: datetime
     status: str = "active"
+    actual: Decimal | None = None
 
 
 @dataclass
@@ -60,13 +60,13 @@ class _FakeReservation:
     def committed(self) -> JobCost | None:
         return self._committed
 
-    async def commit(self, actual_cost: Decimal | int | str) -> JobCost:
+    async def commit(self, actual_cost: Money) -> JobCost:
         if self._committed is None:
             self._committed = self._tracker._commit(self.id, self._held, to_money(actual_cost, field="actual_cost"))
         return self._committed
 
 
-class FakeCostTracker:
+class FakeCostTracker(LedgerRules):
     """In-memory CostLedger: the same answers and errors as CostTracker, within one process.
 
     It knows the jobs of its ``world`` (those a FakeJobStore of the same world created), with their budget
@@ -126,7 +126,7 @@ class FakeCostTracker:
         self.world.set_total_cost(job_id, job.spent)
         return row, True
 
-    def _limit(self, job: _Job, limit: Decimal | None) -> Decimal:
+    def _limit(self, job: _Job, limit: Money | None) -> Decimal:
         if limit is not None:
             return to_money(limit, field="limit")
         return job.budget_limit if job.budget_limit is not None else self._default
@@ -136,7 +136,7 @@ class FakeCostTracker:
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        cost: Decimal | int | str,
+        cost: Money,
         *,
         idempotency_key: str | None = None,
     ) -> JobCost:
@@ -151,7 +151,7 @@ class FakeCostTracker:
     async def get_total_cost(self, job_id: UUID) -> Decimal:
         return self._job(job_id).spent
 
-    async def get_budget(self, job_id: UUID, limit: Decimal | None = None) -> BudgetStatus:
+    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus:
         job = self._job(job_id)
         now = self._clock()
         reserved = sum(
@@ -162,16 +162,15 @@ class FakeCostTracker:
             ),
             start=Decimal(0),
         )
-        return BudgetStatus(job_id, job.spent, reserved, self._limit(job, limit))
-
-    async def check_budget(self, job_id: UUID, new_cost: Decimal | int | str, limit: Decimal | None = None) -> bool:
-        amount = to_money(new_cost, field="new_cost")
-        return (await self.get_budget(job_id, limit)).allows(amount)
-
-    async def enforce_budget_limit(self, job_id: UUID, limit: Decimal | None = None) -> None:
-        status = await self.get_budget(job_id, limit)
-        if not status.allows(Decimal(0)):
-            raise BudgetExceededError(job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit)
+        overrun = sum(
+            (
+                h.actual - h.estimate
+                for h in self._held.values()
+                if h.job_id == job_id and h.status == "committed" and h.actual is not None and h.actual > h.estimate
+            ),
+            start=Decimal(0),
+        )
+        return BudgetStatus(job_id, job.spent, reserved, self._limit(job, limit), overrun)
 
     async def list_costs(
         self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
@@ -183,9 +182,6 @@ class FakeCostTracker:
             cursor = (after, after_id or _MAX_ID)
             rows = [row for row in rows if (row.created_at, row.id) > cursor]
         return rows[:limit]
-
-    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
-        return iter_cost_pages(self, job_id, page_size)
 
     async def cost_summary(self, job_id: UUID) -> CostSummary:
         rows = self._job(job_id).costs
@@ -206,8 +202,8 @@ class FakeCostTracker:
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        estimated_cost: Decimal | int | str,
-        limit: Decimal | None = None,
+        estimated_cost: Money,
+        limit: Money | None = None,
     ) -> AsyncIterator[Reservation]:
         stage = check_names(stage_name, api_name)
         estimate = to_money(estimated_cost, field="estimated_cost")
@@ -231,8 +227,15 @@ class FakeCostTracker:
             msg = "this reservation was released; reserve again before spending"
             raise InvalidStateError(msg, current="released", requested="committed", job_id=held.job_id)
         row, new = self._record(held.job_id, held.stage, held.api_name, actual, f"reservation:{reservation_id}")
-        held.status = "committed"
+        held.status, held.actual = "committed", actual
         job = self._jobs[held.job_id]
-        if new and job.spent > self._limit(job, None):
-            warn_overshoot(held.job_id, job.spent, self._limit(job, None), estimate=held.estimate, actual=actual)
+        if new and actual > held.estimate:
+            warn_overrun(
+                held.job_id,
+                reservation_id,
+                estimate=held.estimate,
+                actual=actual,
+                spent=job.spent,
+                limit=self._limit(job, None),
+            )
         return row

@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, NoReturn
 from uuid import UUID
 
 from shared.errors import InvalidStateError, JobNotFoundError, UserNotFoundError
-from shared.jobs import check_cursor, check_job_input, check_page_limit, check_progress, check_text
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
+from shared.rules import Money, check_cursor, check_job_input, check_page_limit, check_progress, check_text
 from shared.testing.world import FakeWorld
 
 __all__ = ["FakeJobStore"]
@@ -47,10 +46,10 @@ class FakeJobStore:
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Decimal | None = None,
+        budget_limit: Money | None = None,
         job_id: UUID | None = None,
     ) -> Job:
-        check_job_input(audio_url, user_prompt, budget_limit)
+        budget = check_job_input(audio_url, user_prompt, budget_limit)
         new_id = job_id or uuid.uuid4()
         if new_id in self._jobs:
             existing = self._jobs[new_id]
@@ -68,7 +67,7 @@ class FakeJobStore:
             user_id=user_id,
             audio_url=audio_url,
             user_prompt=user_prompt,
-            budget_limit=budget_limit,
+            budget_limit=budget,
             created_at=now,
             updated_at=now,
         )

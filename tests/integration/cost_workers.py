@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -61,3 +62,21 @@ async def _track(dsn: str, job_id: uuid.UUID, tasks: int) -> int:
 def track_many(dsn: str, job_id: uuid.UUID, tasks: int) -> int:
     """Record ``tasks`` concurrent costs of 0.01; return how many were sent."""
     return asyncio.run(_track(dsn, job_id, tasks))
+
+
+async def _hold(dsn: str, job_id: uuid.UUID, estimate: Decimal, ttl_seconds: float) -> None:
+    async for db in init_database(_settings(dsn)):
+        tracker = CostTracker(db, default_budget=Decimal(50), reservation_ttl=timedelta(seconds=ttl_seconds))
+        async with tracker.reserve(job_id, StageName.CLIP_GENERATION, "replicate", estimate):
+            print("held", flush=True)  # noqa: T201 - the parent waits for this line
+            await asyncio.sleep(3600)  # the paid call; the parent kills this process meanwhile
+
+
+def hold_until_killed() -> None:
+    """Reserve (argv: dsn, job id, estimate, TTL seconds), say "held", and wait inside the block to be killed."""
+    dsn, job_id, estimate, ttl = sys.argv[1:5]
+    asyncio.run(_hold(dsn, uuid.UUID(job_id), Decimal(estimate), float(ttl)))
+
+
+if __name__ == "__main__":
+    hold_until_killed()

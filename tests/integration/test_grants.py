@@ -85,7 +85,8 @@ async def test_the_database_has_supabases_default_privileges(conn: asyncpg.Conne
 async def test_api_roles_cannot_call_the_budget_functions(conn: asyncpg.Connection, role: str) -> None:
     job = "00000000-0000-0000-0000-000000000000"
     for call in (
-        f"select * from public.reserve_job_budget('{job}', 'composition', 'x', 1, null, 1, interval '1 minute')",
+        f"select * from public.reserve_job_budget('{job}', '{job}', 'composition', 'x', 1, null, 1, "
+        "interval '1 minute')",
         f"select * from public.commit_job_reservation('{job}', 1)",
     ):
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for function"):
