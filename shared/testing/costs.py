@@ -112,6 +112,11 @@ class FakeCostTracker(LedgerRules):
             for existing in job.costs:
                 if existing.idempotency_key == key:
                     return existing, False
+        # PostgreSQL stamps each statement with its own now(); a fixed test clock would make every row tie, and
+        # ties are ordered by their random ids. One microsecond after the last row keeps the order of insertion.
+        created_at = self._clock()
+        if job.costs and created_at <= job.costs[-1].created_at:
+            created_at = job.costs[-1].created_at + timedelta(microseconds=1)
         row = JobCost(
             id=uuid.uuid4(),
             job_id=job_id,
@@ -119,7 +124,7 @@ class FakeCostTracker(LedgerRules):
             api_name=api_name,
             cost=cost,
             idempotency_key=key,
-            created_at=self._clock(),
+            created_at=created_at,
         )
         job.costs.append(row)
         job.spent += cost
