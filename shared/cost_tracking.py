@@ -55,7 +55,6 @@ __all__ = [
     "LedgerRules",
     "Money",
     "Reservation",
-    "iter_cost_pages",
     "to_money",
 ]
 
@@ -173,19 +172,6 @@ class CostLedger(Protocol):  # pragma: no mutate block
         estimated_cost: Money,
         limit: Money | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]: ...
-
-
-async def iter_cost_pages(ledger: LedgerRules, job_id: UUID, page_size: int) -> AsyncIterator[JobCost]:
-    """Walk every page of ``ledger.list_costs`` in order (the one paging loop of every CostLedger)."""
-    after: datetime | None = None
-    after_id: UUID | None = None
-    while True:
-        page = await ledger.list_costs(job_id, limit=page_size, after=after, after_id=after_id)
-        for cost in page:
-            yield cost
-        if len(page) < page_size:
-            return
-        after, after_id = page[-1].created_at, page[-1].id
 
 
 def warn_overshoot(job_id: UUID, spent: Decimal, limit: Decimal, *, estimate: Decimal | None, actual: Decimal) -> None:
@@ -369,9 +355,17 @@ class LedgerRules:
         if not status.allows(Decimal(0)):
             raise BudgetExceededError(job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit)
 
-    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
+    async def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
         """Yield every cost row of the job, oldest first, fetched ``page_size`` rows at a time."""
-        return iter_cost_pages(self, job_id, page_size)
+        after: datetime | None = None
+        after_id: UUID | None = None
+        while True:
+            page = await self.list_costs(job_id, limit=page_size, after=after, after_id=after_id)
+            for cost in page:
+                yield cost
+            if len(page) < page_size:
+                return
+            after, after_id = page[-1].created_at, page[-1].id
 
 
 class CostTracker(LedgerRules):
