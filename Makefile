@@ -12,16 +12,19 @@ SYSTEM_COMMANDS := pgbouncer redis-server lame flac sox ffmpeg openssl
 
 # Snapshots of Supabase's sources for a machine without internet: supabase-storage-<rev>.tar.gz (the Storage
 # server), supabase-postgres-*-migrations.tar.gz and supabase-auth-*-migrations.tar.gz (Supabase's own SQL).
-# REAL_SERVICES_PATH lists the folders that hold them (colon-separated); by default, any folder within three
-# levels of the checkout's parent that does. Without them each harness fetches the public repositories at the
-# pinned revisions (tests/real_storage/__init__.py, tests/fixtures/supabase_db.py); SUPABASE_STORAGE_SOURCE,
-# SUPABASE_POSTGRES_SQL and SUPABASE_AUTH_SQL name one source each. Nothing in the code names a folder.
+# REAL_SERVICES_PATH lists the folders that hold them (colon-separated); by default, any folder that does within
+# three levels of the checkout's parent, in ~/.cache/videogen-shared/real-services, or in this CI machine's
+# folder of snapshots (/work/shared/real-services), wherever the clone lies. Without them each harness fetches
+# the public repositories at the pinned revisions (tests/real_storage/__init__.py, tests/fixtures/supabase_db.py);
+# SUPABASE_STORAGE_SOURCE, SUPABASE_POSTGRES_SQL and SUPABASE_AUTH_SQL name one source each. Nothing in the code
+# names a folder.
+REAL_SERVICES_SEARCH := $(abspath ..) $(wildcard $(HOME)/.cache/videogen-shared/real-services /work/shared/real-services)
 ifeq ($(origin REAL_SERVICES_PATH),undefined)
-REAL_SERVICES_PATH := $(shell find $(abspath ..) -maxdepth 3 -name 'supabase-storage-*.tar.gz' -printf '%h:' 2>/dev/null)
+REAL_SERVICES_PATH := $(shell find $(REAL_SERVICES_SEARCH) -maxdepth 3 -name 'supabase-storage-*.tar.gz' -printf '%h:' 2>/dev/null | tr ':' '\n' | sort -u | tr '\n' ':')
 endif
 export REAL_SERVICES_PATH
 
-.PHONY: help venv system-deps services storage-server lint typecheck test test-fast consumer demo bench bench-scale mutate lock clean
+.PHONY: help venv system-deps services print-real-services storage-server lint typecheck test test-fast consumer demo bench bench-scale mutate lock clean
 
 help:
 	@echo "make demo   run one simulated job end to end against the local services"
@@ -62,6 +65,9 @@ services:
 # and lock hash; the test session then starts it on free ports with its own database and stops it by PID.
 # Its source is SUPABASE_STORAGE_SOURCE if set, else a supabase-storage-<rev>.tar.gz in one of the folders of
 # REAL_SERVICES_PATH (above), else the public repository at the pinned revision.
+
+print-real-services:
+	@echo "$(or $(REAL_SERVICES_PATH),<none: the public repositories>)"
 
 storage-server: venv
 	$(BIN)/python -m tests.real_storage install
