@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from shared.errors import ValidationError
 from shared.validation import validate_audio_file
 from shared.validation.flac import FREE_PARSES, JUMP
-from tests.fixtures.audio import AudioCorpus, flac_frame_starts, random_hole, tiny_flac
+from tests.fixtures.audio import AudioCorpus, fake_flac_tail, flac_frame_starts, random_hole, tiny_flac
 
 REAL = ["flac_reference_encoder", "flac_ffmpeg", "flac_96khz_24bit", "flac_mono"]
 
@@ -85,3 +85,30 @@ def test_any_change_to_the_frames_of_a_real_flac_is_refused(audio_corpus: AudioC
     noise = data.draw(st.binary(min_size=len(original), max_size=len(original)).filter(lambda b: b != original))
     with pytest.raises(ValidationError):
         validate_audio_file(content[:at] + noise + content[at + size :], min_duration_seconds=0)
+
+
+def test_a_damaged_byte_in_the_last_frame_of_a_whole_flac_is_refused(audio_corpus: AudioCorpus) -> None:
+    """Its frames hold every sample STREAMINFO promises, so the last frame failing is damage (or a cut in it)."""
+    data = bytearray(audio_corpus.good["flac_reference_encoder"].path.read_bytes())
+    last = flac_frame_starts(bytes(data))[-1]
+    data[(last + len(data)) // 2] ^= 0x10
+    assert f"its last frame (at byte {last:,}) fails its CRC-16 check" in _refusal(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("filler", "max_blocksize", "fragment"),
+    [
+        (bytes(3 * JUMP), 16, "no audio frame within 132 bytes"),
+        (fake_flac_tail(8 * JUMP), 65535, "more than 64 false frame headers"),  # a window of 278 KB to search
+    ],
+)
+def test_a_stretch_without_frames_where_the_walk_jumps_is_refused(
+    filler: bytes, max_blocksize: int, fragment: str
+) -> None:
+    """Past the budget the walk jumps: zeros or fake headers where it lands are refused there, not skipped."""
+    data = tiny_flac(FREE_PARSES + 32 * JUMP // 12)
+    data = data[:10] + max_blocksize.to_bytes(2, "big") + data[12:]
+    at = len(data) // 3
+    message = _refusal(data[:at] + filler + data[at + len(filler) :])
+    assert "The FLAC file is damaged" in message
+    assert fragment in message
