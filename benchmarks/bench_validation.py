@@ -8,7 +8,8 @@
 2. Bytes read per validation, counted by a file object that wraps the file.
 3. Peak Python memory (tracemalloc) validating a 500 MB WAV, against mutagen's ``WAVE`` on the same file.
 4. The crafted files of issue 14 at full size (a FLAC with max_framesize 16 MB and a 16 MB tail of fake frame
-   headers, 3 million chained ID3 tags, 10 MB of MP3 frames of 24 bytes, ...) and 10 MB real files: the
+   headers, 3 million chained ID3 tags, 10 MB of MP3 frames of 24 bytes, 10 MB of FLAC frames of 16 samples,
+   ...) and real files of about 10 MB: the
    validation time per 10 MB (best of 3) and the bytes read over the file's size, beside one plain read of the
    same file (the baseline: reading it once with nothing checked).
 """
@@ -110,7 +111,7 @@ def _large_wav(path: Path) -> Path:
 
 def _hostile_files(directory: Path, song: dict[str, Path]) -> dict[str, Path]:
     """Write the crafted files at the sizes issue 14 observed, and 10 MB real files."""
-    from tests.fixtures.audio import chained_id3, fake_flac_tail, flac_max_framesize  # noqa: PLC0415
+    from tests.fixtures.audio import chained_id3, fake_flac_tail, flac_max_framesize, tiny_flac  # noqa: PLC0415
 
     files: dict[str, Path] = {}
 
@@ -132,6 +133,11 @@ def _hostile_files(directory: Path, song: dict[str, Path]) -> dict[str, Path]:
     repeats = (10 << 20) // len(mp3) + 1
     write("a real FLAC with a 10 MB tail of fake frame headers", flac + fake_flac_tail(10 << 20))
     write(f"{repeats} real VBR MP3s concatenated (about 10 MB)", mp3 * repeats)
+    tiny = tiny_flac((10 << 20) // 17)  # frames of 16 samples: 15-19 bytes, the most FLAC frames per byte
+    write("10 MB of tiny FLAC frames (16 samples, constant subframes, ~17 bytes each)", tiny)
+    claims = tiny[:8] + b"\x00\x10\xff\xff" + tiny[12:]  # the same, STREAMINFO claiming 65,535-sample blocks
+    write("the same, STREAMINFO max_blocksize 65,535 (a 278 KB bound per frame)", claims)
+    write(f"the real {SECONDS // 60}-minute FLAC (every frame walked)", flac)
     return files
 
 

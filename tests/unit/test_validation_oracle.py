@@ -39,6 +39,8 @@ DELIBERATE = {
     "mp3_truncated_xing": "cut short: the Xing header promises more frames than follow",
     "flac_fake_tail": "bytes after the last FLAC frame (1 MB of fake frame headers) are refused; ffmpeg skips them",
     "id3_chain": "more than 16 ID3v2 tags in a row: no tagger writes that many, and each costs a read",
+    "flac_hole_20k_start": "a hole that wipes out whole frames: ffmpeg skips to the next header without a word",
+    "flac_frame_dropped": "a frame missing from the frame numbers is refused; ffmpeg plays the rest without a word",
 }
 TOLERANCE_SECONDS = 0.06  # MP3: an encoder delay and padding a decoder trims; FLAC and WAV agree exactly
 
@@ -130,7 +132,8 @@ def test_every_verdict_and_duration_agrees_with_ffmpeg(
     [
         "mp3_xing_inflated", "mp3_xing_deflated", "flac_total_deflated", "flac_total_inflated", "mp3_fake_frames",
         "mp3_hole", "flac_hole", "wav_hole", "mp3_zip", "flac_zip", "wav_zip", "mp3_trailing_noise",
-        "flac_trailing_zeros", "flac_fake_tail", "id3_chain", "wav_streamed",
+        "flac_trailing_zeros", "flac_fake_tail", "id3_chain", "wav_streamed", "flac_hole_20k_start",
+        "flac_hole_5k_middle", "flac_hole_5k_end", "flac_frame_dropped", "flac_tiny_frames", "flac_crc_ends_in_zero",
     ],
 )  # fmt: skip
 def test_crafted_file_gets_its_verdict(hostile_corpus: dict[str, Hostile], name: str) -> None:
