@@ -32,6 +32,7 @@ from shared.errors import (
 from shared.lifecycle import lifespan
 from shared.storage import LocalStorage, SupabaseStorage, detect_content_type, validate_bucket, validate_path
 from shared.storage import _local as local_module
+from shared.storage._common import open_body
 from shared.storage._errors import from_os_error
 from shared.storage._signing import UrlSigner
 from shared.storage._supabase import tus_chunk_size
@@ -285,6 +286,33 @@ def test_the_tus_chunk_is_6_mib_on_supabases_platform_and_the_whole_body_elsewhe
     url: str, chunk_size: int | None, expected: int | None
 ) -> None:
     assert expected == tus_chunk_size(url, chunk_size)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="preadv2's RWF_NOWAIT is Linux's")
+async def test_a_body_reads_cached_pieces_at_once_and_the_rest_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the file is dropped from the page cache, the pieces still arrive whole, through the thread."""
+    source = tmp_path / "body.bin"
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    with source.open("wb") as sink:
+        sink.write(data)
+        os.fsync(sink.fileno())  # written back: no page is locked for writeback, which RWF_NOWAIT would wait for
+    threaded: list[int] = []
+    async with open_body(source, limit=len(data)) as body:
+        read_at = body._read_at
+
+        async def counted(offset: int, length: int) -> bytes:
+            threaded.append(offset)
+            return await read_at(offset, length)
+
+        monkeypatch.setattr(body, "_read_at", counted)
+        assert data[1000:] == b"".join([chunk async for chunk in body.chunks(1024 * 1024, offset=1000)])
+        assert [] == threaded  # just written: the page cache holds it all
+        with source.open("rb") as file:
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert data == b"".join([chunk async for chunk in body.chunks(1024 * 1024)])
+        assert 0 in threaded
 
 
 def test_storage_tus_chunk_mb_is_refused_below_5_mib(make_settings: MakeSettings) -> None:
