@@ -2,12 +2,18 @@
 
 storage3 serves small uploads (multipart ``POST /object/{bucket}/{path}``), signed URLs, ``exists`` and
 deletes. It cannot stream: its ``download`` holds the whole object and its ``upload`` the whole file. So
-``download_to`` streams ``GET /object/{bucket}/{path}`` through httpx, and bodies larger than one chunk
-go through the resumable (TUS) endpoint ``/upload/resumable`` one chunk at a time, with the same headers
-(apikey, bearer, and x-upsert on every request: the server checks it on each PATCH, not only at creation).
+``download_to`` streams ``GET /object/{bucket}/{path}`` through httpx, and bodies over 6 MiB (or over a smaller
+``chunk_size``) go through the resumable (TUS) endpoint ``/upload/resumable``, streamed from the file in
+PATCHes of ``chunk_size`` bytes (:func:`tus_chunk_size`: 6 MiB on Supabase's platform, the whole body in one
+PATCH on a self-hosted server), with the same headers on every request (apikey, bearer, and x-upsert: the
+server checks it on each PATCH, not only at creation).
 Every call is retried by :func:`~shared.retry.retry_with_backoff` on :class:`~shared.errors.RetryableError`
 for up to ``retry_window`` seconds (``STORAGE_RETRY_WINDOW_SECONDS``, 30 s by default: a Storage server
-restart takes 3 to 16 s); each attempt reads the body again from its start.
+restart takes 3 to 16 s); each attempt reads the body again from its start, except a resumable upload's:
+after a failed PATCH it asks the server's offset (HEAD) and sends only the rest, and it creates the upload
+again only when the server no longer has it (404/410). When the answer to the last PATCH is lost, a PATCH of
+no bytes finishes the object again; without upsert the server then answers that the object exists (a
+StorageConflictError, although this upload most likely wrote it).
 
 What the real server (revision 4fa61fba) answers, and what this class makes of it:
 
