@@ -382,22 +382,28 @@ async def test_a_patch_cut_mid_body_resumes_from_the_servers_offset_and_sends_no
     assert len(data) + 3 * 1024 * 1024 - resumed_at == sum(sent for _, _, sent in requests)
 
 
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [(503, b""), (409, b"Upload-Offset conflict\n")],  # the second, the server's own answer to a stale offset
+)
 async def test_a_retryable_status_to_a_patch_resumes_after_asking_the_offset(
     supabase_storage: SupabaseStorage,
     storage_target: StorageTarget,
     storage_proxy: FaultProxy,
     storage_prefix: str,
     sleeps: Sleeps,
+    status: int,
+    answer: bytes,
 ) -> None:
     data = varied(3 * CHUNK + 5)
-    storage_proxy.add(Fault("status", method="PATCH", status=503, skip=2))
+    storage_proxy.add(Fault("status", method="PATCH", status=status, skip=2, body=answer))
     await supabase_storage.upload_file(storage_target.bucket, f"{storage_prefix}/503.bin", data)
     assert data == await supabase_storage.download_file(storage_target.bucket, f"{storage_prefix}/503.bin")
     assert [
         ("POST", None),
         ("PATCH", "0"),
         ("PATCH", str(CHUNK)),
-        ("PATCH", str(2 * CHUNK)),  # answered 503
+        ("PATCH", str(2 * CHUNK)),  # answered with the injected status
         ("HEAD", None),
         ("PATCH", str(2 * CHUNK)),
         ("PATCH", str(3 * CHUNK)),
