@@ -424,6 +424,19 @@ async def test_an_upload_the_server_no_longer_has_is_created_again(
     ]
 
 
+async def test_an_upload_whose_offset_the_server_no_longer_knows_is_created_again(
+    supabase_storage: SupabaseStorage, storage_target: StorageTarget, storage_proxy: FaultProxy, storage_prefix: str
+) -> None:
+    data = varied(2 * CHUNK + 3)
+    storage_proxy.add(Fault("drop", method="PATCH", skip=1))
+    storage_proxy.add(Fault("status", method="HEAD", status=410))
+    await supabase_storage.upload_file(storage_target.bucket, f"{storage_prefix}/expired.bin", data)
+    assert data == await supabase_storage.download_file(storage_target.bucket, f"{storage_prefix}/expired.bin")
+    assert [("POST", None), ("PATCH", "0"), ("PATCH", str(CHUNK)), ("HEAD", None), ("POST", None)] + [
+        ("PATCH", str(offset)) for offset in (0, CHUNK, 2 * CHUNK)
+    ] == [(method, offset) for method, offset, _ in tus_requests(storage_proxy)]
+
+
 async def test_a_lost_answer_to_the_last_patch_finishes_the_object_without_sending_it_again(
     supabase_storage: SupabaseStorage, storage_target: StorageTarget, storage_proxy: FaultProxy, storage_prefix: str
 ) -> None:
