@@ -150,7 +150,9 @@ class Settings(BaseSettings):
     storage_local_root: Path = Path(".data/storage")
     storage_max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, le=5 * 1024**4)
     storage_timeout_seconds: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
-    storage_chunk_size_bytes: int = Field(default=6 * 1024 * 1024, ge=5 * 1024 * 1024, le=1024**3)
+    # MiB per TUS PATCH of a large upload to Supabase Storage. None: by the host, 6 MiB on Supabase's platform
+    # (*.supabase.co, *.supabase.in), the whole body in one PATCH on a self-hosted server (see tus_chunk_size).
+    storage_tus_chunk_mb: int | None = Field(default=None, ge=5, le=5 * 1024 * 1024)
     # Seconds one storage call keeps retrying a retryable failure (drops, 5xx, 429): the default outlasts a
     # Supabase Storage restart, which takes 3 to 16 s.
     storage_retry_window_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
@@ -210,7 +212,7 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("db_statement_cache_size", "log_file", mode="before")
+    @field_validator("db_statement_cache_size", "log_file", "storage_tus_chunk_mb", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

@@ -119,7 +119,7 @@ def supabase_storage(settings: Settings, http_client: httpx.AsyncClient, client:
         http_client,
         client=client,
         max_upload_bytes=settings.storage_max_upload_bytes,
-        chunk_size=settings.storage_chunk_size_bytes,
+        chunk_size=None if settings.storage_tus_chunk_mb is None else settings.storage_tus_chunk_mb * 1024 * 1024,
         retry_window=settings.storage_retry_window_seconds,
     )
 

@@ -56,6 +56,8 @@ MAX_BUCKET_LENGTH = 63
 MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
 HEAD_BYTES = 8192  # enough for puremagic's longest signature offsets in media formats
 READ_SIZE = 1024 * 1024
+# preadv2's RWF_NOWAIT (Linux 4.14+): read only what the page cache holds, never wait for the disk.
+_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0) if hasattr(os, "preadv") else 0
 
 # Supabase Storage accepts only these characters in a key (its `isValidKey`); refusing the rest here keeps
 # LocalStorage and the fake from accepting what the real service would refuse. It excludes `\`, `%`, NUL
@@ -189,6 +191,7 @@ class Body:
             assert file is not None  # noqa: S101 - one of the two is always given by open_body
             self.size = file.seek(0, io.SEEK_END) - start
         self.head = b""
+        self._fd = _fileno(file) if file is not None and _NOWAIT else None
 
     async def _read_at(self, offset: int, length: int) -> bytes:
         if self._content is not None:
@@ -213,11 +216,19 @@ class Body:
         return await self._read_at(0, self.size)
 
     async def chunks(self, chunk_size: int, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """Yield ``length`` bytes (default: the rest) from ``offset`` in pieces of at most ``chunk_size``."""
-        position = offset
+        """Yield ``length`` bytes (default: the rest) from ``offset`` in pieces of at most ``chunk_size``.
+
+        A piece the page cache already holds is read at once (Linux ``preadv2`` with ``RWF_NOWAIT`` never waits
+        for the disk); any other in a worker thread, so the event loop never waits on a disk either. The hop to a
+        thread per piece was most of the client's CPU per uploaded GiB above a raw httpx upload.
+        """
         end = self.size if length is None else min(self.size, offset + length)
+        position = offset
         while position < end:
-            chunk = await self._read_at(position, min(chunk_size, end - position))
+            size = min(chunk_size, end - position)
+            chunk = self._read_cached(position, size)
+            if chunk is None:
+                chunk = await self._read_at(position, size)
             if not chunk:
                 raise ValidationError(
                     f"The upload source ended at byte {position} of {self.size}; it changed while being uploaded",
@@ -225,6 +236,26 @@ class Body:
                 )
             position += len(chunk)
             yield chunk
+
+    def _read_cached(self, offset: int, length: int) -> bytes | None:
+        """Return the piece at ``offset`` when it is in memory already (content, or the page cache), else None."""
+        if self._content is not None:
+            return self._content[offset : offset + length]
+        if self._fd is None:
+            return None
+        buffer = bytearray(length)
+        try:
+            got = os.preadv(self._fd, [buffer], self._start + offset, _NOWAIT)
+        except OSError:  # BlockingIOError: not cached; others: the thread's read reports them
+            return None
+        return bytes(buffer) if got == length else None
+
+
+def _fileno(file: IO[bytes]) -> int | None:
+    try:
+        return file.fileno()
+    except (AttributeError, OSError, ValueError):  # io.BytesIO and other file objects without a descriptor
+        return None
 
 
 def _too_large(size: int, limit: int) -> ValidationError:

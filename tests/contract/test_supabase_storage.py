@@ -324,11 +324,24 @@ async def test_a_consumed_stream_is_sent_whole_again_after_a_drop(
     assert posts[0].headers["content-length"] == posts[1].headers["content-length"]
 
 
-async def test_a_resumable_upload_dropped_mid_way_is_sent_whole_again(
+def tus_requests(proxy: FaultProxy) -> list[tuple[str, str | None, int]]:
+    """The resumable upload's requests through the proxy: method, Upload-Offset sent, body bytes passed on."""
+    return [
+        (r.method, r.headers.get("upload-offset"), r.body_bytes)
+        for r in proxy.requests
+        if "/upload/resumable" in r.path
+    ]
+
+
+def varied(size: int) -> bytes:
+    return b"".join(i.to_bytes(4, "big") * 64 for i in range(size // 256 + 1))[:size]
+
+
+async def test_a_resumable_upload_dropped_before_a_patch_resumes_it_without_a_new_upload(
     supabase_storage: SupabaseStorage, storage_target: StorageTarget, storage_proxy: FaultProxy, storage_prefix: str
 ) -> None:
-    data = bytes(range(256)) * (3 * CHUNK // 256 + 7)
-    storage_proxy.add(Fault("drop", method="PATCH"))
+    data = varied(3 * CHUNK + 7)
+    storage_proxy.add(Fault("drop", method="PATCH", skip=1))
 
     async def factory() -> AsyncIterator[bytes]:
         for start in range(0, len(data), 50_000):
@@ -336,8 +349,151 @@ async def test_a_resumable_upload_dropped_mid_way_is_sent_whole_again(
 
     await supabase_storage.upload_file(storage_target.bucket, f"{storage_prefix}/big.bin", factory)
     assert data == await supabase_storage.download_file(storage_target.bucket, f"{storage_prefix}/big.bin")
-    creates = [r for r in storage_proxy.requests if r.method == "POST" and "resumable" in r.path]
-    assert [str(len(data))] * 2 == [r.headers["upload-length"] for r in creates]
+    assert [
+        ("POST", None, 0),
+        ("PATCH", "0", CHUNK),
+        ("PATCH", str(CHUNK), 0),  # dropped before any byte
+        ("HEAD", None, 0),
+        ("PATCH", str(CHUNK), CHUNK),
+        ("PATCH", str(2 * CHUNK), CHUNK),
+        ("PATCH", str(3 * CHUNK), 7),
+    ] == tus_requests(storage_proxy)
+
+
+async def test_a_patch_cut_mid_body_resumes_from_the_servers_offset_and_sends_nothing_twice(
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_http_client: httpx.AsyncClient,
+    storage_prefix: str,
+) -> None:
+    """One PATCH of the whole body (the loopback server's default) cut after 3 MiB: only the rest is sent again."""
+    data = varied(7 * 1024 * 1024 + 11)
+    storage = SupabaseStorage(
+        storage_proxy.url, storage_target.service_key, storage_http_client, max_upload_bytes=len(data), base_delay=0.2
+    )  # the wait lets the server store what it got before the cut (an earlier HEAD may see less: then a 409)
+    storage_proxy.add(Fault("drop_mid_request", method="PATCH", after_bytes=3 * 1024 * 1024))
+    await storage.upload_file(storage_target.bucket, f"{storage_prefix}/cut.bin", data)
+    assert data == await storage.download_file(storage_target.bucket, f"{storage_prefix}/cut.bin")
+    requests = tus_requests(storage_proxy)
+    assert ["POST", "PATCH", "HEAD", "PATCH"] == [method for method, _, _ in requests]
+    resumed_at = int(requests[3][1] or 0)
+    assert 0 < resumed_at <= 3 * 1024 * 1024
+    assert len(data) - resumed_at == requests[3][2]
+    assert len(data) + 3 * 1024 * 1024 - resumed_at == sum(sent for _, _, sent in requests)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [(503, b""), (409, b"Upload-Offset conflict\n")],  # the second, the server's own answer to a stale offset
+)
+async def test_a_retryable_status_to_a_patch_resumes_after_asking_the_offset(
+    supabase_storage: SupabaseStorage,
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_prefix: str,
+    sleeps: Sleeps,
+    status: int,
+    answer: bytes,
+) -> None:
+    data = varied(3 * CHUNK + 5)
+    storage_proxy.add(Fault("status", method="PATCH", status=status, skip=2, body=answer))
+    await supabase_storage.upload_file(storage_target.bucket, f"{storage_prefix}/503.bin", data)
+    assert data == await supabase_storage.download_file(storage_target.bucket, f"{storage_prefix}/503.bin")
+    assert [
+        ("POST", None),
+        ("PATCH", "0"),
+        ("PATCH", str(CHUNK)),
+        ("PATCH", str(2 * CHUNK)),  # answered with the injected status
+        ("HEAD", None),
+        ("PATCH", str(2 * CHUNK)),
+        ("PATCH", str(3 * CHUNK)),
+    ] == [(method, offset) for method, offset, _ in tus_requests(storage_proxy)]
+    assert 1 == len(sleeps)
+
+
+async def test_an_upload_the_server_no_longer_has_is_created_again(
+    supabase_storage: SupabaseStorage, storage_target: StorageTarget, storage_proxy: FaultProxy, storage_prefix: str
+) -> None:
+    data = varied(2 * CHUNK + 3)
+    gone = b"The file for this url was not found\n"  # what the server answers for an upload it no longer has
+    storage_proxy.add(Fault("status", method="PATCH", status=404, skip=1, body=gone))
+    await supabase_storage.upload_file(storage_target.bucket, f"{storage_prefix}/gone.bin", data)
+    assert data == await supabase_storage.download_file(storage_target.bucket, f"{storage_prefix}/gone.bin")
+    assert ["POST", "PATCH", "PATCH", "POST", "PATCH", "PATCH", "PATCH"] == [
+        method for method, _, _ in tus_requests(storage_proxy)
+    ]
+
+
+async def test_an_upload_whose_offset_the_server_no_longer_knows_is_created_again(
+    supabase_storage: SupabaseStorage, storage_target: StorageTarget, storage_proxy: FaultProxy, storage_prefix: str
+) -> None:
+    data = varied(2 * CHUNK + 3)
+    storage_proxy.add(Fault("drop", method="PATCH", skip=1))
+    storage_proxy.add(Fault("status", method="HEAD", status=410))
+    await supabase_storage.upload_file(storage_target.bucket, f"{storage_prefix}/expired.bin", data)
+    assert data == await supabase_storage.download_file(storage_target.bucket, f"{storage_prefix}/expired.bin")
+    assert [("POST", None), ("PATCH", "0"), ("PATCH", str(CHUNK)), ("HEAD", None), ("POST", None)] + [
+        ("PATCH", str(offset)) for offset in (0, CHUNK, 2 * CHUNK)
+    ] == [(method, offset) for method, offset, _ in tus_requests(storage_proxy)]
+
+
+async def test_a_lost_answer_to_the_last_patch_finishes_the_object_without_sending_it_again(
+    supabase_storage: SupabaseStorage, storage_target: StorageTarget, storage_proxy: FaultProxy, storage_prefix: str
+) -> None:
+    path = f"{storage_prefix}/lost.bin"
+    data = varied(CHUNK + 9)
+    storage_proxy.add(Fault("drop_answer", method="PATCH", skip=1))
+    await supabase_storage.upload_file(storage_target.bucket, path, data, upsert=True)
+    assert data == await supabase_storage.download_file(storage_target.bucket, path)
+    assert [
+        ("POST", None, 0),
+        ("PATCH", "0", CHUNK),
+        ("PATCH", str(CHUNK), 9),  # stored and finished, its answer lost
+        ("HEAD", None, 0),
+        ("PATCH", str(len(data)), 0),  # finishes the object again, sending nothing
+    ] == tus_requests(storage_proxy)
+
+
+async def test_a_round_that_moved_the_offset_earns_a_fresh_retry_window(
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_http_client: httpx.AsyncClient,
+    storage_prefix: str,
+) -> None:
+    """A window shorter than one wait ends each round at its first failure; progress still carries it on."""
+    data = varied(4 * CHUNK)
+    storage = SupabaseStorage(
+        storage_proxy.url,
+        storage_target.service_key,
+        storage_http_client,
+        chunk_size=CHUNK,
+        retry_window=0.05,
+        base_delay=1.0,
+    )
+    storage_proxy.add(Fault("drop", method="PATCH", skip=1))
+    storage_proxy.add(Fault("drop", method="PATCH", skip=1))
+    await storage.upload_file(storage_target.bucket, f"{storage_prefix}/late.bin", data)
+    assert data == await storage.download_file(storage_target.bucket, f"{storage_prefix}/late.bin")
+    assert ["POST", "PATCH", "PATCH", "HEAD", "PATCH", "PATCH", "HEAD", "PATCH", "PATCH"] == [
+        method for method, _, _ in tus_requests(storage_proxy)
+    ]
+
+
+async def test_a_server_that_takes_no_byte_ends_the_resumable_upload_within_the_policy(
+    supabase_storage: SupabaseStorage,
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_prefix: str,
+    sleeps: Sleeps,
+) -> None:
+    storage_proxy.add(Fault("status", method="PATCH", status=503, times=100))
+    with pytest.raises(StorageUnavailableError) as caught:
+        await supabase_storage.upload_file(storage_target.bucket, f"{storage_prefix}/never.bin", varied(2 * CHUNK))
+    assert 503 == caught.value.status
+    assert ["POST", "PATCH", "HEAD", "PATCH", "HEAD", "PATCH", "HEAD"] == [
+        method for method, _, _ in tus_requests(storage_proxy)
+    ]
+    assert 2 == len(sleeps)
 
 
 async def test_a_download_cut_mid_body_is_retried_and_leaves_no_partial_file(

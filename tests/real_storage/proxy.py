@@ -1,6 +1,7 @@
 """A fault-injecting HTTP/1.1 proxy in front of a real server: it records every request and, when told,
-answers a status of its own (5xx, 429 with Retry-After), drops the connection before answering or in the
-middle of the response body, or sends the body slowly.
+answers a status of its own (5xx, 429 with Retry-After), drops the connection before answering, in the
+middle of the request body (after passing some of it on) or of the response body, or sends the body slowly.
+It counts the request-body bytes it passes on, so a test can tell what a client sent again.
 
 One request per client connection (the proxy answers ``Connection: close``), so it never has to parse a
 request body: the client's bytes are piped to the upstream as they come, whatever their framing. The
@@ -20,22 +21,26 @@ from urllib.parse import urlsplit
 
 __all__ = ["Fault", "FaultProxy", "Recorded"]
 
-FaultKind = Literal["status", "drop", "drop_mid_body", "slow_body"]
+FaultKind = Literal["status", "drop", "drop_mid_body", "drop_mid_request", "drop_answer", "slow_body"]
 
 
 @dataclass
 class Fault:
-    """What to do to the next ``times`` requests that match ``method`` and ``path_contains``."""
+    """What to do to the next ``times`` requests that match ``method`` and ``path_contains``, after ``skip``.
+
+    ``drop_answer`` passes the whole request on and cuts the connection instead of relaying the answer.
+    """
 
     kind: FaultKind
     method: str | None = None
     path_contains: str | None = None
     times: int = 1
+    skip: int = 0  # matching requests let through untouched first
     status: int = 503
     retry_after: str | None = None
     body: bytes = b""
     content_type: str = "text/plain"
-    after_bytes: int = 0  # drop_mid_body: response body bytes sent before the connection is cut
+    after_bytes: int = 0  # drop_mid_body / drop_mid_request: body bytes passed on before the connection is cut
     piece: int = 4096  # slow_body: bytes per write
     delay: float = 0.05  # slow_body: seconds between writes
 
@@ -56,6 +61,7 @@ class Recorded:
     headers: dict[str, str]
     fault: FaultKind | None = None
     status: int | None = None
+    body_bytes: int = 0  # request-body bytes passed on to the upstream
 
 
 @dataclass
@@ -107,6 +113,9 @@ class FaultProxy:
     def _take(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
             if fault.matches(method, path):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    return None
                 fault.times -= 1
                 return fault
         return None
@@ -179,11 +188,16 @@ class FaultProxy:
                 + "".join(f"{n}: {v}\r\n" for n, v in kept).encode("latin-1")
                 + b"\r\n"
             )
-            pump = asyncio.create_task(self._pipe(reader, up_writer))
+            if fault is not None and fault.kind == "drop_mid_request":
+                await self._pipe(reader, up_writer, record, limit=fault.after_bytes)
+                return  # cut: the upstream got exactly after_bytes of the body; the caller aborts the client
+            pump = asyncio.create_task(self._pipe(reader, up_writer, record))
             try:
                 response_head = await up_reader.readuntil(b"\r\n\r\n")
                 status_line, *lines = response_head.decode("latin-1").split("\r\n")
                 record.status = int(status_line.split(" ", 2)[1])
+                if fault is not None and fault.kind == "drop_answer":
+                    return  # the server did the work; the client never hears of it
                 lines = [
                     h for h in lines if h and h.split(":", 1)[0].strip().lower() not in {"connection", "keep-alive"}
                 ]
@@ -213,8 +227,17 @@ class FaultProxy:
                 await asyncio.sleep(fault.delay)
 
     @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        source: asyncio.StreamReader, sink: asyncio.StreamWriter, record: Recorded, limit: int | None = None
+    ) -> None:
         with contextlib.suppress(ConnectionError):
-            while chunk := await source.read(1 << 16):
+            while (limit is None or record.body_bytes < limit) and (chunk := await source.read(1 << 16)):
+                if limit is not None:
+                    chunk = chunk[: limit - record.body_bytes]
                 sink.write(chunk)
+                record.body_bytes += len(chunk)
                 await sink.drain()
+            if limit is not None:
+                sink.close()  # a FIN after the bytes passed on, so the upstream keeps them
+                with contextlib.suppress(ConnectionError):
+                    await sink.wait_closed()

@@ -416,7 +416,8 @@ def _exercise(settings: Settings) -> None:
                     probe.settimeout(value * 0.4)  # the Redis client sizes its socket timeouts so
     (settings.audio_max_size_mb * 1024 * 1024).to_bytes(8, "little", signed=True)
     settings.default_job_budget.quantize(Decimal("0.0001"))
-    ctypes.c_ssize_t(settings.storage_chunk_size_bytes)
+    if settings.storage_tus_chunk_mb is not None:
+        ctypes.c_ssize_t(settings.storage_tus_chunk_mb * 1024 * 1024)
 
 
 numbers = st.one_of(

@@ -21,6 +21,7 @@ import containers
 from shared import storage as storage_module
 from shared.config import Settings
 from shared.errors import (
+    ConfigError,
     StorageConflictError,
     StorageError,
     StorageNotFoundError,
@@ -31,8 +32,10 @@ from shared.errors import (
 from shared.lifecycle import lifespan
 from shared.storage import LocalStorage, SupabaseStorage, detect_content_type, validate_bucket, validate_path
 from shared.storage import _local as local_module
+from shared.storage._common import open_body
 from shared.storage._errors import from_os_error
 from shared.storage._signing import UrlSigner
+from shared.storage._supabase import tus_chunk_size
 from shared.testing.storage import FakeStorage
 from tests.fixtures.core import MakeSettings
 
@@ -243,11 +246,84 @@ async def test_the_container_selects_supabase_and_closes_its_http_client(
     assert client.is_closed
 
 
+@pytest.mark.parametrize(("chunk_mb", "expected"), [(None, None), (64, 64 * 1024 * 1024)])
+async def test_the_container_passes_storage_tus_chunk_mb_to_supabase_storage(
+    make_settings: MakeSettings, pg_dsn: str, chunk_mb: int | None, expected: int | None
+) -> None:
+    container = containers.Container()
+    container.settings.override(
+        make_settings(
+            database_url=pg_dsn,
+            storage_backend="supabase",
+            supabase_url="http://127.0.0.1:9",
+            supabase_service_key="sb_secret_x",
+            storage_tus_chunk_mb=chunk_mb,
+        )
+    )
+    async with lifespan(container):
+        storage = container.storage()
+        assert isinstance(storage, SupabaseStorage)
+        assert expected == storage._tus_chunk_size
+
+
+MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("url", "chunk_size", "expected"),
+    [
+        ("https://abcdefghij.supabase.co", None, 6 * MIB),
+        ("https://abcdefghij.SUPABASE.in/", None, 6 * MIB),
+        ("http://127.0.0.1:54321", None, None),  # self-hosted: the whole body in one PATCH
+        ("https://storage.example.com", None, None),
+        ("https://supabase.co.example.com", None, None),
+        ("https://notsupabase.co", None, None),
+        ("https://abcdefghij.supabase.co", 64 * MIB, 64 * MIB),  # an explicit size always wins
+        ("http://127.0.0.1:54321", 6 * MIB, 6 * MIB),
+    ],
+)
+def test_the_tus_chunk_is_6_mib_on_supabases_platform_and_the_whole_body_elsewhere(
+    url: str, chunk_size: int | None, expected: int | None
+) -> None:
+    assert expected == tus_chunk_size(url, chunk_size)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="preadv2's RWF_NOWAIT is Linux's")
+async def test_a_body_reads_cached_pieces_at_once_and_the_rest_in_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the file is dropped from the page cache, the pieces still arrive whole, through the thread."""
+    source = tmp_path / "body.bin"
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    with source.open("wb") as sink:
+        sink.write(data)
+        os.fsync(sink.fileno())  # written back: no page is locked for writeback, which RWF_NOWAIT would wait for
+    threaded: list[int] = []
+    async with open_body(source, limit=len(data)) as body:
+        read_at = body._read_at
+
+        async def counted(offset: int, length: int) -> bytes:
+            threaded.append(offset)
+            return await read_at(offset, length)
+
+        monkeypatch.setattr(body, "_read_at", counted)
+        assert data[1000:] == b"".join([chunk async for chunk in body.chunks(1024 * 1024, offset=1000)])
+        assert [] == threaded  # just written: the page cache holds it all
+        with source.open("rb") as file:
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert data == b"".join([chunk async for chunk in body.chunks(1024 * 1024)])
+        assert 0 in threaded
+
+
+def test_storage_tus_chunk_mb_is_refused_below_5_mib(make_settings: MakeSettings) -> None:
+    with pytest.raises(ConfigError, match="STORAGE_TUS_CHUNK_MB"):
+        make_settings(storage_tus_chunk_mb=4)
+    assert None is make_settings(storage_tus_chunk_mb="").storage_tus_chunk_mb
+
+
 def test_settings_field_names_the_container_reads_exist() -> None:
     fields = Settings.model_fields
-    assert {"storage_backend", "storage_local_root", "storage_max_upload_bytes", "storage_chunk_size_bytes"} <= set(
-        fields
-    )
+    assert {"storage_backend", "storage_local_root", "storage_max_upload_bytes", "storage_tus_chunk_mb"} <= set(fields)
 
 
 # --- the path is checked where it is used ---
