@@ -33,6 +33,7 @@ import base64
 import binascii
 import functools
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -91,6 +92,7 @@ HOSTED_CHUNK_BYTES = 6 * 1024 * 1024  # what Supabase's hosted platform document
 SMALL_UPLOAD_BYTES = 6 * 1024 * 1024  # up to this, one standard request; above, TUS
 HOSTED_SUFFIXES = (".supabase.co", ".supabase.in")
 TUS_VERSION = "1.0.0"
+_log = logging.getLogger("shared.storage")
 _TUS_GONE = frozenset({404, 410})  # the server no longer has the upload (expired, or never had it)
 DEFAULT_RETRY_WINDOW = 30.0  # seconds; outlasts a Storage server restart (3 to 16 s observed)
 LIST_PAGE = 1000
@@ -135,7 +137,8 @@ def tus_chunk_size(url: str, chunk_size: int | None = None) -> int | None:
     streams it to disk, the S3 store cuts it into ``TUS_PART_SIZE`` parts itself): it gets the whole body in
     one PATCH (None), because every PATCH costs that server a lock, several queries and an auth check, which
     made 6 MiB chunks 0.5 to 0.9 times as fast as one PATCH. A failed PATCH resumes from the server's offset,
-    so a large one costs nothing extra when it fails.
+    so a large one costs nothing extra when it fails; one refused as too large (HTTP 413, from a proxy's body
+    limit in front of the server) goes on in 6 MiB chunks from that offset, with a warning in the log.
     """
     if chunk_size is not None:
         return chunk_size
@@ -393,6 +396,21 @@ class SupabaseStorage:
             if response.status_code in _TUS_GONE:
                 upload.location = None
                 raise _tus_retry(response, bucket, path, "the upload is gone from the server; it starts again")
+            if response.status_code == 413 and length > HOSTED_CHUNK_BYTES:
+                # A proxy in front of the server (Cloudflare's 100 MB, an nginx client_max_body_size) refused a
+                # PATCH this large: go on in the chunks Supabase documents, from the offset the server holds.
+                _log.warning(
+                    "Storage refused a TUS PATCH of %d bytes (HTTP 413); sending %d-byte chunks instead. Set "
+                    "STORAGE_TUS_CHUNK_MB below the limit of the proxy in front of Storage to skip this attempt",
+                    length,
+                    HOSTED_CHUNK_BYTES,
+                    extra={"bucket": bucket, "bytes": length},
+                )
+                upload.chunk = HOSTED_CHUNK_BYTES
+                await self._tus_sync(upload, bucket, path)
+                if upload.location is None:
+                    raise _tus_retry(response, bucket, path, "the upload is gone from the server; it starts again")
+                continue
             if response.status_code == 409 and b"Upload-Offset" in response.content:
                 raise _tus_retry(response, bucket, path, "the server's offset differs; it is asked again")
             _expect(response, 204, bucket=bucket, path=path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +30,7 @@ from shared.errors import (
 )
 from shared.storage import LocalStorage, SupabaseStorage
 from shared.storage._errors import error_from_response, from_api_error, parse_retry_after, translate
-from shared.storage._supabase import key_kind
+from shared.storage._supabase import HOSTED_CHUNK_BYTES, key_kind
 from tests.fixtures.servers import free_port
 from tests.fixtures.storage import CHUNK, MISSING_BUCKET, Sleeps, StorageTarget
 from tests.real_storage.proxy import Fault, FaultProxy
@@ -380,6 +381,42 @@ async def test_a_patch_cut_mid_body_resumes_from_the_servers_offset_and_sends_no
     assert 0 < resumed_at <= 3 * 1024 * 1024
     assert len(data) - resumed_at == requests[3][2]
     assert len(data) + 3 * 1024 * 1024 - resumed_at == sum(sent for _, _, sent in requests)
+
+
+async def test_a_patch_too_large_for_a_proxy_goes_on_in_hosted_chunks(
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_http_client: httpx.AsyncClient,
+    storage_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A proxy's body limit (HTTP 413) refuses the one whole-body PATCH: the rest goes in 6 MiB chunks."""
+    data = varied(HOSTED_CHUNK_BYTES + 1024 * 1024 + 7)
+    storage = SupabaseStorage(storage_proxy.url, storage_target.service_key, storage_http_client)
+    storage_proxy.add(Fault("status", method="PATCH", status=413, body=b"Request Entity Too Large"))
+    with caplog.at_level(logging.WARNING, logger="shared.storage"):
+        await storage.upload_file(storage_target.bucket, f"{storage_prefix}/413.bin", data)
+    assert data == await storage.download_file(storage_target.bucket, f"{storage_prefix}/413.bin")
+    requests = [(method, offset) for method, offset, _ in tus_requests(storage_proxy)]
+    assert [("POST", None), ("PATCH", "0"), ("HEAD", None), ("PATCH", "0"), ("PATCH", str(HOSTED_CHUNK_BYTES))] == (
+        requests
+    )
+    assert "STORAGE_TUS_CHUNK_MB" in caplog.text
+
+
+async def test_a_413_to_a_hosted_chunk_is_an_error_not_a_loop(
+    storage_target: StorageTarget,
+    storage_proxy: FaultProxy,
+    storage_http_client: httpx.AsyncClient,
+    storage_prefix: str,
+) -> None:
+    storage = SupabaseStorage(
+        storage_proxy.url, storage_target.service_key, storage_http_client, chunk_size=HOSTED_CHUNK_BYTES
+    )
+    storage_proxy.add(Fault("status", method="PATCH", status=413, times=100, body=b"Request Entity Too Large"))
+    with pytest.raises(PipelineError):
+        await storage.upload_file(storage_target.bucket, f"{storage_prefix}/413-small.bin", varied(7 * 1024 * 1024))
+    assert 1 == storage_proxy.count("PATCH")
 
 
 @pytest.mark.parametrize(
