@@ -226,9 +226,8 @@ async def test_the_container_selects_the_local_backend_by_default(make_settings:
         assert storage is container.storage()
 
 
-async def test_the_container_selects_supabase_and_closes_its_http_client(
-    make_settings: MakeSettings, pg_dsn: str
-) -> None:
+def _supabase_container(make_settings: MakeSettings, pg_dsn: str, **settings: object) -> containers.Container:
+    """A container whose storage is SupabaseStorage at an address nothing answers (nothing is sent)."""
     container = containers.Container()
     container.settings.override(
         make_settings(
@@ -236,8 +235,16 @@ async def test_the_container_selects_supabase_and_closes_its_http_client(
             storage_backend="supabase",
             supabase_url="http://127.0.0.1:9",
             supabase_service_key="sb_secret_x",
+            **settings,
         )
     )
+    return container
+
+
+async def test_the_container_selects_supabase_and_closes_its_http_client(
+    make_settings: MakeSettings, pg_dsn: str
+) -> None:
+    container = _supabase_container(make_settings, pg_dsn)
     async with lifespan(container):
         storage = container.storage()
         client = container.http_client()
@@ -250,16 +257,7 @@ async def test_the_container_selects_supabase_and_closes_its_http_client(
 async def test_the_container_passes_storage_tus_chunk_mb_to_supabase_storage(
     make_settings: MakeSettings, pg_dsn: str, chunk_mb: int | None, expected: int | None
 ) -> None:
-    container = containers.Container()
-    container.settings.override(
-        make_settings(
-            database_url=pg_dsn,
-            storage_backend="supabase",
-            supabase_url="http://127.0.0.1:9",
-            supabase_service_key="sb_secret_x",
-            storage_tus_chunk_mb=chunk_mb,
-        )
-    )
+    container = _supabase_container(make_settings, pg_dsn, storage_tus_chunk_mb=chunk_mb)
     async with lifespan(container):
         storage = container.storage()
         assert isinstance(storage, SupabaseStorage)

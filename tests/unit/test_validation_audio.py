@@ -17,6 +17,7 @@ from shared.validation import ACCEPTED_AUDIO, AudioFileInfo, AudioInput, validat
 from tests.fixtures.audio import (
     AudioCorpus,
     MakeAudio,
+    flac_audio_start,
     id3v2_tag,
     patch_flac_total_samples,
     patch_xing_frames,
@@ -286,12 +287,7 @@ def test_malformed_flac_is_refused(data: bytes, fragment: str) -> None:
 def _flac_parts(audio_corpus: AudioCorpus) -> tuple[bytes, bytes]:
     """Split the reference FLAC into (fLaC + STREAMINFO marked last, the audio frames)."""
     data = audio_corpus.good["flac_reference_encoder"].path.read_bytes()
-    position = 4
-    while True:
-        last, length = data[position] & 0x80, int.from_bytes(data[position + 1 : position + 4], "big")
-        position += 4 + length
-        if last:
-            break
+    position = flac_audio_start(data)
     head = bytearray(data[:42])
     head[4] |= 0x80
     return bytes(head), data[position:]
