@@ -194,8 +194,15 @@ class Body:
         self._fd = _fileno(file) if file is not None and _NOWAIT else None
 
     async def _read_at(self, offset: int, length: int) -> bytes:
-        if self._content is not None:
-            return self._content[offset : offset + length]
+        """Return the piece at ``offset``: at once if it is in memory (content, or the page cache), else in a thread.
+
+        The hop to a thread per piece was most of the client's CPU per uploaded GiB above a raw httpx upload, and
+        the event loop never waits on a disk either way (Linux ``preadv2`` with ``RWF_NOWAIT`` never waits).
+        """
+        cached = self._read_cached(offset, length)
+        return cached if cached is not None else await self._read_in_thread(offset, length)
+
+    async def _read_in_thread(self, offset: int, length: int) -> bytes:
         file = self._file
         assert file is not None  # noqa: S101 - see __init__
 
@@ -216,19 +223,11 @@ class Body:
         return await self._read_at(0, self.size)
 
     async def chunks(self, chunk_size: int, *, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """Yield ``length`` bytes (default: the rest) from ``offset`` in pieces of at most ``chunk_size``.
-
-        A piece the page cache already holds is read at once (Linux ``preadv2`` with ``RWF_NOWAIT`` never waits
-        for the disk); any other in a worker thread, so the event loop never waits on a disk either. The hop to a
-        thread per piece was most of the client's CPU per uploaded GiB above a raw httpx upload.
-        """
+        """Yield ``length`` bytes (default: the rest) from ``offset`` in pieces of at most ``chunk_size``."""
         end = self.size if length is None else min(self.size, offset + length)
         position = offset
         while position < end:
-            size = min(chunk_size, end - position)
-            chunk = self._read_cached(position, size)
-            if chunk is None:
-                chunk = await self._read_at(position, size)
+            chunk = await self._read_at(position, min(chunk_size, end - position))
             if not chunk:
                 raise ValidationError(
                     f"The upload source ended at byte {position} of {self.size}; it changed while being uploaded",

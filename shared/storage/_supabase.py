@@ -94,6 +94,7 @@ HOSTED_SUFFIXES = (".supabase.co", ".supabase.in")
 TUS_VERSION = "1.0.0"
 _log = logging.getLogger("shared.storage")
 _TUS_GONE = frozenset({404, 410})  # the server no longer has the upload (expired, or never had it)
+_GONE = "the upload is gone from the server; it starts again"
 DEFAULT_RETRY_WINDOW = 30.0  # seconds; outlasts a Storage server restart (3 to 16 s observed)
 LIST_PAGE = 1000
 
@@ -395,7 +396,7 @@ class SupabaseStorage:
             )
             if response.status_code in _TUS_GONE:
                 upload.location = None
-                raise _tus_retry(response, bucket, path, "the upload is gone from the server; it starts again")
+                raise _tus_retry(response, bucket, path, _GONE)
             if response.status_code == 413 and length > HOSTED_CHUNK_BYTES:
                 # A proxy in front of the server (Cloudflare's 100 MB, an nginx client_max_body_size) refused a
                 # PATCH this large: go on in the chunks Supabase documents, from the offset the server holds.
@@ -409,7 +410,7 @@ class SupabaseStorage:
                 upload.chunk = HOSTED_CHUNK_BYTES
                 await self._tus_sync(upload, bucket, path)
                 if upload.location is None:
-                    raise _tus_retry(response, bucket, path, "the upload is gone from the server; it starts again")
+                    raise _tus_retry(response, bucket, path, _GONE)
                 continue
             if response.status_code == 409 and b"Upload-Offset" in response.content:
                 raise _tus_retry(response, bucket, path, "the server's offset differs; it is asked again")

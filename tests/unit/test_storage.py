@@ -298,13 +298,13 @@ async def test_a_body_reads_cached_pieces_at_once_and_the_rest_in_a_thread(
         os.fsync(sink.fileno())  # written back: no page is locked for writeback, which RWF_NOWAIT would wait for
     threaded: list[int] = []
     async with open_body(source, limit=len(data)) as body:
-        read_at = body._read_at
+        read_in_thread = body._read_in_thread
 
         async def counted(offset: int, length: int) -> bytes:
             threaded.append(offset)
-            return await read_at(offset, length)
+            return await read_in_thread(offset, length)
 
-        monkeypatch.setattr(body, "_read_at", counted)
+        monkeypatch.setattr(body, "_read_in_thread", counted)
         assert data[1000:] == b"".join([chunk async for chunk in body.chunks(1024 * 1024, offset=1000)])
         assert [] == threaded  # just written: the page cache holds it all
         with source.open("rb") as file:
