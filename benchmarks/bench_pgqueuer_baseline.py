@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from importlib.metadata import version
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -57,6 +58,10 @@ async def _wait_empty(connection: asyncpg.Connection, timeout: float) -> None:
         await asyncio.sleep(0.05)
 
 
+def _start(dsn: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", MODULE, "worker", dsn], stdout=subprocess.DEVNULL)
+
+
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is None:
@@ -83,10 +88,7 @@ async def stages_per_second(jobs: int = JOBS, processes: int = PROCESSES, admin_
             for start in range(0, jobs, 500):
                 count = min(500, jobs - start)
                 await queries.enqueue(["noop"] * count, [None] * count, [0] * count)
-            workers = [
-                subprocess.Popen([sys.executable, "-m", MODULE, "worker", dsn], stdout=subprocess.DEVNULL)
-                for _ in range(processes)
-            ]
+            workers = [_start(dsn) for _ in range(processes)]
             try:
                 await _wait_empty(connection, timeout=max(60.0, jobs / 20))
             finally:
@@ -106,12 +108,10 @@ async def stages_per_second(jobs: int = JOBS, processes: int = PROCESSES, admin_
 
 def main() -> str:
     """Run the baseline and return its Markdown row."""
-    import pgqueuer
-
     rate = asyncio.run(stages_per_second())
     return (
         "| baseline | pgqueuer | processes | jobs | stages/s |\n|---|---|---|---|---|\n"
-        f"| pgqueuer's minimal example (no-op entrypoint, `run()` defaults) | {pgqueuer.__version__} "
+        f"| pgqueuer's minimal example (no-op entrypoint, `run()` defaults) | {version('pgqueuer')} "
         f"| {PROCESSES} | {JOBS} | {rate:.0f} |"
     )
 

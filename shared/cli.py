@@ -78,6 +78,8 @@ async def _migrate(settings: Settings, out: TextIO, *, include_all: bool = False
     if settings.environment == "development" and await ensure_database(settings.database_dsn):
         print("created the database", file=out)
     report = await apply_migrations(settings.database_dsn, include_all=include_all)
+    if report.waited:
+        print("waited for another `db migrate` run that was applying migrations", file=out)
     for skipped in report.compat_skipped:
         print(f"compatibility script skipped: {skipped}", file=out)
     if report.applied:

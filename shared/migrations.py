@@ -13,8 +13,16 @@ As the CLI's ``pkg/migration`` (list.go, apply.go, history.go, and pkg/parser fo
   transaction with the history row ``(version, name, statements)``, so this command and ``supabase db push``
   agree on what has been applied.
 
-A session advisory lock makes concurrent runs (two workers starting at once) apply each migration once. On a
-vanilla PostgreSQL (tests, local development) the compatibility script ``shared/sql/supabase_compat.sql``
+Concurrent runs (several workers starting at once) apply each migration once, directly or through a
+transaction pooler (Supavisor or pgbouncer in transaction mode, port 6543), because nothing depends on the
+session: every transaction (the compatibility script, the history table, each file) first takes a
+*transaction* advisory lock, which ends with it, and then looks again at what is applied, so a run that waited
+for another skips what that one applied; no statement is prepared by name (asyncpg's statement cache is off);
+and ``RESET ALL`` (and ``RESET ROLE``) run inside each file's transaction, before it and again before its
+commit, so nothing a file sets reaches the pooled server connection. (A session lock would be taken on one
+server connection and released on another, and stay held by an idle one.)
+
+On a vanilla PostgreSQL (tests, local development) the compatibility script ``shared/sql/supabase_compat.sql``
 first creates what Supabase has (roles, ``auth``); it is never applied where the ``auth`` schema exists, and
 where the connected role may not do part of it (a non-superuser ``postgres`` in a new database on a Supabase
 server), that part is skipped and reported (:attr:`MigrationReport.compat_skipped`).
@@ -71,6 +79,10 @@ _HISTORY_DDL = [
     "alter table supabase_migrations.schema_migrations add column if not exists statements text[]",
     "alter table supabase_migrations.schema_migrations add column if not exists name text",
 ]
+_IS_APPLIED = "select exists (select from supabase_migrations.schema_migrations where version = $1)"
+_HAS_AUTH = "select exists (select from pg_namespace where nspname = 'auth')"
+# RESET ALL leaves the role alone (it is not reset by ALL), so a file's `set role` is undone too.
+_RESET = "reset all; reset role"
 _INSERT_VERSION = "insert into supabase_migrations.schema_migrations (version, name, statements) values ($1, $2, $3)"
 
 
@@ -81,6 +93,7 @@ class MigrationReport:
     applied: list[str] = field(default_factory=list)
     compat_applied: bool = False
     compat_skipped: list[str] = field(default_factory=list)
+    waited: bool = False  # another run held the lock at some point, and this one waited for it
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,8 +232,10 @@ def _quote_end(sql: str, index: int, quote: str) -> int:
 
 
 async def _connect(dsn: str) -> asyncpg.Connection:
+    # No named prepared statements: behind a transaction pooler the next statement may reach another server
+    # connection, where the name is unknown or already taken (DuplicatePreparedStatementError).
     try:
-        return await asyncpg.connect(dsn, timeout=10)
+        return await asyncpg.connect(dsn, timeout=10, statement_cache_size=0)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         parts = urlsplit(dsn)
         where = f"{parts.hostname}:{parts.port or 5432}"
@@ -281,15 +296,33 @@ async def apply_migrations(dsn: str, directory: Path | None = None, *, include_a
     migrations = load_migrations(directory)
     connection = await _connect(dsn)
     try:
-        await connection.execute("select pg_advisory_lock($1)", _LOCK_KEY)
-        try:
-            return await _apply_pending(connection, migrations, include_all=include_all)
-        finally:
-            await connection.execute("select pg_advisory_unlock($1)", _LOCK_KEY)
+        return await _apply_pending(connection, migrations, include_all=include_all)
     except asyncpg.PostgresError as exc:
         raise _failed(exc, "reading the migration history") from exc
     finally:
         await connection.close()
+
+
+async def _lock(connection: asyncpg.Connection, report: MigrationReport) -> None:
+    """Take the migrations' transaction advisory lock, waiting (as long as it takes) for a run that holds it.
+
+    Inside a transaction only: the lock ends with it, on the server connection that took it, pooled or not.
+    The wait ignores a ``lock_timeout`` of the role or database (a long migration must not fail the runs
+    waiting for it), and the setting is put back for the rest of the transaction.
+    """
+    if await connection.fetchval("select pg_try_advisory_xact_lock($1)", _LOCK_KEY):
+        return
+    if not report.waited:
+        logger.info("another `db migrate` run is applying migrations; waiting for it")
+    report.waited = True
+    previous = await connection.fetchval("select current_setting('lock_timeout')")
+    await connection.execute("select set_config('lock_timeout', '0', true)")
+    await connection.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
+    await connection.execute("select set_config('lock_timeout', $1, true)", previous)
+    # The catalog caches of this transaction predate what the other run committed while this one waited (a
+    # negative entry for `supabase_migrations` makes `create schema if not exists` collide). An advisory lock
+    # does not make the backend read the invalidations; the first lock on a relation in a transaction does.
+    await connection.execute("select from pg_catalog.pg_namespace limit 0")
 
 
 def _failed(exc: asyncpg.PostgresError, what: str) -> DatabaseError:
@@ -298,8 +331,7 @@ def _failed(exc: asyncpg.PostgresError, what: str) -> DatabaseError:
 
 
 async def _apply_compat(connection: asyncpg.Connection, report: MigrationReport) -> None:
-    has_auth = await connection.fetchval("select exists (select 1 from pg_namespace where nspname = 'auth')")
-    if has_auth:
+    if await connection.fetchval(_HAS_AUTH):
         return
     compat = (resources.files("shared") / "sql" / "supabase_compat.sql").read_text(encoding="utf-8")
     skipped: list[str] = []
@@ -312,9 +344,13 @@ async def _apply_compat(connection: asyncpg.Connection, report: MigrationReport)
     connection.add_log_listener(listen)
     try:
         async with connection.transaction():
+            await _lock(connection, report)
+            if await connection.fetchval(_HAS_AUTH):
+                return  # a concurrent run applied it while this one waited
             for statement in split_statements(compat):
                 if not _only_comments(statement):
                     await connection.execute(statement)
+            await connection.execute(_RESET)
     except asyncpg.PostgresError as exc:
         raise _failed(exc, "the compatibility script (shared/sql/supabase_compat.sql)") from exc
     finally:
@@ -335,25 +371,30 @@ async def _apply_pending(
         return report
     try:
         async with connection.transaction():
+            await _lock(connection, report)
             for statement in _HISTORY_DDL:
                 await connection.execute(statement)
     except asyncpg.PostgresError as exc:
         raise _failed(exc, "creating supabase_migrations.schema_migrations") from exc
     for migration in pending:
-        # As the CLI: nothing a file set on the session (search_path, role, ...) reaches the next one.
-        await connection.execute("reset all")
         statements = split_statements(migration.sql)
         number = 0
         try:
             async with connection.transaction():
+                # As the CLI: nothing a file set on the session (search_path, role, ...) reaches the next one,
+                # and, behind a pooler, nothing reaches the server connection's next client.
+                await connection.execute(_RESET)
+                await _lock(connection, report)
+                if await connection.fetchval(_IS_APPLIED, migration.version):
+                    continue  # a concurrent run applied it while this one waited
                 for number, statement in enumerate(statements, start=1):  # noqa: B007 - reported on failure
                     if not _only_comments(statement):  # asyncpg cannot run an empty query
                         await connection.execute(statement)
                 await connection.execute(_INSERT_VERSION, migration.version, migration.name, statements)
+                await connection.execute(_RESET)
         except asyncpg.PostgresError as exc:
             raise _failed(exc, f"migration {migration.label} (statement {number} of {len(statements)})") from exc
         report.applied.append(migration.label)
-    await connection.execute("reset all")
     return report
 
 
@@ -371,8 +412,10 @@ async def ensure_database(dsn: str) -> bool:
         quoted = '"' + name.replace('"', '""') + '"'
         try:
             await connection.execute(f"create database {quoted}")
-        except asyncpg.DuplicateDatabaseError:
-            return False  # created by a concurrent run between the check and here
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            # Created by a concurrent run between the check and here: DuplicateDatabaseError when its
+            # CREATE DATABASE had committed, a unique violation on pg_database's name when both ran at once.
+            return False
         return True
     finally:
         await connection.close()

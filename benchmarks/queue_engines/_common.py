@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -12,7 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -52,7 +53,7 @@ def dsn_for(database: str, port: int | None = None) -> str:
 
 
 @contextlib.asynccontextmanager
-async def scratch_database(engine: str):  # type: ignore[no-untyped-def]  # an async generator of str
+async def scratch_database(engine: str) -> AsyncIterator[str]:
     """Create ``queue_eval_<engine>_<random>`` with the application tables, yield its name, drop it."""
     name = f"queue_eval_{engine}_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(ADMIN_DSN)
@@ -172,9 +173,17 @@ async def wait_until(connection: asyncpg.Connection, query: str, *, timeout: flo
 
 
 async def _sleep(seconds: float) -> None:
-    import asyncio
-
     await asyncio.sleep(seconds)
+
+
+async def spans(connection: asyncpg.Connection, jobs: Sequence[object]) -> list[tuple[float, float]]:
+    """Return each job's (first event, last event) times from the ``events`` table, in epoch seconds."""
+    rows = await connection.fetch(
+        """select extract(epoch from min(at))::float8 as s, extract(epoch from max(at))::float8 as e
+           from events where job = any($1::text[]) group by job""",
+        [str(job) for job in jobs],
+    )
+    return [(row["s"], row["e"]) for row in rows]
 
 
 def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:

@@ -7,6 +7,7 @@ repository's root ``/tmp/qe_dbos/bin/python -m benchmarks.queue_engines.dbos_eva
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from benchmarks.queue_engines._common import (
     max_overlap,
     pgbouncer,
     scratch_database,
+    spans,
     spawn,
     stop_all,
     wait_until,
@@ -66,8 +68,15 @@ def worker(dsn: str) -> None:
     """One worker process: DBOS launched on ``dsn`` (system database), queues polled every POLL s."""
     from dbos import DBOS
 
-    DBOS(config={"name": "queue-eval", "system_database_url": dsn, "use_listen_notify": False,
-                 "db_engine_kwargs": _engine_kwargs(), "log_level": "WARNING"})
+    DBOS(
+        config={
+            "name": "queue-eval",
+            "system_database_url": dsn,
+            "use_listen_notify": False,
+            "db_engine_kwargs": _engine_kwargs(),
+            "log_level": "WARNING",
+        }
+    )
 
     @DBOS.workflow(name="noop")
     async def noop() -> None:
@@ -87,8 +96,8 @@ def worker(dsn: str) -> None:
     @DBOS.step(name="flaky_step", retries_allowed=True, max_attempts=5, interval_seconds=0.1, backoff_rate=1.0)
     async def flaky_step() -> None:
         await asyncio.to_thread(_event, DBOS.workflow_id or "", "start")
-        runs = _EVENTS.append(1) or len(_EVENTS)
-        if runs < 3:
+        _EVENTS.append(1)
+        if len(_EVENTS) < 3:
             raise RuntimeError("measured retry")
 
     @DBOS.workflow(name="flaky")
@@ -111,8 +120,10 @@ def worker(dsn: str) -> None:
 def _client(dsn: str) -> Any:
     from dbos import DBOSClient
 
-    return DBOSClient(system_database_url=dsn, db_engine_kwargs=_engine_kwargs()) if False else DBOSClient(
-        system_database_url=dsn
+    return (
+        DBOSClient(system_database_url=dsn, db_engine_kwargs=_engine_kwargs())
+        if False
+        else DBOSClient(system_database_url=dsn)
     )
 
 
@@ -135,6 +146,7 @@ async def same_transaction(dsn: str) -> str:
     client = _client(dsn)
     engine = sa.create_engine(_sa_url(dsn))
     try:
+
         def hand_off(fail: bool) -> None:
             with engine.begin() as connection:
                 connection.execute(sa.text("insert into ledger (key, amount) values ('a', 0.1)"))
@@ -152,12 +164,10 @@ async def same_transaction(dsn: str) -> str:
                 ).scalar_one()
             return {"ledger": int(ledger), "next_queued": int(queued)}
 
-        try:
-            await asyncio.to_thread(hand_off, True)
-        except RuntimeError:
-            pass
+        with contextlib.suppress(RuntimeError):
+            await asyncio.to_thread(hand_off, True)  # noqa: FBT003 - to_thread passes it positionally
         after_rollback = await asyncio.to_thread(state)
-        await asyncio.to_thread(hand_off, False)
+        await asyncio.to_thread(hand_off, False)  # noqa: FBT003 - as above
         after_commit = await asyncio.to_thread(state)
     finally:
         client.destroy()
@@ -225,7 +235,11 @@ async def retries(dsn: str, worker_dsn: str) -> str:
     processes = _workers(dsn, worker_dsn, 1)
     try:
         (wid,) = await enqueue(dsn, "flaky", [()])
-        await wait_until(admin, f"select exists (select from dbos.workflow_status where workflow_uuid = '{wid}' and status = 'SUCCESS')", timeout=60)
+        await wait_until(
+            admin,
+            f"select exists (select from dbos.workflow_status where workflow_uuid = '{wid}' and status = 'SUCCESS')",
+            timeout=60,
+        )
         runs = await admin.fetchval("select count(*) from events where job = $1", wid)
     finally:
         stop_all(processes)
@@ -243,7 +257,9 @@ async def cancellation(dsn: str, worker_dsn: str) -> str:
         started = time.monotonic()
         await client.cancel_workflow_async(wid)
         try:
-            await wait_until(admin, f"select exists (select from events where job = '{wid}' and kind = 'end')", timeout=15)
+            await wait_until(
+                admin, f"select exists (select from events where job = '{wid}' and kind = 'end')", timeout=15
+            )
             result = (
                 f"partly: workflow marked CANCELLED at once, but the running step ran on to its end"
                 f" ({time.monotonic() - started:.1f} s later); cancellation takes effect between steps"
@@ -262,22 +278,20 @@ async def concurrency_limit(dsn: str, worker_dsn: str) -> str:
     processes = _workers(dsn, worker_dsn, WORKERS)
     try:
         ids = await enqueue(dsn, "sleep", [(0.3,)] * 12, queue="limited")
-        await wait_until(
-            admin, f"select count(*) = 24 from events where job = any('{{{','.join(ids)}}}')", timeout=120
-        )
-        rows = await admin.fetch(
-            "select extract(epoch from min(at)) as s, extract(epoch from max(at)) as e from events where job = any($1::text[]) group by job",
-            ids,
-        )
+        await wait_until(admin, f"select count(*) = 24 from events where job = any('{{{','.join(ids)}}}')", timeout=120)
+        rows = await spans(admin, ids)
     finally:
         stop_all(processes)
         await admin.close()
-    peak = max_overlap([(float(r["s"]), float(r["e"])) for r in rows])
+    peak = max_overlap(rows)
     return f"{'yes' if peak <= 2 else 'NO'}: global_concurrency=2 on 4 processes: peak {peak}"
 
 
 async def suite(report: Report, dsn: str, worker_dsn: str, where: str) -> None:
-    report.add(f"throughput, {WORKERS} processes, {JOBS} no-op workflows ({where})", f"{await throughput(dsn, worker_dsn):.0f} jobs/s")
+    report.add(
+        f"throughput, {WORKERS} processes, {JOBS} no-op workflows ({where})",
+        f"{await throughput(dsn, worker_dsn):.0f} jobs/s",
+    )
     report.add(f"SIGKILLed worker's job re-run ({where})", await kill_and_rerun(dsn, worker_dsn))
     report.add(f"retries ({where})", await retries(dsn, worker_dsn))
     report.add(f"cancellation of a running job ({where})", await cancellation(dsn, worker_dsn))

@@ -8,6 +8,7 @@ Not in the lock: run it from a scratch environment, e.g. ``python3.11 -m venv /t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from benchmarks.queue_engines._common import (
     max_overlap,
     pgbouncer,
     scratch_database,
+    spans,
     spawn,
     stop_all,
     wait_until,
@@ -145,14 +147,15 @@ async def same_transaction(dsn: str) -> str:
                 if fail:
                     raise RuntimeError("rolled back on purpose")
 
-        try:
+        with contextlib.suppress(RuntimeError):
             await hand_off(fail=True)
-        except RuntimeError:
-            pass
         after_rollback = await _state(connection, job_id)
         await hand_off(fail=False)
         after_commit = await _state(connection, job_id)
-    expected = ({"ledger": 0, "next_queued": 0, "this_still_doing": 1}, {"ledger": 1, "next_queued": 1, "this_still_doing": 0})
+    expected = (
+        {"ledger": 0, "next_queued": 0, "this_still_doing": 1},
+        {"ledger": 1, "next_queued": 1, "this_still_doing": 0},
+    )
     verdict = "yes, by calling its SQL functions" if (after_rollback, after_commit) == expected else "NO"
     return f"{verdict} (after rollback {after_rollback}; after commit {after_commit}; no Python API takes a connection)"
 
@@ -180,12 +183,15 @@ async def throughput(dsn: str, worker_dsn: str, jobs: int = JOBS, prepare: bool 
         processes = _workers(worker_dsn, WORKERS, prepare)
         try:
             await wait_until(
-                admin, "select not exists (select from procrastinate_jobs where status <> 'succeeded')", timeout=max(60.0, jobs / 20)
+                admin,
+                "select not exists (select from procrastinate_jobs where status <> 'succeeded')",
+                timeout=max(60.0, jobs / 20),
             )
         finally:
             stop_all(processes)
         seconds = await admin.fetchval(
-            """select extract(epoch from max(at) filter (where type = 'succeeded') - min(at) filter (where type = 'started'))
+            """select extract(epoch from max(at) filter (where type = 'succeeded')
+                                        - min(at) filter (where type = 'started'))
                from procrastinate_events"""
         )
     finally:
@@ -232,7 +238,9 @@ async def retries(dsn: str, worker_dsn: str) -> str:
     try:
         (job_id,) = await defer(dsn, "flaky", [{}])
         await wait_until(
-            admin, f"select exists (select from procrastinate_jobs where id = {job_id} and status = 'succeeded')", timeout=30
+            admin,
+            f"select exists (select from procrastinate_jobs where id = {job_id} and status = 'succeeded')",
+            timeout=30,
         )
         runs = await admin.fetchval("select count(*) from events where job = $1", str(job_id))
     finally:
@@ -255,7 +263,9 @@ async def cancellation(dsn: str, worker_dsn: str) -> str:
             seen = await wait_until(
                 admin, f"select exists (select from events where job = '{job_id}' and kind = 'cancelled')", timeout=10
             )
-            result = f"yes: the running async job was cancelled {seen - started:.2f} s after abort (polled every {POLL:g} s)"
+            result = (
+                f"yes: the running async job was cancelled {seen - started:.2f} s after abort (polled every {POLL:g} s)"
+            )
         except TimeoutError:
             result = "NO: not cancelled within 10 s"
     finally:
@@ -270,16 +280,16 @@ async def concurrency_limit(dsn: str, worker_dsn: str) -> str:
     try:
         ids = await defer(dsn, "sleep", [{"seconds": 0.3}] * 8, lock="one-at-a-time")
         await wait_until(
-            admin, f"select count(*) = 8 from procrastinate_jobs where id = any('{{{','.join(map(str, ids))}}}') and status = 'succeeded'", timeout=60
+            admin,
+            f"select count(*) = 8 from procrastinate_jobs where id in ({','.join(map(str, ids))})"
+            " and status = 'succeeded'",
+            timeout=60,
         )
-        rows = await admin.fetch(
-            "select extract(epoch from min(at)) as s, extract(epoch from max(at)) as e from events where job = any($1::text[]) group by job",
-            [str(i) for i in ids],
-        )
+        rows = await spans(admin, ids)
     finally:
         stop_all(processes)
         await admin.close()
-    peak = max_overlap([(float(r["s"]), float(r["e"])) for r in rows])
+    peak = max_overlap(rows)
     return f"only 1 (a `lock`): peak {peak} running at once on 4 processes; no limit of N > 1 across workers"
 
 
@@ -292,7 +302,10 @@ async def prepared_statements(dsn: str, worker_dsn: str) -> str:
 
 
 async def suite(report: Report, dsn: str, worker_dsn: str, where: str) -> None:
-    report.add(f"throughput, {WORKERS} processes, {JOBS} no-op jobs ({where})", f"{await throughput(dsn, worker_dsn):.0f} jobs/s")
+    report.add(
+        f"throughput, {WORKERS} processes, {JOBS} no-op jobs ({where})",
+        f"{await throughput(dsn, worker_dsn):.0f} jobs/s",
+    )
     report.add(f"SIGKILLed worker's job re-run ({where})", await kill_and_rerun(dsn, worker_dsn))
     report.add(f"retries ({where})", await retries(dsn, worker_dsn))
     report.add(f"cancellation of a running job ({where})", await cancellation(dsn, worker_dsn))
@@ -300,8 +313,9 @@ async def suite(report: Report, dsn: str, worker_dsn: str, where: str) -> None:
 
 
 async def evaluate() -> Report:
-    import procrastinate
     from importlib.metadata import version
+
+    import procrastinate
 
     report = Report(ENGINE, f"{version('procrastinate')} (psycopg {version('psycopg')})")
     async with scratch_database(ENGINE) as database:
@@ -311,7 +325,9 @@ async def evaluate() -> Report:
         await suite(report, dsn, dsn, "direct")
         with pgbouncer() as port:
             pooled = dsn_for(database, port)
-            report.add("pooler: server-side prepared statements on (psycopg default)", await prepared_statements(dsn, pooled))
+            report.add(
+                "pooler: server-side prepared statements on (psycopg default)", await prepared_statements(dsn, pooled)
+            )
             await suite(report, dsn, pooled, "pgbouncer transaction mode")
     del procrastinate
     return report
