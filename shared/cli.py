@@ -1,4 +1,4 @@
-"""The command line: ``python -m shared doctor | demo [--offline] | db migrate | maintain``.
+"""The command line: ``python -m shared doctor | demo [--offline] | db migrate | maintain [--every N]``.
 
 Every command loads the settings first, so a bad configuration is reported once, every problem listed, with
 exit status 2. ``doctor`` exits 1 when a service is down; any other failure is a PipelineError, printed with
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
+import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -20,6 +23,7 @@ from shared.errors import ConfigError, PipelineError
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+_log = logging.getLogger(__name__)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +47,25 @@ def _parser() -> argparse.ArgumentParser:
         "maintain", help="fail silent jobs, release expired reservations, prune old ones (safe to run anywhere)"
     )
     maintain.add_argument("--batch-size", type=int, help="rows per statement (default MAINTENANCE_BATCH_SIZE)")
+    maintain.add_argument(
+        "--every",
+        type=_seconds,
+        metavar="SECONDS",
+        help="run again every SECONDS in this one process (SIGTERM stops it between runs; a failed run is logged)",
+    )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """Parse ``--every``: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        msg = f"expected a positive number of seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
@@ -65,7 +87,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
 
             return asyncio.run(run_demo(settings, out=stream, offline=args.offline))
         if args.command == "maintain":
-            return asyncio.run(_maintain(settings, stream, args.batch_size))
+            return asyncio.run(_maintain(settings, stream, args.batch_size, every=args.every))
         return asyncio.run(_migrate(settings, stream, include_all=args.include_all))
     except PipelineError as error:
         print(f"error: {error}", file=stream)
@@ -89,7 +111,7 @@ async def _migrate(settings: Settings, out: TextIO, *, include_all: bool = False
     return EXIT_OK
 
 
-async def _maintain(settings: Settings, out: TextIO, batch_size: int | None) -> int:
+async def _maintain(settings: Settings, out: TextIO, batch_size: int | None, *, every: float | None = None) -> int:
     from shared.database import init_database  # noqa: PLC0415 - asyncpg loads only for this command
     from shared.maintenance import MaintenancePolicy, maintain  # noqa: PLC0415
 
@@ -97,5 +119,30 @@ async def _maintain(settings: Settings, out: TextIO, batch_size: int | None) -> 
     if batch_size is not None:
         policy = dataclasses.replace(policy, batch_size=batch_size)
     async for db in init_database(settings):
-        print((await maintain(db, policy)).summary(), file=out)
+        if every is None:
+            print((await maintain(db, policy)).summary(), file=out)
+            continue
+        # One long-running process instead of a cron job: the interpreter, the imports and the pool are paid once.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        print(f"maintenance every {every:g} s; SIGTERM stops it between runs", file=out, flush=True)
+        try:
+            runs = 0
+            while not stop.is_set():
+                runs += 1
+                try:
+                    summary = (await maintain(db, policy)).summary().replace("\n", "; ")
+                except PipelineError as error:  # a run's failure is reported and the next run tries again
+                    _log.error("maintenance run %d failed: %s", runs, error, exc_info=True)
+                    print(f"run {runs} failed: {error}", file=out, flush=True)
+                else:
+                    print(f"run {runs}: {summary}", file=out, flush=True)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=every)
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        print(f"stopped after {runs} run(s)", file=out, flush=True)
     return EXIT_OK

@@ -1,0 +1,148 @@
+"""`python -m shared maintain --every N`: one long-running process, stopped by SIGTERM between runs."""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Maintainer:
+    """The command in a process of its own, its output lines read as they come."""
+
+    def __init__(self, dsn: str, every: str) -> None:
+        env = {**os.environ, "DATABASE_URL": dsn, "ENVIRONMENT": "development", "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "shared", "maintain", "--every", every],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(line.rstrip("\n"))
+
+    def wait_for(self, prefix: str, timeout: float = 60) -> str:
+        """Return the next line starting with ``prefix`` (keeping every line read in ``lines``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.lines.append(line)
+            if line.startswith(prefix):
+                return line
+        pytest.fail(f"no line starting with {prefix!r} within {timeout} s; output: {self.lines}")
+
+    def close(self) -> None:
+        """Kill it if it still runs, and close its pipe once the reader has drained it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self._reader.join(timeout=10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+    def stop(self) -> int:
+        """SIGTERM it by its pid and return its exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+StartMaintainer = Callable[[str], Maintainer]
+
+
+@pytest.fixture
+def start(pg_dsn: str) -> Iterator[StartMaintainer]:
+    started: list[Maintainer] = []
+
+    def make(every: str) -> Maintainer:
+        maintainer = Maintainer(pg_dsn, every)
+        started.append(maintainer)
+        return maintainer
+
+    yield make
+    for maintainer in started:
+        maintainer.close()
+
+
+def test_it_runs_again_and_again_and_sigterm_stops_it(start: StartMaintainer) -> None:
+    maintainer = start("0.1")
+    for number in (1, 2, 3):
+        assert "released 0 expired reservation(s)" in maintainer.wait_for(f"run {number}:")
+
+    assert 0 == maintainer.stop()
+    maintainer.wait_for("stopped after")
+    assert not any("Traceback" in line for line in maintainer.lines)
+
+
+async def test_sigterm_during_a_run_lets_the_run_finish_first(start: StartMaintainer, pg_dsn: str) -> None:
+    holder = await asyncpg.connect(pg_dsn)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("lock table jobs in access exclusive mode")
+        maintainer = start("60")
+        maintainer.wait_for("maintenance every 60 s")
+        while not await holder.fetchval(
+            "select exists (select from pg_stat_activity"
+            " where wait_event_type = 'Lock' and datname = current_database())"
+        ):
+            time.sleep(0.02)
+        maintainer.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert maintainer.process.poll() is None, "stopped in the middle of a run"
+        await transaction.commit()
+    finally:
+        await holder.close()
+
+    maintainer.wait_for("run 1:")
+    assert "stopped after 1 run(s)" == maintainer.wait_for("stopped")
+    assert 0 == maintainer.process.wait(timeout=30)
+
+
+async def test_a_failed_run_is_reported_and_the_next_one_still_runs(start: StartMaintainer, pg_dsn: str) -> None:
+    connection = await asyncpg.connect(pg_dsn)
+    try:
+        await connection.execute("alter table job_cost_reservations rename to hidden_reservations")
+        maintainer = start("0.1")
+        assert "job_cost_reservations" in maintainer.wait_for("run 1 failed:")
+        maintainer.wait_for("run 2 failed:")
+        await connection.execute("alter table hidden_reservations rename to job_cost_reservations")
+        maintainer.wait_for("run ")  # whichever run started before the rename
+        assert "released 0 expired reservation(s)" in maintainer.wait_for("run ", timeout=30).split(": ", 1)[1]
+    finally:
+        await connection.close()
+    assert 0 == maintainer.stop()
+    maintainer.wait_for("stopped after")
+
+
+@pytest.mark.parametrize("every", ["0", "-1", "soon", "inf", "nan"])
+def test_every_must_be_a_positive_number_of_seconds(every: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["maintain", "--every", every], out=io.StringIO())
+    assert 2 == exit_info.value.code
+    assert f"--every: expected a positive number of seconds, got '{every}'" in capsys.readouterr().err
