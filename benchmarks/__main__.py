@@ -6,7 +6,17 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("logging", "database", "cost_tracking", "redis", "storage", "validation", "startup", "pgqueuer_baseline")
+BENCHMARKS = (
+    "logging",
+    "database",
+    "cost_tracking",
+    "redis",
+    "storage",
+    "validation",
+    "startup",
+    "pgqueuer_baseline",
+    "maintain",
+)
 
 
 def run(names: list[str]) -> int:
