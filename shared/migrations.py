@@ -310,18 +310,18 @@ async def _lock(connection: asyncpg.Connection, report: MigrationReport) -> None
     The wait ignores a ``lock_timeout`` of the role or database (a long migration must not fail the runs
     waiting for it), and the setting is put back for the rest of the transaction.
     """
-    if await connection.fetchval("select pg_try_advisory_xact_lock($1)", _LOCK_KEY):
-        return
-    if not report.waited:
-        logger.info("another `db migrate` run is applying migrations; waiting for it")
-    report.waited = True
-    previous = await connection.fetchval("select current_setting('lock_timeout')")
-    await connection.execute("select set_config('lock_timeout', '0', true)")
-    await connection.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
-    await connection.execute("select set_config('lock_timeout', $1, true)", previous)
-    # The catalog caches of this transaction predate what the other run committed while this one waited (a
-    # negative entry for `supabase_migrations` makes `create schema if not exists` collide). An advisory lock
-    # does not make the backend read the invalidations; the first lock on a relation in a transaction does.
+    if not await connection.fetchval("select pg_try_advisory_xact_lock($1)", _LOCK_KEY):
+        if not report.waited:
+            logger.info("another `db migrate` run is applying migrations; waiting for it")
+        report.waited = True
+        previous = await connection.fetchval("select current_setting('lock_timeout')")
+        await connection.execute("select set_config('lock_timeout', '0', true)")
+        await connection.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await connection.execute("select set_config('lock_timeout', $1, true)", previous)
+    # This transaction's catalog caches may predate what another run committed since the transaction began (a
+    # cached "no such schema" for `supabase_migrations` makes `create schema if not exists` collide on
+    # pg_namespace). An advisory lock does not make the backend read the invalidations; the transaction's
+    # first lock on a relation does, and this is the first.
     await connection.execute("select from pg_catalog.pg_namespace limit 0")
 
 

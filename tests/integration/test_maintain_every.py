@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from shared.cli import main
+from shared.testing.databases import run_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -146,3 +147,46 @@ def test_every_must_be_a_positive_number_of_seconds(every: str, capsys: pytest.C
         main(["maintain", "--every", every], out=io.StringIO())
     assert 2 == exit_info.value.code
     assert f"--every: expected a positive number of seconds, got '{every}'" in capsys.readouterr().err
+
+
+def test_in_process_a_failed_run_is_logged_and_sigterm_ends_the_loop(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same loop in this process: the rename makes runs fail, renaming back lets them succeed, then SIGTERM."""
+    monkeypatch.setenv("DATABASE_URL", pg_dsn)
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    out = io.StringIO()
+    run_sync(_execute(pg_dsn, "alter table job_cost_reservations rename to hidden_reservations"))
+
+    def drive() -> None:
+        # No signal is sent before the loop prints its runs, so the loop's handler is installed by then.
+        _wait_for_text(out, "run 1 failed:")
+        run_sync(_execute(pg_dsn, "alter table hidden_reservations rename to job_cost_reservations"))
+        _wait_for_text(out, "expired reservation(s)")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    status = main(["maintain", "--every", "0.05"], out=out)
+    driver.join(timeout=60)
+
+    assert 0 == status, out.getvalue()
+    assert out.getvalue().rstrip().splitlines()[-1].startswith("stopped after")
+    assert any(record.exc_info for record in caplog.records if "maintenance run 1 failed" in record.getMessage())
+
+
+def _wait_for_text(out: io.StringIO, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in out.getvalue():
+        if time.monotonic() > deadline:
+            os.kill(os.getpid(), signal.SIGTERM)  # end the loop so that the test fails instead of hanging
+            pytest.fail(f"{text!r} not printed within {timeout} s: {out.getvalue()}")
+        time.sleep(0.02)
+
+
+async def _execute(dsn: str, statement: str) -> None:
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()

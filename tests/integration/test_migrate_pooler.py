@@ -8,6 +8,7 @@ a raw UniqueViolationError.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import re
 import subprocess
@@ -16,11 +17,13 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
+from shared.cli import main as cli_main
 from shared.migrations import _LOCK_KEY, apply_migrations, ensure_database, load_migrations
 from shared.testing.databases import admin_execute, dsn_for, run_sync
 from tests.fixtures.servers import PgBouncer, start_pgbouncer
@@ -101,11 +104,7 @@ async def test_a_run_waits_for_the_run_holding_the_lock_then_skips_what_it_appli
         await transaction.start()
         await holder.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
         run = asyncio.create_task(apply_migrations(bouncer.dsn(missing_database)))
-        while not await holder.fetchval(
-            "select exists (select from pg_locks where locktype = 'advisory' and not granted)"
-        ):
-            assert not run.done(), run
-            await asyncio.sleep(0.02)
+        await _until_waiting(holder, run)
         await transaction.commit()
         report = await asyncio.wait_for(run, timeout=120)
     finally:
@@ -143,3 +142,72 @@ async def test_concurrent_runs_creating_one_database_report_one_creation_and_no_
 ) -> None:
     created = await asyncio.gather(*(ensure_database(dsn_for(missing_database, pg_admin_dsn)) for _ in range(6)))
     assert 1 == sum(created)
+
+
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
+async def test_a_run_that_waited_skips_the_migrations_the_other_run_applied(
+    bouncer: PgBouncer, missing_database: str, pg_admin_dsn: str, tmp_path: Path, through: str
+) -> None:
+    """The other run creates the history and records every version while this one waits: nothing is applied twice.
+
+    Directly, the waiting run's catalog cache still says `supabase_migrations` does not exist (it looked before
+    waiting): unless it reads the invalidations after the lock, `create schema if not exists` collides.
+    """
+    direct = dsn_for(missing_database, pg_admin_dsn)
+    runner_dsn = direct if through == "direct" else bouncer.dsn(missing_database)
+    assert await ensure_database(direct)
+    assert [] == (await apply_migrations(direct, tmp_path)).applied  # the compatibility script only
+    holder = await asyncpg.connect(direct)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
+        run = asyncio.create_task(apply_migrations(runner_dsn))
+        await _until_waiting(holder, run)
+        await holder.execute(
+            "create schema supabase_migrations; create table supabase_migrations.schema_migrations"
+            " (version text primary key, statements text[], name text)"
+        )
+        for migration in load_migrations():
+            await holder.execute(
+                "insert into supabase_migrations.schema_migrations (version, name) values ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+        await transaction.commit()
+        report = await asyncio.wait_for(run, timeout=120)
+        tables = await holder.fetchval("select count(*) from pg_tables where schemaname = 'public'")
+    finally:
+        await holder.close()
+    assert ([], True, 0) == (report.applied, report.waited, tables)
+
+
+async def test_the_command_says_it_waited_for_another_run(
+    bouncer: PgBouncer, missing_database: str, pg_admin_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    direct = dsn_for(missing_database, pg_admin_dsn)
+    assert await ensure_database(direct)
+    monkeypatch.setenv("DATABASE_URL", bouncer.dsn(missing_database))
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    out = io.StringIO()
+    holder = await asyncpg.connect(direct)
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        await holder.execute("select pg_advisory_xact_lock($1)", _LOCK_KEY)
+        run = asyncio.ensure_future(asyncio.to_thread(cli_main, ["db", "migrate"], out=out))
+        await _until_waiting(holder, run)
+        await transaction.commit()
+        status = await asyncio.wait_for(run, timeout=120)
+    finally:
+        await holder.close()
+    assert 0 == status, out.getvalue()
+    assert "waited for another `db migrate` run" in out.getvalue()
+    assert f"applied {len(load_migrations())} migration(s)" in out.getvalue()
+
+
+async def _until_waiting(holder: asyncpg.Connection, run: asyncio.Future[Any]) -> None:
+    """Return once a session waits for the advisory lock ``holder`` holds (failing if ``run`` ended first)."""
+    while not await holder.fetchval("select exists (select from pg_locks where locktype = 'advisory' and not granted)"):
+        assert not run.done(), run
+        await asyncio.sleep(0.02)
