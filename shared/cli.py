@@ -15,10 +15,14 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from shared.config import Settings
 from shared.errors import ConfigError, PipelineError
+
+if TYPE_CHECKING:
+    from shared.database import Database
+    from shared.maintenance import MaintenancePolicy
 
 __all__ = ["main"]
 
@@ -121,28 +125,38 @@ async def _maintain(settings: Settings, out: TextIO, batch_size: int | None, *, 
     async for db in init_database(settings):
         if every is None:
             print((await maintain(db, policy)).summary(), file=out)
-            continue
-        # One long-running process instead of a cron job: the interpreter, the imports and the pool are paid once.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        print(f"maintenance every {every:g} s; SIGTERM stops it between runs", file=out, flush=True)
-        try:
-            runs = 0
-            while not stop.is_set():
-                runs += 1
-                try:
-                    summary = (await maintain(db, policy)).summary().replace("\n", "; ")
-                except PipelineError as error:  # a run's failure is reported and the next run tries again
-                    _log.error("maintenance run %d failed: %s", runs, error, exc_info=True)
-                    print(f"run {runs} failed: {error}", file=out, flush=True)
-                else:
-                    print(f"run {runs}: {summary}", file=out, flush=True)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=every)
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-        print(f"stopped after {runs} run(s)", file=out, flush=True)
+        else:
+            await _maintain_every(db, policy, every, out)
     return EXIT_OK
+
+
+async def _maintain_every(db: Database, policy: MaintenancePolicy, every: float, out: TextIO) -> None:
+    """Run maintenance every ``every`` seconds until SIGTERM or SIGINT, which take effect between runs.
+
+    One long-running process instead of a cron job: the interpreter, the imports and the pool are paid once.
+    A run that raises a PipelineError is logged (with its traceback) and printed; the next run goes on.
+    """
+    from shared.maintenance import maintain  # noqa: PLC0415 - loaded by _maintain already
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"maintenance every {every:g} s; SIGTERM stops it between runs", file=out, flush=True)
+    runs = 0
+    try:
+        while not stop.is_set():
+            runs += 1
+            try:
+                summary = (await maintain(db, policy)).summary().replace("\n", "; ")
+            except PipelineError as error:
+                _log.error("maintenance run %d failed: %s", runs, error, exc_info=True)
+                print(f"run {runs} failed: {error}", file=out, flush=True)
+            else:
+                print(f"run {runs}: {summary}", file=out, flush=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    print(f"stopped after {runs} run(s)", file=out, flush=True)
