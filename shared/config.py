@@ -34,12 +34,12 @@ from shared.errors import ConfigError
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
-    "DEFAULT_REDIS_URL",
     "DEFAULT_PAID_LIMITS",
+    "DEFAULT_REDIS_URL",
     "PLACEHOLDER_VALUES",
-    "RateLimits",
     "Environment",
     "LogLevel",
+    "RateLimits",
     "Settings",
     "StorageBackend",
 ]
@@ -55,7 +55,6 @@ class Environment(StrEnum):
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 StorageBackend = Literal["supabase", "local"]
-
 
 
 class RateLimits(pydantic.BaseModel):

@@ -27,7 +27,6 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from uuid import UUID
 
@@ -63,7 +62,14 @@ class PaidCall:
     """One admitted call: settle it with the provider's usage before leaving the block."""
 
     def __init__(
-        self, calls: PaidCalls, *, grant: Grant, reservation: Reservation, provider: str, model: str, hardware: str | None
+        self,
+        calls: PaidCalls,
+        *,
+        grant: Grant,
+        reservation: Reservation,
+        provider: str,
+        model: str,
+        hardware: str | None,
     ) -> None:
         self._calls = calls
         self.grant = grant
@@ -81,7 +87,9 @@ class PaidCall:
 
     async def settle(self, usage: Usage) -> JobCost:
         """Price ``usage`` (genai-prices' keys, or ``predict_time_seconds``) and commit it; once only."""
-        return await self._commit(self._calls.catalogue.price(self.provider, self.model, usage, hardware=self._hardware))
+        return await self._commit(
+            self._calls.catalogue.price(self.provider, self.model, usage, hardware=self._hardware)
+        )
 
     async def settle_openai(self, payload: Mapping[str, Any], *, flavor: OpenAIFlavor = "chat") -> JobCost:
         """Price an OpenAI answer's own ``usage`` and commit it."""
@@ -244,4 +252,3 @@ class PaidCalls:
 
         raw = await self._db.fetchval("select usage::text from public.job_costs where id = $1", cost_id)
         return None if raw is None else dict(orjson.loads(raw))
-

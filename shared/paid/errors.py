@@ -133,7 +133,10 @@ class RateLimitHeaders:
         """Return the wait until the exhausted budget resets (the longer of the two when both are spent)."""
         waits = [
             wait
-            for remaining, wait in ((self.remaining_requests, self.reset_requests), (self.remaining_tokens, self.reset_tokens))
+            for remaining, wait in (
+                (self.remaining_requests, self.reset_requests),
+                (self.remaining_tokens, self.reset_tokens),
+            )
             if wait is not None and remaining == 0
         ]
         if not waits:

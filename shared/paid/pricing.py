@@ -158,7 +158,9 @@ class PriceCatalogue:
             provider, calculation.model.id, units, prices, calculation.total_price, self.token_version, tokens
         )
 
-    def price_openai(self, payload: Mapping[str, Any], *, flavor: OpenAIFlavor = "chat", model: str | None = None) -> PricedUsage:
+    def price_openai(
+        self, payload: Mapping[str, Any], *, flavor: OpenAIFlavor = "chat", model: str | None = None
+    ) -> PricedUsage:
         """Price an OpenAI answer (the JSON body, or ``response.model_dump()``) from its own ``usage``.
 
         ``model`` is needed where the body names none (the Images API's answers).
