@@ -240,15 +240,11 @@ class PaidCalls:
         """Write the priced usage on the cost row (once; a re-send changes nothing)."""
         if self._db is None:
             return
-        import orjson  # noqa: PLC0415 - light, but only needed here
-
-        await self._db.execute(_RECORD_USAGE, cost.id, orjson.dumps(priced.metadata()).decode())
+        await self._db.execute(_RECORD_USAGE, cost.id, priced.metadata())
 
     async def usage_of(self, cost_id: UUID) -> dict[str, Any] | None:
         """Return the priced usage recorded on a cost row, or None."""
         if self._db is None:
             return None
-        import orjson  # noqa: PLC0415
-
-        raw = await self._db.fetchval("select usage::text from public.job_costs where id = $1", cost_id)
-        return None if raw is None else dict(orjson.loads(raw))
+        usage: dict[str, Any] | None = await self._db.fetchval("select usage from public.job_costs where id = $1", cost_id)
+        return usage
