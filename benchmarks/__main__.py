@@ -6,7 +6,7 @@ import importlib
 import sys
 import time
 
-BENCHMARKS = ("logging", "database", "cost_tracking", "redis", "storage", "validation", "startup")
+BENCHMARKS = ("logging", "database", "cost_tracking", "redis", "storage", "validation", "startup", "paid")
 
 
 def run(names: list[str]) -> int:

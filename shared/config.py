@@ -190,6 +190,8 @@ class Settings(BaseSettings):
         default_factory=dict, description='JSON: {"openai/gpt-4o": {"rpm": 500, "tpm": 30000}, ...}'
     )
     paid_concurrency_lease_seconds: float = Field(default=60.0, ge=1, le=3600, allow_inf_nan=False)
+    # Added to the 1 s and 60 s windows: absorbs the varying delay between a grant and the call's arrival.
+    paid_rate_margin_seconds: float = Field(default=0.1, ge=0, le=10, allow_inf_nan=False)
     paid_admission_max_wait_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
     paid_key_prefix: str = "videogen:paid:"
     paid_replicate_prices_file: Path | None = None

@@ -88,6 +88,7 @@ def make_rate_limiter(redis: RedisClient, settings: Settings) -> RateLimiter:
         prefix=settings.paid_key_prefix,
         lease_seconds=settings.paid_concurrency_lease_seconds,
         operation_timeout=settings.redis_operation_timeout_seconds,
+        margin_seconds=settings.paid_rate_margin_seconds,
     )
 
 

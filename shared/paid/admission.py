@@ -246,5 +246,7 @@ class PaidCalls:
         """Return the priced usage recorded on a cost row, or None."""
         if self._db is None:
             return None
-        usage: dict[str, Any] | None = await self._db.fetchval("select usage from public.job_costs where id = $1", cost_id)
+        usage: dict[str, Any] | None = await self._db.fetchval(
+            "select usage from public.job_costs where id = $1", cost_id
+        )
         return usage

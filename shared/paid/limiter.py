@@ -5,14 +5,16 @@ hold across machines whose clocks disagree. Per provider, model and API key (the
 SHA-256 id, never itself), a sliding log of the last minute's grants (a sorted set of request ids scored by their
 time, with each grant's tokens in a hash and a running total) answers three questions at once:
 
-- requests per minute: the grants in the last 60 s;
-- requests per second: the grants in the last 1 s;
+- requests per minute: the grants in the last 60 s (plus a margin, 0.1 s by default);
+- requests per second: the grants in the last 1 s (plus the margin: a grant and the call's arrival at the
+  provider are apart by a varying delay, and the margin keeps that jitter from bunching calls there);
 - tokens per minute: the sum of the last 60 s's token weights, reconciled with the real usage once the answer
   arrives (:meth:`RateLimiter.release` with ``tokens=``).
 
 Concurrency slots are leases in a sorted set scored by their expiry: a live call renews its lease every third of
 ``PAID_CONCURRENCY_LEASE_SECONDS``, a dead worker's lease runs out by itself. A 429 from the provider
-(:meth:`RateLimiter.slow_down`) stops every process for its Retry-After and halves the limits for a minute.
+(:meth:`RateLimiter.slow_down`) stops every process for its Retry-After and lowers the limits by a quarter for a
+minute (to a quarter of them at most).
 
 Why a script of our own and not ``limits``' moving window: see benchmarks/README.md ("Paid calls"). In short,
 ``limits`` checks one limit per round trip and cannot give back or reweigh a hit, so three limits cost three round
@@ -47,7 +49,7 @@ __all__ = ["Grant", "RateLimiter", "RateScope", "key_id"]
 _log = logging.getLogger("shared.paid.limiter")
 WINDOW_MS = 60_000
 # How long a concurrency wait polls before asking again: releases come at any moment, not at a known time.
-_CONCURRENCY_POLL_MS = 20
+_CONCURRENCY_POLL_MS = 50
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -55,18 +57,21 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local id, tokens = ARGV[1], tonumber(ARGV[2])
 local rpm, tpm, rps, conc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local lease, epoch, fresh = tonumber(ARGV[7]), ARGV[8], ARGV[9]
+local minute, second = 60000 + tonumber(ARGV[11]), 1000 + tonumber(ARGV[11])
 local current = redis.call('GET', KEYS[6])
 if not current then
   redis.call('SET', KEYS[6], fresh)
   current = fresh
   if epoch ~= '' then
     -- The store lost its state (a restart without persistence): hold every call for one full window.
-    redis.call('SET', KEYS[4], '1', 'PX', 60000)
+    redis.call('SET', KEYS[4], '1', 'PX', minute)
   end
 end
 local seen = redis.call('ZSCORE', KEYS[1], id)
 if seen then return {1, tonumber(seen), current} end
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000, 'LIMIT', 0, 4000)
+-- Given back by its process, which never heard the answer (the store was frozen): never grant it late.
+if redis.call('EXISTS', KEYS[7]) == 1 then return {-2, 0, current} end
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - minute, 'LIMIT', 0, 4000)
 if #old > 0 then
   local weights = redis.call('HMGET', KEYS[2], unpack(old))
   local freed = 0
@@ -85,15 +90,15 @@ if rpm > 0 then
   local n = redis.call('ZCARD', KEYS[1])
   if n >= limit then
     local e = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
-    wait = math.max(wait, tonumber(e[2]) + 60000 - now + 1)
+    wait = math.max(wait, tonumber(e[2]) + minute - now + 1)
   end
 end
 if rps > 0 then
   local limit = scaled(rps)
-  local k = redis.call('ZCOUNT', KEYS[1], '(' .. (now - 1000), '+inf')
+  local k = redis.call('ZCOUNT', KEYS[1], '(' .. (now - second), '+inf')
   if k >= limit then
-    local e = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - 1000), '+inf', 'WITHSCORES', 'LIMIT', k - limit, 1)
-    wait = math.max(wait, tonumber(e[2]) + 1000 - now + 1)
+    local e = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - second), '+inf', 'WITHSCORES', 'LIMIT', k - limit, 1)
+    wait = math.max(wait, tonumber(e[2]) + second - now + 1)
   end
 end
 if tpm > 0 then
@@ -106,7 +111,7 @@ if tpm > 0 then
     for i = 1, #entries, 2 do
       freed = freed + tonumber(redis.call('HGET', KEYS[2], entries[i]) or '0')
       if total - freed + tokens <= limit then
-        wait = math.max(wait, tonumber(entries[i + 1]) + 60000 - now + 1)
+        wait = math.max(wait, tonumber(entries[i + 1]) + minute - now + 1)
         break
       end
     end
@@ -120,8 +125,8 @@ if wait > 0 then return {0, wait, current} end
 redis.call('ZADD', KEYS[1], now, id)
 redis.call('HSET', KEYS[2], id, tokens)
 redis.call('HINCRBY', KEYS[2], '_total', tokens)
-redis.call('PEXPIRE', KEYS[1], 61000)
-redis.call('PEXPIRE', KEYS[2], 61000)
+redis.call('PEXPIRE', KEYS[1], minute + 1000)
+redis.call('PEXPIRE', KEYS[2], minute + 1000)
 if conc > 0 then
   redis.call('ZADD', KEYS[3], now + lease, id)
   redis.call('PEXPIRE', KEYS[3], lease + 1000)
@@ -133,6 +138,7 @@ return {1, now, current}
 # refund = 1 takes the grant back whole (nothing was sent).
 _RELEASE = """
 redis.call('ZREM', KEYS[3], ARGV[1])
+if ARGV[3] == '1' then redis.call('SET', KEYS[4], '1', 'PX', 180000) end
 local old = redis.call('HGET', KEYS[2], ARGV[1])
 if old then
   local tokens = tonumber(ARGV[2])
@@ -156,12 +162,13 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
 return renewed
 """
 
-# A 429: stop everyone for the Retry-After (never shortening a longer stop), halve the limits for a minute.
+# A 429: stop everyone for the Retry-After (never shortening a longer stop), and take a quarter off the limits
+# for a minute (down to a quarter of them at most, after repeated 429s).
 _SLOW_DOWN = """
 local wait = tonumber(ARGV[1])
 if redis.call('PTTL', KEYS[1]) < wait then redis.call('SET', KEYS[1], '1', 'PX', wait) end
 local factor = tonumber(redis.call('GET', KEYS[2]) or '1000')
-redis.call('SET', KEYS[2], math.max(125, math.floor(factor / 2)), 'PX', 60000)
+redis.call('SET', KEYS[2], math.max(250, math.floor(factor * 3 / 4)), 'PX', 60000)
 return 1
 """
 
@@ -181,7 +188,7 @@ class RateScope:
     model: str
     key: str = "default"
 
-    def keys(self, prefix: str) -> list[str]:
+    def keys(self, prefix: str, request_id: str = "") -> list[str]:
         """Return the script's keys; one hash tag per provider and key, so they share a Cluster slot."""
         base = f"{prefix}{{{self.provider}:{self.key}}}"
         return [
@@ -191,6 +198,7 @@ class RateScope:
             f"{base}:cool:{self.model}",
             f"{base}:slow:{self.model}",
             f"{base}:epoch",
+            f"{base}:gone:{request_id}",
         ]
 
     def __str__(self) -> str:
@@ -218,13 +226,17 @@ class RateLimiter:
         prefix: str = "videogen:paid:",
         lease_seconds: float = 60.0,
         operation_timeout: float = 1.0,
+        margin_seconds: float = 0.1,
     ) -> None:
         self._redis = redis
+        self._margin_ms = int(margin_seconds * 1000)
         self._prefix = prefix
         self._lease_ms = int(lease_seconds * 1000)
         self._timeout = operation_timeout
         self._epochs: dict[str, str] = {}
         self._scripts: dict[str, Any] = {}
+        # Slots whose answer or release was lost while the store was down: given back once it answers again.
+        self._unsettled: list[tuple[RateScope, str, int, bool]] = []
 
     @property
     def lease_seconds(self) -> float:
@@ -247,16 +259,23 @@ class RateLimiter:
     async def try_acquire(self, scope: RateScope, request_id: str, tokens: int, limits: RateLimits) -> Grant | float:
         """Take a slot now and return it, or return the milliseconds to wait before one may be free.
 
-        A request id already granted returns its grant (a script re-sent after a lost answer counts once).
+        Each call is its own attempt (``request_id`` plus a nonce): redis-py's re-send of the script after a lost
+        answer finds its grant, and an attempt whose answer never came (the store frozen) is given back, by a
+        tombstone that also stops it from being granted late, as soon as the store answers again.
 
         Raises:
             ValidationError: ``tokens`` is more than the tokens-per-minute limit: it can never pass.
             RateLimiterUnavailableError: Redis is down or frozen (fail closed).
         """
-        keys = scope.keys(self._prefix)
+        # One member per attempt to acquire: redis-py's own re-send of this script finds its grant, and an id given
+        # back after a lost answer (its tombstone) never blocks a later attempt under the same request id.
+        if self._unsettled:
+            await self._settle_lost()
+        member = f"{request_id}.{uuid.uuid4().hex[:12]}"
+        keys = scope.keys(self._prefix, member)
         epoch_key = keys[5]
         args = [
-            request_id,
+            member,
             tokens,
             limits.rpm or 0,
             limits.tpm or 0,
@@ -266,14 +285,21 @@ class RateLimiter:
             self._epochs.get(epoch_key, ""),
             uuid.uuid4().hex,
             _CONCURRENCY_POLL_MS,
+            self._margin_ms,
         ]
-        granted, at, epoch = await self._run("acquire", _ACQUIRE, keys, args)
+        try:
+            granted, at, epoch = await self._run("acquire", _ACQUIRE, keys, args)
+        except RateLimiterUnavailableError:
+            self._unsettled.append((scope, member, -1, True))
+            raise
         self._epochs[epoch_key] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if granted == -1:
             msg = f"a call of {tokens} tokens is more than {scope}'s tokens-per-minute limit ({at}); split it"
             raise ValidationError(msg, field="tokens")
+        if granted == -2:  # pragma: no cover - a tombstoned member is never sent again by this client
+            return 0.0
         if granted == 1:
-            return Grant(scope, request_id, tokens, int(at), limits.concurrency is not None)
+            return Grant(scope, member, tokens, int(at), limits.concurrency is not None)
         return float(at)
 
     async def acquire(
@@ -302,20 +328,31 @@ class RateLimiter:
         Never raises for the store's failures: a lease left behind runs out by itself, a weight stays the
         estimate (logged).
         """
+        weight = -1 if tokens is None else tokens
         try:
-            await self._run(
-                "release",
-                _RELEASE,
-                grant.scope.keys(self._prefix)[:3],
-                [grant.request_id, -1 if tokens is None else tokens, "1" if refund else "0"],
-            )
+            await self._give_back(grant.scope, grant.request_id, weight, refund)
         except RateLimiterUnavailableError:
+            self._unsettled.append((grant.scope, grant.request_id, weight, refund))
             _log.warning(
-                "could not release the slot of %s; its lease ends in %s s by itself",
+                "could not release the slot of %s; released when Redis answers again, or in %s s by itself",
                 grant.scope,
                 self.lease_seconds,
                 exc_info=True,
             )
+
+    async def _give_back(self, scope: RateScope, member: str, tokens: int, refund: bool) -> None:
+        keys = scope.keys(self._prefix, member)
+        await self._run("release", _RELEASE, [*keys[:3], keys[6]], [member, tokens, "1" if refund else "0"])
+
+    async def _settle_lost(self) -> None:
+        """Give back the slots whose answer or release was lost while the store was down (until one fails)."""
+        while self._unsettled:
+            scope, member, tokens, refund = self._unsettled[0]
+            try:
+                await self._give_back(scope, member, tokens, refund)
+            except RateLimiterUnavailableError:
+                return
+            del self._unsettled[0]
 
     async def renew(self, grant: Grant) -> bool:
         """Extend the grant's concurrency lease to a full lease from now; return False once it is gone."""
@@ -324,7 +361,7 @@ class RateLimiter:
         return bool(renewed) or not grant.concurrency
 
     async def slow_down(self, scope: RateScope, retry_after: float | None) -> None:
-        """Learn from a 429: stop every process for ``retry_after`` (1 s if none) and halve the limits for 60 s."""
+        """Learn from a 429: stop every process for ``retry_after`` (1 s if none), limits x 3/4 for 60 s."""
         keys = scope.keys(self._prefix)
         wait_ms = max(1, int((retry_after if retry_after is not None else 1.0) * 1000))
         try:

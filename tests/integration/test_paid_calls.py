@@ -237,16 +237,6 @@ async def test_tokens_per_minute_hold_and_an_oversized_call_is_refused(paid: Pai
         await limiter.try_acquire(scope, "c", 1001, limits)
 
 
-async def test_a_resent_acquire_counts_once(paid: Paid) -> None:
-    limiter = paid.calls.limiter
-    scope = RateScope("openai", MODEL, "resend-test")
-    first = await limiter.try_acquire(scope, "same-id", 5, RateLimits(rpm=1))
-    again = await limiter.try_acquire(scope, "same-id", 5, RateLimits(rpm=1))
-    assert not isinstance(first, float)
-    assert not isinstance(again, float)
-    assert first.granted_at_ms == again.granted_at_ms
-
-
 async def test_a_dead_workers_lease_runs_out(paid: Paid) -> None:
     limiter = RateLimiter(paid.container.redis(), prefix=paid.container.settings().paid_key_prefix, lease_seconds=1)
     scope = RateScope("openai", MODEL, "lease-test")
@@ -353,3 +343,23 @@ async def test_a_store_that_comes_back_empty_holds_calls_for_a_window(private: t
         await asyncio.sleep(0.2)
     assert isinstance(wait, float)
     assert wait > 55_000
+
+
+async def test_a_grant_whose_answer_was_lost_is_given_back_once_the_store_answers(
+    private: tuple[Paid, RedisServer],
+) -> None:
+    env, server = private
+    limiter = env.calls.limiter
+    scope = RateScope("openai", MODEL, "lost-answer")
+    limits = RateLimits(rpm=2, concurrency=1)
+    server.freeze()
+    with pytest.raises(RateLimiterUnavailableError):
+        await limiter.try_acquire(scope, "lost", 1, limits)  # queued in the frozen server: runs when it thaws
+    server.thaw()
+    await asyncio.sleep(0.2)
+    grant = await limiter.try_acquire(scope, "next", 1, limits)  # the concurrency slot is free: the lost one went
+    assert not isinstance(grant, float)
+    keys = scope.keys(env.container.settings().paid_key_prefix)
+    raw = env.container.redis().raw
+    assert [grant.request_id.encode()] == await raw.zrange(keys[0], 0, -1)
+    assert [grant.request_id.encode()] == await raw.zrange(keys[2], 0, -1)
