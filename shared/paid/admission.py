@@ -8,10 +8,10 @@
         await call.settle_replicate(prediction)           # cost from metrics.predict_time, recorded once
 
 Admission is two round trips: one Lua script in Redis (rate + concurrency, all or nothing) and one statement in
-PostgreSQL (``CostTracker.reserve``, the budget). Leaving the block gives all three back: the reservation is
-committed with the cost priced from the usage (:meth:`PaidCall.settle`) or released; the concurrency lease is
-freed and the tokens-per-minute weight reconciled with the real usage; a failure before the call was sent takes
-the rate slot back too. Cancellation at any await point leaves no hold (the releases run to their end), and a
+PostgreSQL (``CostTracker.reserve``, the budget), the budget first so that the rate slot is taken right before
+the call. Leaving the block gives all three back: the reservation is committed with the cost priced from the
+usage (:meth:`PaidCall.settle`) or released; the concurrency lease is freed and the tokens-per-minute weight
+reconciled with the real usage. A budget refusal takes no rate slot at all. Cancellation at any await point leaves no hold (the releases run to their end), and a
 worker that dies leaves leases that run out (concurrency: ``PAID_CONCURRENCY_LEASE_SECONDS``, budget:
 ``RESERVATION_TTL_SECONDS``). A provider refusal raised in the block (HTTP 429/503, the SDKs' rate-limit errors)
 leaves it as a RetryableError with ``retry_after``, and a 429 slows the shared rate for every process.
@@ -190,31 +190,29 @@ class PaidCalls:
         scope = RateScope(provider, model, key_id(secret))
         request_id = str(uuid.uuid5(attempt.attempt_id, name) if attempt is not None else uuid.uuid4())
         wait = self._settings.paid_admission_max_wait_seconds if max_wait is None else max_wait
-        grant = await self.limiter.acquire(
-            scope, request_id, priced.tokens, self._settings.rate_limits(provider, model), max_wait=wait
-        )
-        call: PaidCall | None = None
-        try:
-            async with self.ledger.reserve(job_id, stage, f"{provider}/{model}", priced.cost) as reservation:
-                call = PaidCall(
-                    self, grant=grant, reservation=reservation, provider=provider, model=model, hardware=hardware
-                )
-                renewal = _LeaseRenewal(self.limiter, grant)
-                try:
-                    yield call
-                except Exception as exc:
-                    mapped = provider_error(exc, provider=provider)
-                    if mapped is None:
-                        raise
-                    if isinstance(mapped, ProviderRateLimitedError):
-                        await self.limiter.slow_down(scope, mapped.retry_after)
-                    raise mapped from exc
-                finally:
-                    await _to_the_end(renewal.stop())
-        finally:
-            # Not sent (the budget refused it): the rate slot is given back whole; else the weight is reconciled.
-            tokens = call.priced.tokens if call is not None and call.priced is not None else None
-            await _to_the_end(self.limiter.release(grant, tokens=tokens, refund=call is None))
+        limits = self._settings.rate_limits(provider, model)
+        # The budget first, the rate slot last: the slot is taken right before the call is sent, so the delay
+        # between the grant and the call's arrival at the provider (the window's jitter) is the smallest.
+        async with self.ledger.reserve(job_id, stage, f"{provider}/{model}", priced.cost) as reservation:
+            grant = await self.limiter.acquire(scope, request_id, priced.tokens, limits, max_wait=wait)
+            call = PaidCall(
+                self, grant=grant, reservation=reservation, provider=provider, model=model, hardware=hardware
+            )
+            renewal = _LeaseRenewal(self.limiter, grant)
+            try:
+                yield call
+            except Exception as exc:
+                mapped = provider_error(exc, provider=provider)
+                if mapped is None:
+                    raise
+                if isinstance(mapped, ProviderRateLimitedError):
+                    await self.limiter.slow_down(scope, mapped.retry_after)
+                raise mapped from exc
+            finally:
+                await _to_the_end(renewal.stop())
+                # The lease freed; the token weight reconciled with the real usage (the estimate if unsettled).
+                tokens = call.priced.tokens if call.priced is not None else None
+                await _to_the_end(self.limiter.release(grant, tokens=tokens))
 
     async def track_usage(
         self,

@@ -289,7 +289,8 @@ class RateLimiter:
         ]
         try:
             granted, at, epoch = await self._run("acquire", _ACQUIRE, keys, args)
-        except RateLimiterUnavailableError:
+        except (RateLimiterUnavailableError, asyncio.CancelledError):
+            # The script may have run (or may still run): give the attempt back once the store answers.
             self._unsettled.append((scope, member, -1, True))
             raise
         self._epochs[epoch_key] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
@@ -346,13 +347,13 @@ class RateLimiter:
 
     async def _settle_lost(self) -> None:
         """Give back the slots whose answer or release was lost while the store was down (until one fails)."""
-        while self._unsettled:
-            scope, member, tokens, refund = self._unsettled[0]
+        pending, self._unsettled = self._unsettled, []  # taken whole: another task may flush at the same time
+        for index, (scope, member, tokens, refund) in enumerate(pending):
             try:
                 await self._give_back(scope, member, tokens, refund)
             except RateLimiterUnavailableError:
+                self._unsettled.extend(pending[index:])
                 return
-            del self._unsettled[0]
 
     async def renew(self, grant: Grant) -> bool:
         """Extend the grant's concurrency lease to a full lease from now; return False once it is gone."""

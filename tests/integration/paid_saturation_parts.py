@@ -131,6 +131,8 @@ async def worker(config: dict[str, Any]) -> None:
         database_url=config["dsn"],
         redis_url=config["redis"],
         redis_operation_timeout_seconds=1.0,
+        # This machine's grant-to-arrival jitter under load (2 cores, many processes) reaches 200 ms.
+        paid_rate_margin_seconds=0.3,
         paid_limits={"openai/gpt-4o-mini": RateLimits(rpm=RPM, tpm=TPM, rps=RPS, concurrency=CONCURRENCY)},
         paid_admission_max_wait_seconds=5.0,
     )

@@ -79,13 +79,13 @@ async def test_limits_hold_under_saturation_with_the_store_frozen_and_killed(
                     cwd=ROOT,
                 )
             )
-        await asyncio.sleep(15)
+        await asyncio.sleep(12)
         frozen_at = time.time()
         store.freeze()
         await asyncio.sleep(4)
         store.thaw()
         thawed_at = time.time()
-        await asyncio.sleep(16)
+        await asyncio.sleep(28)
         killed_at = time.time()
         store.kill()
         await asyncio.sleep(2)
@@ -103,7 +103,7 @@ async def test_limits_hold_under_saturation_with_the_store_frozen_and_killed(
     events = [json.loads(line) for out in outs for line in out.read_text().splitlines()]
     grants = sorted((e["granted"], e["tokens"]) for e in events if "granted" in e)
     times = [at for at, _ in grants]
-    assert len(grants) > RPM / 2  # the run did admit calls
+    assert len(grants) > RPM * 0.6  # the run admitted calls, enough for the minute's limit to bind
     assert most_in_window(times, [1] * len(times), 1000) <= RPS
     assert most_in_window(times, [1] * len(times), 60_000) <= RPM
     assert most_in_window(times, [tokens for _, tokens in grants], 60_000) <= TPM
