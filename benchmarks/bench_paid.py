@@ -48,7 +48,7 @@ class Counting(aioredis.Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         """Count, then send."""
         Counting.sent += 1
-        return await super().execute_command(*args, **options)
+        return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]  # redis-py untyped
 
 
 def _paid(db: Any, redis: RedisClient, prefix: str) -> PaidCalls:
@@ -142,7 +142,7 @@ async def _overhead(prefix: str) -> list[str]:
     settings = Settings(_env_file=None, redis_url=URL, redis_max_connections=64)
     redis = build_client(settings)
     ours = RateLimiter(redis, prefix=prefix)
-    storage = RedisStorage(f"async+redis://127.0.0.1:6379/0", implementation="redispy", key_prefix=f"{prefix}lim")
+    storage = RedisStorage("async+redis://127.0.0.1:6379/0", implementation="redispy", key_prefix=f"{prefix}lim")
     library = MovingWindowRateLimiter(storage)
     rpm, rps, tpm = RateLimitItemPerMinute(10**8), RateLimitItemPerSecond(10**8), RateLimitItemPerMinute(10**9)
     three = RateLimits(rpm=10**8, rps=10**8, tpm=10**9, concurrency=10**6)

@@ -11,13 +11,17 @@ Admission is two round trips: one Lua script in Redis (rate + concurrency, all o
 PostgreSQL (``CostTracker.reserve``, the budget), the budget first so that the rate slot is taken right before
 the call. Leaving the block gives all three back: the reservation is committed with the cost priced from the
 usage (:meth:`PaidCall.settle`) or released; the concurrency lease is freed and the tokens-per-minute weight
-reconciled with the real usage. A budget refusal takes no rate slot at all. Cancellation at any await point leaves no hold (the releases run to their end), and a
-worker that dies leaves leases that run out (concurrency: ``PAID_CONCURRENCY_LEASE_SECONDS``, budget:
-``RESERVATION_TTL_SECONDS``). A provider refusal raised in the block (HTTP 429/503, the SDKs' rate-limit errors)
-leaves it as a RetryableError with ``retry_after``, and a 429 slows the shared rate for every process.
+reconciled with the real usage. A budget refusal takes no rate slot at all. Cancellation at any await point
+leaves no hold (the releases run to their end), and a worker that dies leaves leases that run out (concurrency:
+``PAID_CONCURRENCY_LEASE_SECONDS``, budget: ``RESERVATION_TTL_SECONDS``). A provider refusal raised in the
+block (HTTP 429/503, the SDKs' rate-limit errors) leaves it as a RetryableError with ``retry_after``, and a
+429 slows the shared rate for every process.
 
-With a stage attempt (``attempt=ctx``) the request id derives from the attempt and the cost row's idempotency
-key from ``ctx.key(name)``, so the same effect re-sent counts once.
+With a stage attempt (``attempt=ctx``) the limiter's request id derives from ``ctx.attempt_id`` (uuid5 with the
+effect's ``name``), and :meth:`PaidCalls.track_usage` keys its cost row with ``ctx.key(name)``, the same across
+attempts, so a re-run never records it twice. The reservation's own id is chosen by ``CostTracker.reserve``
+(its commit is keyed by it); tying it to the attempt needs ``reserve`` to take one (the stages work adds
+``job_cost_reservations.attempt_id``).
 """
 
 from __future__ import annotations

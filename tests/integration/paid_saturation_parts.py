@@ -30,7 +30,7 @@ async def fake(port: int, log_path: str) -> None:
     calls: collections.deque[tuple[float, int]] = collections.deque()
     inflight = 0
     rng = random.Random(7)
-    log = open(log_path, "a", buffering=1)  # noqa: SIM115, ASYNC230 - one line per call, kept open for the run
+    log = open(log_path, "a", buffering=1)  # noqa: SIM115 - one line per call, kept open for the run
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal inflight
@@ -139,7 +139,7 @@ async def worker(config: dict[str, Any]) -> None:
     instance = containers.Container()
     instance.settings.override(settings)
     job = uuid.UUID(config["job"])
-    out = open(config["out"], "a", buffering=1)  # noqa: SIM115, ASYNC230 - one line per event
+    out = open(config["out"], "a", buffering=1)  # noqa: SIM115 - one line per event
     deadline = time.monotonic() + config["seconds"]
     async with lifespan(instance), httpx.AsyncClient(base_url=config["fake"], timeout=10) as http:
         paid = instance.paid_calls()

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
