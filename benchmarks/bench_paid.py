@@ -79,7 +79,7 @@ async def _round_trips(dsn: str, prefix: str) -> list[str]:
                     if settle:
                         await call.settle(USAGE)
                     else:
-                        await call.reservation.commit("0.0010")
+                        await call.reservation.commit("0.0002")
                 after = (len([q for q in statements if q != reset]), Counting.sent)
             rows = [
                 f"| admission (budget + rate + concurrency) | {admitted[0]} | {admitted[1]} | {sum(admitted)} |",
@@ -100,12 +100,12 @@ async def _throughput(dsn: str, prefix: str) -> list[str]:
         args = [jobs[i % len(jobs)] for i in range(CALLS)]
 
         async def bare(job: uuid.UUID) -> None:
-            async with tracker.reserve(job, STAGE, f"openai/{MODEL}", "0.0010") as reservation:
-                await reservation.commit("0.0010")
+            async with tracker.reserve(job, STAGE, f"openai/{MODEL}", "0.0003") as reservation:
+                await reservation.commit("0.0002")
 
         async def admitted(job: uuid.UUID) -> None:
             async with paid.admit(job, STAGE, provider="openai", model=MODEL, estimate=ESTIMATE) as call:
-                await call.reservation.commit("0.0010")
+                await call.reservation.commit("0.0002")
 
         async def settled(job: uuid.UUID) -> None:
             async with paid.admit(job, STAGE, provider="openai", model=MODEL, estimate=ESTIMATE) as call:

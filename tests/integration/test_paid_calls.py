@@ -363,3 +363,59 @@ async def test_a_grant_whose_answer_was_lost_is_given_back_once_the_store_answer
     raw = env.container.redis().raw
     assert [grant.request_id.encode()] == await raw.zrange(keys[0], 0, -1)
     assert [grant.request_id.encode()] == await raw.zrange(keys[2], 0, -1)
+
+
+async def test_a_long_call_keeps_its_concurrency_lease(paid: Paid) -> None:
+    """The lease is renewed every third of its length while the block runs; another caller waits meanwhile."""
+    paid.calls.limiter = RateLimiter(
+        paid.container.redis(), prefix=paid.container.settings().paid_key_prefix, lease_seconds=1.2
+    )
+    job = await paid.job()
+    async with paid.calls.admit(
+        job, CLIPS, provider="openai", model=MODEL, estimate=ESTIMATE, api_key="sk-test"
+    ) as call:
+        await asyncio.sleep(1.6)  # longer than the lease: only the renewals keep it
+        assert 1 == await paid.leases()
+        await call.settle({"input_tokens": 5, "output_tokens": 5})
+    assert 0 == await paid.leases()
+
+
+async def test_a_replicate_prediction_is_settled_from_predict_time(paid: Paid) -> None:
+    job = await paid.job()
+    prediction = {"status": "succeeded", "metrics": {"predict_time": 12.5}}
+    async with paid.calls.admit(
+        job, CLIPS, provider="replicate", model="meta/musicgen", estimate={"predict_time_seconds": 60}
+    ) as call:
+        cost = await call.settle_replicate(prediction)
+        again = await call.settle_replicate(prediction)  # settled once: the same row
+    assert cost.id == again.id
+    assert Decimal("0.0122") == cost.cost  # 12.5 s x $0.000975 = $0.0121875, rounded up
+    usage = await paid.calls.usage_of(cost.id)
+    assert usage is not None
+    assert ("0.0121875", "replicate-2026-12-01") == (usage["cost"], usage["price_version"])
+
+
+async def test_track_usage_without_a_key_records_each_call(paid: Paid) -> None:
+    job = await paid.job()
+    for _ in range(2):
+        await paid.calls.track_usage(job, CLIPS, provider="openai", model=MODEL, usage={"input_tokens": 100})
+    assert 2 == len(await paid.container.cost_tracker().list_costs(job))
+
+
+async def test_a_429_is_shared_even_when_the_store_cannot_take_it(private: tuple[Paid, RedisServer]) -> None:
+    """slow_down and release never raise over the block's own error: the store's trouble is logged."""
+    env, server = private
+    job = await env.job()
+    response = httpx.Response(429, request=httpx.Request("POST", "https://x"))
+    with pytest.raises(ProviderRateLimitedError):
+        async with env.calls.admit(job, CLIPS, provider="openai", model=MODEL, estimate=ESTIMATE, api_key="k"):
+            server.kill()
+            raise httpx.HTTPStatusError("429", request=response.request, response=response)
+    assert 0 == await env.active_reservations(job)
+
+
+def test_limits_come_from_the_settings_the_model_first(make_settings: MakeSettings) -> None:
+    settings = make_settings(paid_limits={"openai": RateLimits(rps=3), "openai/gpt-4o": RateLimits(tpm=1000)})
+    assert RateLimits(rpm=500, tpm=1000, rps=3, concurrency=50) == settings.rate_limits("openai", "gpt-4o")
+    assert RateLimits(rpm=600, rps=10, concurrency=10) == settings.rate_limits("replicate", "meta/musicgen")
+    assert RateLimits() == settings.rate_limits("elsewhere", "x")
