@@ -43,7 +43,7 @@ from shared.paid.pricing import OpenAIFlavor, PriceCatalogue, PricedUsage, Usage
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from shared.config import Settings
+    from shared.config import RateLimits, Settings
     from shared.database import Database
 
 __all__ = ["PaidCall", "PaidCalls", "StageAttemptLike"]
@@ -160,6 +160,9 @@ class PaidCalls:
         self.catalogue = catalogue
         self._db = db
         self._settings = settings
+        # Per process: the limits of each provider/model and the price of each estimate do not change while it runs.
+        self._limits: dict[tuple[str, str], RateLimits] = {}
+        self._estimates: dict[tuple[str, str, str | None, tuple[tuple[str, Any], ...]], PricedUsage] = {}
 
     @contextlib.asynccontextmanager
     async def admit(
@@ -189,12 +192,14 @@ class PaidCalls:
             BudgetExceededError: the estimate does not fit the job's budget.
             ProviderRateLimitedError, ProviderOverloadedError: the provider refused inside the block.
         """
-        priced = self.catalogue.price(provider, model, estimate, hardware=hardware)
+        priced = self._estimate(provider, model, estimate, hardware)
         secret = api_key.get_secret_value() if api_key is not None and not isinstance(api_key, str) else api_key
         scope = RateScope(provider, model, key_id(secret))
         request_id = str(uuid.uuid5(attempt.attempt_id, name) if attempt is not None else uuid.uuid4())
         wait = self._settings.paid_admission_max_wait_seconds if max_wait is None else max_wait
-        limits = self._settings.rate_limits(provider, model)
+        limits = self._limits.get((provider, model))
+        if limits is None:
+            limits = self._limits[provider, model] = self._settings.rate_limits(provider, model)
         # The budget first, the rate slot last: the slot is taken right before the call is sent, so the delay
         # between the grant and the call's arrival at the provider (the window's jitter) is the smallest.
         async with self.ledger.reserve(job_id, stage, f"{provider}/{model}", priced.cost) as reservation:
@@ -217,6 +222,15 @@ class PaidCalls:
                 # The lease freed; the token weight reconciled with the real usage (the estimate if unsettled).
                 tokens = call.priced.tokens if call.priced is not None else None
                 await _to_the_end(self.limiter.release(grant, tokens=tokens))
+
+    def _estimate(self, provider: str, model: str, estimate: Usage, hardware: str | None) -> PricedUsage:
+        key = (provider, model, hardware, tuple(sorted(estimate.items())))
+        priced = self._estimates.get(key)
+        if priced is None:
+            if len(self._estimates) > 1024:
+                self._estimates.clear()
+            priced = self._estimates[key] = self.catalogue.price(provider, model, estimate, hardware=hardware)
+        return priced
 
     async def track_usage(
         self,

@@ -29,6 +29,7 @@ one full window (60 s), since nobody can know what the lost minute had spent.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
@@ -173,6 +174,7 @@ return 1
 """
 
 
+@functools.lru_cache(maxsize=64)
 def key_id(api_key: str | None) -> str:
     """Return the short id of an API key used in Redis keys and logs (never the key itself)."""
     if not api_key:
