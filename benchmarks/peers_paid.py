@@ -34,7 +34,13 @@ async def _run() -> str:
     from limits.aio.storage import RedisStorage  # noqa: PLC0415
     from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter  # noqa: PLC0415
     from pyrate_limiter import Duration, Limiter, Rate, RedisBucket  # noqa: PLC0415
-    from throttled.asyncio import RateLimiterType, RedisStore, Throttled, per_min, per_sec  # noqa: PLC0415
+    from throttled.asyncio import (  # type: ignore[import-not-found]  # noqa: PLC0415 - a peer, scratch venv only
+        RateLimiterType,
+        RedisStore,
+        Throttled,
+        per_min,
+        per_sec,
+    )
 
     prefix = f"peers:{uuid.uuid4().hex[:8]}:"
     cache = build_client(Settings(_env_file=None, redis_url=URL, redis_max_connections=64))
