@@ -178,8 +178,45 @@ async def worker(config: dict[str, Any]) -> None:
         await asyncio.gather(*(loop() for _ in range(config["tasks"])))
 
 
+async def hold_and_die(config: dict[str, Any]) -> None:
+    """Admit one call and hang in it until killed (the test sends SIGKILL): nothing is given back by this process."""
+    import containers  # noqa: PLC0415 - a spawned process builds its own container
+    from shared.config import RateLimits, Settings  # noqa: PLC0415
+    from shared.lifecycle import lifespan  # noqa: PLC0415
+    from shared.models import StageName  # noqa: PLC0415
+
+    settings = Settings(
+        _env_file=None,
+        environment="development",
+        log_console=False,
+        database_url=config["dsn"],
+        redis_url=config["redis"],
+        paid_key_prefix=config["prefix"],
+        paid_concurrency_lease_seconds=1.0,
+        reservation_ttl_seconds=2,
+        paid_limits={"openai/gpt-4o-mini": RateLimits(concurrency=1)},
+    )
+    instance = containers.Container()
+    instance.settings.override(settings)
+    async with lifespan(instance):
+        paid = instance.paid_calls()
+        async with paid.admit(
+            uuid.UUID(config["job"]),
+            StageName.PROMPT_GENERATION,
+            provider="openai",
+            model="gpt-4o-mini",
+            estimate=ESTIMATE,
+            api_key="sk-dies",
+        ):
+            sys.stdout.write("admitted\n")
+            sys.stdout.flush()
+            await asyncio.sleep(3600)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "fake":
         asyncio.run(fake(int(sys.argv[2]), sys.argv[3]))
+    elif sys.argv[1] == "die":
+        asyncio.run(hold_and_die(json.loads(sys.argv[2])))
     else:
         asyncio.run(worker(json.loads(sys.argv[2])))

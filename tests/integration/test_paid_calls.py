@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +38,7 @@ from tests.fixtures.postgres import MakeUser
 from tests.fixtures.redis import RedisServer
 
 CLIPS = StageName.CLIP_GENERATION
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "gpt-4o-mini"
 ESTIMATE = {"input_tokens": 800, "output_tokens": 200}
 
@@ -419,3 +425,36 @@ def test_limits_come_from_the_settings_the_model_first(make_settings: MakeSettin
     assert RateLimits(rpm=500, tpm=1000, rps=3, concurrency=50) == settings.rate_limits("openai", "gpt-4o")
     assert RateLimits(rpm=600, rps=10, concurrency=10) == settings.rate_limits("replicate", "meta/musicgen")
     assert RateLimits() == settings.rate_limits("elsewhere", "x")
+
+
+async def test_a_killed_workers_slot_and_reservation_run_out(paid: Paid, pg_dsn: str, redis_prefix: str) -> None:
+    """SIGKILL in the middle of a call: its concurrency lease (1 s) and its reservation (TTL 2 s) stop counting."""
+    job = await paid.job(Decimal(1))
+    config = {"dsn": pg_dsn, "redis": "redis://127.0.0.1:6379/0", "prefix": redis_prefix, "job": str(job)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.paid_saturation_parts", "die", json.dumps(config)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert worker.stdout is not None
+        line = await asyncio.to_thread(worker.stdout.readline)
+        assert b"admitted\n" == line
+        assert 1 == await paid.active_reservations(job)
+        assert 1 == await paid.leases(api_key="sk-dies")
+        worker.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(worker.wait)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if worker.stdout is not None:
+            worker.stdout.close()
+    await asyncio.sleep(2.2)
+    budget = await paid.container.cost_tracker().get_budget(job)
+    assert Decimal(0) == budget.reserved
+    limiter = RateLimiter(paid.container.redis(), prefix=redis_prefix, lease_seconds=1)
+    grant = await limiter.try_acquire(
+        RateScope("openai", MODEL, key_id("sk-dies")), "next", 1, RateLimits(concurrency=1)
+    )
+    assert not isinstance(grant, float)
