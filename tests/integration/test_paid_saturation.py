@@ -78,13 +78,18 @@ async def test_limits_hold_under_saturation_with_the_store_frozen_and_killed(
                     cwd=ROOT,
                 )
             )
-        await asyncio.sleep(12)
+        # The timeline starts once calls flow (the workers' start-up takes 2-10 s on this shared machine).
+        for _ in range(600):
+            if fake_log.exists() and len(fake_log.read_text().splitlines()) >= 10:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(5)
         frozen_at = time.time()
         store.freeze()
         await asyncio.sleep(4)
         store.thaw()
         thawed_at = time.time()
-        await asyncio.sleep(28)
+        await asyncio.sleep(30)
         killed_at = time.time()
         store.kill()
         await asyncio.sleep(2)
