@@ -16,6 +16,7 @@ BENCHMARKS = (
     "startup",
     "pgqueuer_baseline",
     "maintain",
+    "paid",
 )
 
 

@@ -34,10 +34,12 @@ from shared.errors import ConfigError
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
+    "DEFAULT_PAID_LIMITS",
     "DEFAULT_REDIS_URL",
     "PLACEHOLDER_VALUES",
     "Environment",
     "LogLevel",
+    "RateLimits",
     "Settings",
     "StorageBackend",
 ]
@@ -53,6 +55,29 @@ class Environment(StrEnum):
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 StorageBackend = Literal["supabase", "local"]
+
+
+class RateLimits(pydantic.BaseModel):
+    """A provider's limits for one API key (and model): requests and tokens per minute, requests per second,
+    simultaneous calls. None: not limited on that axis. Shared by every process (shared.paid.limiter)."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    rps: int | None = Field(default=None, gt=0)
+    concurrency: int | None = Field(default=None, gt=0)
+
+
+# Per-provider defaults, below the providers' own lowest paid tiers so that a fresh key is not refused:
+# OpenAI tier 1 (500 RPM, 200k TPM on gpt-4o-mini, 30k on gpt-4o), Replicate's 600 predictions created per
+# minute. PAID_LIMITS overrides any of them by "provider" or "provider/model" (the more specific wins).
+DEFAULT_PAID_LIMITS: dict[str, RateLimits] = {
+    "openai": RateLimits(rpm=500, tpm=30_000, rps=10, concurrency=50),
+    "openai/gpt-4o-mini": RateLimits(rpm=500, tpm=200_000, rps=10, concurrency=50),
+    "openai/gpt-image-1": RateLimits(rpm=5, tpm=100_000, rps=1, concurrency=5),
+    "replicate": RateLimits(rpm=600, rps=10, concurrency=10),
+}
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/videogen"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -160,6 +185,17 @@ class Settings(BaseSettings):
     default_job_budget: Decimal = Field(default=Decimal("50.0000"), ge=0, max_digits=12, decimal_places=4)
     reservation_ttl_seconds: int = Field(default=15 * 60, gt=0, le=7 * 24 * 3600)
 
+    # Paid calls (shared.paid): limits shared by every process, on top of DEFAULT_PAID_LIMITS.
+    paid_limits: dict[str, RateLimits] = Field(
+        default_factory=dict, description='JSON: {"openai/gpt-4o": {"rpm": 500, "tpm": 30000}, ...}'
+    )
+    paid_concurrency_lease_seconds: float = Field(default=60.0, ge=1, le=3600, allow_inf_nan=False)
+    # Added to the 1 s and 60 s windows: absorbs the varying delay between a grant and the call's arrival.
+    paid_rate_margin_seconds: float = Field(default=0.1, ge=0, le=10, allow_inf_nan=False)
+    paid_admission_max_wait_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
+    paid_key_prefix: str = "videogen:paid:"
+    paid_replicate_prices_file: Path | None = None
+
     # Housekeeping (`python -m shared maintain`, shared/maintenance.py).
     stage_heartbeat_interval_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     stage_heartbeat_timeout_seconds: float = Field(
@@ -212,7 +248,9 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("db_statement_cache_size", "log_file", "storage_tus_chunk_mb", mode="before")
+    @field_validator(
+        "db_statement_cache_size", "log_file", "storage_tus_chunk_mb", "paid_replicate_prices_file", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -341,6 +379,16 @@ class Settings(BaseSettings):
     def reservation_ttl(self) -> timedelta:
         """Return how long an uncommitted budget reservation keeps counting."""
         return timedelta(seconds=self.reservation_ttl_seconds)
+
+    def rate_limits(self, provider: str, model: str) -> RateLimits:
+        """Return the limits of ``provider``/``model``: PAID_LIMITS, then the defaults, the model's entry first."""
+        merged: dict[str, int | None] = {}
+        for key in (f"{provider}/{model}", provider):
+            for table in (self.paid_limits, DEFAULT_PAID_LIMITS):
+                if key in table:
+                    for name, value in table[key].model_dump(exclude_unset=True).items():
+                        merged.setdefault(name, value)
+        return RateLimits.model_validate(merged)
 
     def secret_values(self) -> list[str]:
         """Return the value of every secret set, for log redaction (longest first).

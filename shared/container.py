@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from shared.cost_tracking import CostTracker
     from shared.database import DatabaseClient
     from shared.jobs import JobRepository
+    from shared.paid import PaidCalls, PriceCatalogue, RateLimiter
     from shared.redis_client import RedisClient
 
 __all__ = ["Container"]
@@ -76,6 +77,36 @@ def make_cost_tracker(db: DatabaseClient, settings: Settings) -> CostTracker:
     from shared.cost_tracking import CostTracker  # noqa: PLC0415 - asyncpg loads when first used
 
     return CostTracker(db, default_budget=settings.default_job_budget, reservation_ttl=settings.reservation_ttl)
+
+
+def make_rate_limiter(redis: RedisClient, settings: Settings) -> RateLimiter:
+    """Build the shared rate and concurrency limiter for paid calls on the container's Redis."""
+    from shared.paid.limiter import RateLimiter  # noqa: PLC0415 - redis loads when first used
+
+    return RateLimiter(
+        redis,
+        prefix=settings.paid_key_prefix,
+        lease_seconds=settings.paid_concurrency_lease_seconds,
+        operation_timeout=settings.redis_operation_timeout_seconds,
+        margin_seconds=settings.paid_rate_margin_seconds,
+    )
+
+
+def make_price_catalogue(settings: Settings) -> PriceCatalogue:
+    """Build the price catalogue: genai-prices and the Replicate table (PAID_REPLICATE_PRICES_FILE if set)."""
+    from shared.paid.pricing import PriceCatalogue, ReplicatePrices  # noqa: PLC0415 - loaded when first used
+
+    path = settings.paid_replicate_prices_file
+    return PriceCatalogue(ReplicatePrices.load(path) if path is not None else None)
+
+
+def make_paid_calls(
+    limiter: RateLimiter, cost_tracker: CostTracker, db: DatabaseClient, catalogue: PriceCatalogue, settings: Settings
+) -> PaidCalls:
+    """Build the admission of paid calls: budget (cost_tracker), rate and concurrency (limiter), prices."""
+    from shared.paid.admission import PaidCalls  # noqa: PLC0415 - loaded when first used
+
+    return PaidCalls(limiter=limiter, ledger=cost_tracker, db=db, catalogue=catalogue, settings=settings)
 
 
 async def init_http_client(settings: Settings) -> AsyncGenerator[httpx.AsyncClient, None]:
@@ -170,6 +201,16 @@ class Container(containers.DeclarativeContainer):
     redis = providers.Resource(init_redis, settings=settings)
     jobs = providers.Factory(make_job_repository, db=db)
     cost_tracker = providers.Factory(make_cost_tracker, db=db, settings=settings)
+    rate_limiter = providers.Singleton(make_rate_limiter, redis=redis, settings=settings)
+    price_catalogue = providers.Singleton(make_price_catalogue, settings=settings)
+    paid_calls = providers.Factory(
+        make_paid_calls,
+        limiter=rate_limiter,
+        cost_tracker=cost_tracker,
+        db=db,
+        catalogue=price_catalogue,
+        settings=settings,
+    )
 
     http_client = providers.Resource(init_http_client, settings=settings)
     supabase = providers.Singleton(supabase_client, settings=settings, http_client=http_client)

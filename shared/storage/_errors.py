@@ -7,9 +7,7 @@ Only a 500 keeps its own HTTP status. The mapping reads the body's status first,
 
 from __future__ import annotations
 
-import email.utils
 import errno
-import time
 from typing import Any
 
 from shared.errors import (
@@ -21,6 +19,7 @@ from shared.errors import (
     StorageUnavailableError,
     ValidationError,
 )
+from shared.paid.errors import parse_retry_after  # the one public home of the Retry-After parser
 
 __all__ = ["error_from_response", "from_api_error", "from_os_error", "parse_retry_after", "translate"]
 
@@ -33,22 +32,6 @@ _PERMISSION_CODES = frozenset(
 # refusal only for a signed URL.
 _SIGNED_URL_REFUSALS = frozenset({"InvalidRequest", "InvalidJWT", "InvalidSignature"})
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "not_found"})
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Return the seconds a Retry-After header asks to wait (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            moment = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = moment.timestamp() - (time.time() if now is None else now)
-    return max(0.0, seconds)
 
 
 def _status_of(value: object) -> int | None:

@@ -27,6 +27,7 @@ PROMISED = {
     "shared.models": {"Job", "JobStage", "JobCost", "AudioAnalysis", "ScenePlan", "Clips", "VideoOutput"},
     "shared.lifecycle": {"lifespan"},
     "shared.wiring": {"inject", "Provide"},
+    "shared.paid": {"PaidCalls", "PriceCatalogue", "RateLimiter", "provider_error", "parse_retry_after"},
 }
 
 
