@@ -9,7 +9,8 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
     ├── AuthenticationError              authentication_failed sign in again (HTTP 401); `reason` says why
     ├── RequestTimeoutError              request_timeout       the client sent too slowly (HTTP 408)
     ├── ValidationError                  validation_error      refuse the input; the user must change it
-    │   └── PayloadTooLargeError         payload_too_large     send a smaller body (HTTP 413)
+    │   ├── PayloadTooLargeError         payload_too_large     send a smaller body (HTTP 413)
+    │   └── UnknownPriceError            unknown_price         price the model (never priced at 0)
     ├── BudgetExceededError              budget_exceeded       stop spending on this job
     ├── NotFoundError                    not_found             the named thing does not exist
     │   ├── JobNotFoundError             job_not_found
@@ -36,6 +37,10 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
         ├── DatabaseUnavailableError     database_unavailable  (also a DatabaseError)
         ├── AuthUnavailableError         auth_unavailable      the signing keys cannot be fetched (HTTP 503)
         ├── CacheError                   cache_error           Redis failed and the caller asked to know
+        ├── ProviderRateLimitedError     rate_limited          the provider said 429: wait `retry_after`
+        ├── ProviderOverloadedError      provider_overloaded   503/529/overloaded: wait and try again
+        ├── RateLimitWaitError           rate_limit_wait       no shared rate/concurrency slot in time
+        ├── RateLimiterUnavailableError  rate_limiter_unavailable  the limiter's Redis is down (fail closed)
         └── StorageUnavailableError      storage_unavailable   (also a StorageError)
 
 Every class has the same shape: ``Error(message, *, job_id=None, code=None, **context)``, where the context
@@ -74,6 +79,10 @@ __all__ = [
     "NotWiredError",
     "PayloadTooLargeError",
     "PipelineError",
+    "ProviderOverloadedError",
+    "ProviderRateLimitedError",
+    "RateLimitWaitError",
+    "RateLimiterUnavailableError",
     "RequestTimeoutError",
     "RetryableError",
     "StorageConflictError",
@@ -82,6 +91,7 @@ __all__ = [
     "StoragePermissionError",
     "StorageUnavailableError",
     "TransactionTaskError",
+    "UnknownPriceError",
     "UserNotFoundError",
     "ValidationError",
 ]
@@ -282,6 +292,68 @@ class RetryableError(PipelineError):
 
     default_code = "retryable"
     retry_after: float | None = None
+
+
+class ProviderRateLimitedError(RetryableError):
+    """The provider answered 429 (too many requests or tokens); wait ``retry_after`` seconds."""
+
+    default_code = "rate_limited"
+    provider: str | None = None
+    status: int | None = 429
+
+    def _describe(self) -> str:
+        wait = "" if self.retry_after is None else f" for {self.retry_after:g} s"
+        return f"{self.provider or 'the provider'} refused the call as over its rate limit; wait{wait} and retry"
+
+
+class ProviderOverloadedError(RetryableError):
+    """The provider is overloaded or unavailable (502/503/504/529, a timeout); try again later."""
+
+    default_code = "provider_overloaded"
+    provider: str | None = None
+    status: int | None = None
+
+    def _describe(self) -> str:
+        wait = "" if self.retry_after is None else f" after {self.retry_after:g} s"
+        return f"{self.provider or 'the provider'} is overloaded or unavailable (HTTP {self.status}); retry{wait}"
+
+
+class RateLimitWaitError(RetryableError):
+    """No rate or concurrency slot came free within the admission's wait; retry the stage later."""
+
+    default_code = "rate_limit_wait"
+    scope: str = ""
+
+    def _describe(self) -> str:
+        return f"no rate or concurrency slot came free for {self.scope}; retry after {self.retry_after or 0:g} s"
+
+
+class RateLimiterUnavailableError(RetryableError):
+    """The limiter's store (Redis) cannot be reached: no paid call is admitted (fail closed); retry later."""
+
+    default_code = "rate_limiter_unavailable"
+
+    def _describe(self) -> str:
+        return (
+            "the rate limiter's Redis is unreachable, so no paid call is admitted (fail closed); retry shortly, "
+            "or run `python -m shared doctor`"
+        )
+
+
+class UnknownPriceError(ValidationError):
+    """The price catalogue has no price for this model or unit; a call is never priced at 0."""
+
+    default_code = "unknown_price"
+    provider: str = ""
+    model: str = ""
+    unit: str | None = None
+
+    def _describe(self) -> str:
+        what = f"unit {self.unit!r} of " if self.unit else ""
+        return (
+            f"no price for {what}{self.provider} model {self.model!r}; add it to the price table "
+            "(PAID_REPLICATE_PRICES_FILE for Replicate hardware) or use a priced model"
+        )
 
 
 class DatabaseError(PipelineError):

@@ -113,4 +113,7 @@ class JobCost(Model):
     api_name: Annotated[str, Field(min_length=1, max_length=100)]
     cost: Money
     idempotency_key: str | None = None
+    # What the provider reported and how it was priced ({provider, model, units, unit_prices, cost,
+    # price_version}; shared.paid.pricing), or None for a cost the caller typed in.
+    usage: dict[str, Any] | None = None
     created_at: Timestamp

@@ -27,7 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import RetryableError, ValidationError
+from shared.errors import (
+    ProviderOverloadedError,
+    ProviderRateLimitedError,
+    RateLimiterUnavailableError,
+    RateLimitWaitError,
+    RetryableError,
+    UnknownPriceError,
+)
 
 __all__ = [
     "ProviderOverloadedError",
@@ -53,68 +60,6 @@ _OVERLOADED = frozenset({502, 503, 504, 529})
 # replicate.exceptions.ReplicateError with status 429), so neither SDK has to be importable.
 _RATE_LIMIT_NAMES = frozenset({"RateLimitError"})
 _OVERLOAD_NAMES = frozenset({"APITimeoutError", "APIConnectionError", "InternalServerError", "ServiceUnavailableError"})
-
-
-class ProviderRateLimitedError(RetryableError):
-    """The provider answered 429 (too many requests or tokens); wait ``retry_after`` seconds."""
-
-    default_code = "rate_limited"
-    provider: str | None = None
-    status: int | None = 429
-
-    def _describe(self) -> str:
-        wait = "" if self.retry_after is None else f" for {self.retry_after:g} s"
-        return f"{self.provider or 'the provider'} refused the call as over its rate limit; wait{wait} and retry"
-
-
-class ProviderOverloadedError(RetryableError):
-    """The provider is overloaded or unavailable (502/503/504/529, a timeout); try again later."""
-
-    default_code = "provider_overloaded"
-    provider: str | None = None
-    status: int | None = None
-
-    def _describe(self) -> str:
-        wait = "" if self.retry_after is None else f" after {self.retry_after:g} s"
-        return f"{self.provider or 'the provider'} is overloaded or unavailable (HTTP {self.status}); retry{wait}"
-
-
-class RateLimitWaitError(RetryableError):
-    """No rate or concurrency slot came free within the admission's wait; retry the stage later."""
-
-    default_code = "rate_limit_wait"
-    scope: str = ""
-
-    def _describe(self) -> str:
-        return f"no rate or concurrency slot came free for {self.scope}; retry after {self.retry_after or 0:g} s"
-
-
-class RateLimiterUnavailableError(RetryableError):
-    """The limiter's store (Redis) cannot be reached: no paid call is admitted (fail closed); retry later."""
-
-    default_code = "rate_limiter_unavailable"
-
-    def _describe(self) -> str:
-        return (
-            "the rate limiter's Redis is unreachable, so no paid call is admitted (fail closed); retry shortly, "
-            "or run `python -m shared doctor`"
-        )
-
-
-class UnknownPriceError(ValidationError):
-    """The price catalogue has no price for this model or unit; a call is never priced at 0."""
-
-    default_code = "unknown_price"
-    provider: str = ""
-    model: str = ""
-    unit: str | None = None
-
-    def _describe(self) -> str:
-        what = f"unit {self.unit!r} of " if self.unit else ""
-        return (
-            f"no price for {what}{self.provider} model {self.model!r}; add it to the price table "
-            "(PAID_REPLICATE_PRICES_FILE for Replicate hardware) or use a priced model"
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from shared.database import DatabaseClient
 from shared.errors import ConfigError
 from shared.jobs import JobRepository
 from shared.lifecycle import lifespan
+from shared.paid import PaidCalls, PriceCatalogue, RateLimiter
 from shared.redis_client import RedisClient
 
 # The names the Container's annotations use only under TYPE_CHECKING.
@@ -33,6 +34,9 @@ _ANNOTATION_NAMES = {
     "JobRepository": JobRepository,
     "RedisClient": RedisClient,
     "TokenVerifier": TokenVerifier,
+    "PaidCalls": PaidCalls,
+    "PriceCatalogue": PriceCatalogue,
+    "RateLimiter": RateLimiter,
 }
 
 
