@@ -17,6 +17,7 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
     │   ├── UserNotFoundError            user_not_found        create the user first (auth.users)
     │   └── StorageNotFoundError         storage_not_found     (also a StorageError)
     ├── InvalidStateError                invalid_state         the job cannot move that way (e.g. backwards)
+    │   └── StageConflictError           stage_conflict        another worker holds or finished the stage
     ├── AudioAnalysisError               audio_analysis_failed a stage failed for good
     ├── GenerationError                  generation_failed
     ├── CompositionError                 composition_failed
@@ -85,6 +86,7 @@ __all__ = [
     "RateLimiterUnavailableError",
     "RequestTimeoutError",
     "RetryableError",
+    "StageConflictError",
     "StorageConflictError",
     "StorageError",
     "StorageNotFoundError",
@@ -267,6 +269,20 @@ class InvalidStateError(PipelineError):
     default_code = "invalid_state"
     current: str | None = None
     requested: str | None = None
+
+
+class StageConflictError(InvalidStateError):
+    """Another worker holds or already finished this stage; ``winner`` names it. Do not redo the work."""
+
+    default_code = "stage_conflict"
+    stage: str = ""
+    item: str | None = None
+    winner: str | None = None
+
+    def _describe(self) -> str:
+        what = f"stage {self.stage}" + (f" item {self.item!r}" if self.item else "")
+        who = f" by {self.winner}" if self.winner else ""
+        return f"{what} is {self.current or 'taken'}{who}; this call lost the race: drop this run, do not redo it"
 
 
 class AudioAnalysisError(PipelineError):

@@ -88,6 +88,8 @@ class JobStage(Model):
     updated_at: Timestamp
     # The last heartbeat of the worker running the stage (shared.maintenance.stage_heartbeat), if any.
     heartbeat_at: Timestamp | None = None
+    # Who holds (or last held) the stage: start_stage's ``worker``, named to the loser of a race.
+    worker: str | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> JobStage:
