@@ -641,4 +641,5 @@ _COST_FIELDS = tuple(JobCost.model_fields)
 
 
 def _cost(row: Record) -> JobCost:
-    return JobCost.model_validate({name: row[name] for name in _COST_FIELDS})
+    # `usage` is read where a statement returns it (the ledger functions of the first migrations do not).
+    return JobCost.model_validate({name: row.get(name) for name in _COST_FIELDS})

@@ -16,7 +16,17 @@ from uuid import UUID
 from shared.database import Database, Record
 from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
-from shared.rules import Money, check_cursor, check_job_input, check_page_limit, check_progress, check_text
+from shared.rules import (
+    Money,
+    call_token,
+    check_cursor,
+    check_job_input,
+    check_page_limit,
+    check_progress,
+    check_stage_finish,
+    check_stage_start,
+    check_text,
+)
 
 __all__ = ["JobRepository", "JobStore"]
 
@@ -53,15 +63,19 @@ class JobStore(Protocol):  # pragma: no mutate block
     async def list_jobs_for_user(
         self, user_id: UUID, *, limit: int = 50, before: datetime | None = None, before_id: UUID | None = None
     ) -> list[Job]: ...
-    async def heartbeat_stage(self, job_id: UUID, stage: StageName) -> bool: ...
+    async def heartbeat_stage(self, job_id: UUID, stage: StageName, *, worker: str | None = None) -> bool: ...
     async def update_progress(
         self, job_id: UUID, stage: StageName, progress: int, estimated_remaining: int | None = None
     ) -> Job: ...
-    async def start_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage: ...
-    async def complete_stage(
-        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None
+    async def start_stage(
+        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None, *, worker: str | None = None
     ) -> JobStage: ...
-    async def fail_stage(self, job_id: UUID, stage: StageName, error: str) -> JobStage: ...
+    async def complete_stage(
+        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None, *, worker: str | None = None
+    ) -> JobStage: ...
+    async def fail_stage(
+        self, job_id: UUID, stage: StageName, error: str, *, worker: str | None = None
+    ) -> JobStage: ...
     async def list_stages(self, job_id: UUID) -> list[JobStage]: ...
     async def complete_job(self, job_id: UUID, video_url: str) -> Job: ...
     async def fail_job(self, job_id: UUID, error_message: str) -> Job: ...
@@ -136,12 +150,13 @@ class JobRepository:
     async def update_progress(
         self, job_id: UUID, stage: StageName, progress: int, estimated_remaining: int | None = None
     ) -> Job:
-        """Record where a queued or processing job is (it becomes processing)."""
+        """Record where a queued or processing job is (it becomes processing); progress never goes back."""
         check_progress(progress, estimated_remaining)
         row = await self._db.fetchrow(
             """
             update public.jobs
-               set status = 'processing', current_stage = $2, progress = $3, estimated_remaining = $4
+               set status = 'processing', current_stage = $2, progress = greatest(progress, $3),
+                   estimated_remaining = $4
              where id = $1 and status = any($5::text[])
             returning *
             """,
@@ -155,8 +170,17 @@ class JobRepository:
             await self._refuse(job_id, JobStatus.PROCESSING)
         return _job(row, job_id)
 
-    async def start_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
-        """Mark ``stage`` running (again, after a failure) and make it the job's current stage."""
+    async def start_stage(
+        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None, *, worker: str | None = None
+    ) -> JobStage:
+        """Claim ``stage`` for ``worker`` and make it the job's current stage; one caller wins.
+
+        A stage starts when it has none yet or its last run failed. A completed stage is never reopened and a
+        running one is never taken over: the loser gets a :class:`~shared.errors.StageConflictError` naming the
+        winner (the same ``worker`` calling again gets its row back). A worker that died is recovered by the
+        stage engine (``shared.stages``) or failed by ``maintain``, not by starting the stage again.
+        """
+        worker = worker or call_token()  # a resent call carries the same token; another call does not
         name = StageName(stage).value
         row = await self._db.fetchrow(
             """
@@ -165,71 +189,108 @@ class JobRepository:
                  where id = $1 and status = any($4::text[])
                 returning id
             )
-            insert into public.job_stages (job_id, stage_name, metadata)
-            select id, $2, $3 from job
+            insert into public.job_stages (job_id, stage_name, metadata, worker)
+            select id, $2, $3, $5 from job
             on conflict (job_id, stage_name) do update
                set status = 'running', started_at = now(), completed_at = null, error = null,
-                   metadata = excluded.metadata
+                   metadata = excluded.metadata, worker = excluded.worker, heartbeat_at = null
+             where job_stages.status = 'failed'
             returning *
             """,
             job_id,
             name,
             metadata or {},
             _ACTIVE,
+            worker,
         )
-        if row is None:
+        if row is not None:
+            return JobStage.model_validate(dict(row))
+        current = await self._stage(job_id, name)
+        if current is None:  # the job is not active (or unknown): say which
             await self._refuse(job_id, JobStatus.PROCESSING)
-        return JobStage.model_validate(dict(row))
+        check_stage_start(current, worker)  # raises for everything but our own running stage
+        return current
 
-    async def complete_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
-        """Mark a running stage completed, merging ``metadata`` into what it had."""
-        return await self._finish_stage(job_id, stage, StageStatus.COMPLETED, None, metadata or {})
+    async def _stage(self, job_id: UUID, name: str) -> JobStage | None:
+        current = await self._db.fetchrow(
+            "select * from public.job_stages where job_id = $1 and stage_name = $2", job_id, name
+        )
+        return None if current is None else JobStage.model_validate(dict(current))
 
-    async def fail_stage(self, job_id: UUID, stage: StageName, error: str) -> JobStage:
+    async def complete_stage(
+        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None, *, worker: str | None = None
+    ) -> JobStage:
+        """Mark a running stage of an active job completed, merging ``metadata`` into what it had.
+
+        Of two completes, one wins; the other gets a :class:`~shared.errors.StageConflictError` naming the
+        winner, unless it is the same call again (same metadata). With ``worker``, only that worker's run moves.
+        """
+        return await self._finish_stage(job_id, stage, StageStatus.COMPLETED, None, metadata or {}, worker=worker)
+
+    async def fail_stage(self, job_id: UUID, stage: StageName, error: str, *, worker: str | None = None) -> JobStage:
         """Mark a running stage failed with the reason."""
         check_text(error, "error")
-        return await self._finish_stage(job_id, stage, StageStatus.FAILED, error, {})
+        return await self._finish_stage(job_id, stage, StageStatus.FAILED, error, {}, worker=worker)
 
     async def _finish_stage(
-        self, job_id: UUID, stage: StageName, status: StageStatus, error: str | None, metadata: dict[str, Any]
+        self,
+        job_id: UUID,
+        stage: StageName,
+        status: StageStatus,
+        error: str | None,
+        metadata: dict[str, Any],
+        *,
+        worker: str | None,
     ) -> JobStage:
         name = StageName(stage).value
         row = await self._db.fetchrow(
             """
-            update public.job_stages
-               set status = $3, completed_at = greatest(now(), started_at), error = $4, metadata = metadata || $5
-             where job_id = $1 and stage_name = $2 and status = 'running'
-            returning *
+            update public.job_stages s
+               set status = $3, completed_at = greatest(now(), s.started_at), error = $4,
+                   metadata = s.metadata || $5
+              from public.jobs j
+             where s.job_id = $1 and s.stage_name = $2 and s.status = 'running'
+               and ($6::text is null or s.worker is not distinct from $6)
+               and j.id = s.job_id and j.status = any($7::text[])
+            returning s.*
             """,
             job_id,
             name,
             status.value,
             error,
             metadata,
+            worker,
+            _ACTIVE,
         )
         if row is not None:
             return JobStage.model_validate(dict(row))
-        current = await self._db.fetchrow(
-            "select * from public.job_stages where job_id = $1 and stage_name = $2", job_id, name
-        )
-        if current is not None and current["status"] == status.value:
-            return JobStage.model_validate(dict(current))  # the same move again: a retried call
+        current = await self._stage(job_id, name)
         if current is None:
             await self.get_job(job_id)  # raises JobNotFoundError for an unknown job
             msg = f"stage {name} was never started; call start_stage first"
             raise InvalidStateError(msg, current=None, requested=status.value, job_id=job_id)
-        msg = f"stage {name} is {current['status']}; only a running stage can become {status.value}"
-        raise InvalidStateError(msg, current=current["status"], requested=status.value, job_id=job_id)
+        if current.status is StageStatus.RUNNING and current.worker == worker:
+            await self._refuse(job_id, JobStatus.PROCESSING)  # ours, but the job is no longer active
+        return check_stage_finish(current, status, metadata, worker)
 
-    async def heartbeat_stage(self, job_id: UUID, stage: StageName) -> bool:
-        """Record that the worker of a running stage is alive; return False when the stage is not running."""
+    async def heartbeat_stage(self, job_id: UUID, stage: StageName, *, worker: str | None = None) -> bool:
+        """Record that the worker of a running stage is alive; False means stop: the stage or its job has ended.
+
+        False when the stage is not running (completed, failed, or failed with its job by ``fail_job``), the job
+        is not active, or (with ``worker``) another worker holds it.
+        """
         status = await self._db.execute(
             """
-            update public.job_stages set heartbeat_at = now()
-             where job_id = $1 and stage_name = $2 and status = 'running'
+            update public.job_stages s set heartbeat_at = now()
+              from public.jobs j
+             where s.job_id = $1 and s.stage_name = $2 and s.status = 'running'
+               and ($3::text is null or s.worker is not distinct from $3)
+               and j.id = s.job_id and j.status = any($4::text[])
             """,
             job_id,
             StageName(stage).value,
+            worker,
+            _ACTIVE,
         )
         return bool(status == "UPDATE 1")
 
@@ -274,6 +335,11 @@ class JobRepository:
                    set status = 'failed', error_message = $2, estimated_remaining = null
                  where id = $1 and status = any($3::text[])
                 returning *
+            ),
+            stopped as (  -- its running stages end with it: their heartbeats say stop, their completes are refused
+                update public.job_stages
+                   set status = 'failed', completed_at = greatest(now(), started_at), error = $2
+                 where job_id = (select id from moved) and status = 'running'
             )
             select * from moved
             union all  -- the same move again (a retried call): the row as it is

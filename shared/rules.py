@@ -8,20 +8,24 @@ the fakes of ``shared.testing`` at once, so the contract suites cannot pass on o
 from __future__ import annotations
 
 import math
+import uuid
 from datetime import datetime
 from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation
 from uuid import UUID
 
-from shared.errors import ValidationError
-from shared.models import StageName
+from shared.errors import StageConflictError, ValidationError
+from shared.models import JobStage, StageName, StageStatus
 
 __all__ = [
     "Money",
+    "call_token",
     "check_cursor",
     "check_job_input",
     "check_names",
     "check_page_limit",
     "check_progress",
+    "check_stage_finish",
+    "check_stage_start",
     "check_text",
     "to_money",
 ]
@@ -110,3 +114,57 @@ def check_text(value: str, field: str) -> None:
     """Refuse an empty message or URL."""
     if not value.strip():
         raise ValidationError(f"{field} is empty", field=field)
+
+
+def _holder(current: JobStage) -> str:
+    when = current.completed_at if current.completed_at is not None else current.started_at
+    verb = "finished" if current.completed_at is not None else "started"
+    return f"{current.worker or 'another caller'} ({verb} {when.isoformat()})"
+
+
+def check_stage_start(current: JobStage | None, worker: str | None) -> bool:
+    """Decide whether ``start_stage`` may (re)start a stage: True to write it, False when it is already ours.
+
+    A stage starts when it has no row or its last run failed. A completed stage is never reopened (a
+    redelivered message must not redo paid work), and a running one belongs to whoever started it: the same
+    ``worker`` calling again is a retried call (False: return the row as it is), anyone else loses the race with
+    a :class:`StageConflictError` that names the winner.
+    """
+    if current is None or current.status is StageStatus.FAILED:
+        return True
+    if current.status is StageStatus.RUNNING and worker is not None and current.worker == worker:
+        return False
+    raise StageConflictError(
+        stage=current.stage_name.value,
+        current=current.status.value,
+        requested=StageStatus.RUNNING.value,
+        winner=_holder(current),
+        job_id=current.job_id,
+    )
+
+
+def check_stage_finish(
+    current: JobStage, status: StageStatus, metadata: dict[str, object], worker: str | None
+) -> JobStage:
+    """Return ``current`` when finishing it again is a retried call; raise why the move is refused otherwise.
+
+    Called when the one-statement move found no running stage of ``worker`` (or of anyone, without one). The
+    same move with the same metadata is a retried call; a different result, another worker's stage or a stage
+    the failed job stopped loses with a :class:`StageConflictError` that names the winner, so no result is
+    silently dropped.
+    """
+    same = current.status is status and all(current.metadata.get(k) == v for k, v in metadata.items())
+    if same and (worker is None or current.worker in (None, worker)):
+        return current
+    raise StageConflictError(
+        stage=current.stage_name.value,
+        current=current.status.value,
+        requested=status.value,
+        winner=_holder(current),
+        job_id=current.job_id,
+    )
+
+
+def call_token() -> str:
+    """Return the holder name of a start_stage call without a worker: a resent call carries it, another does not."""
+    return f"call {uuid.uuid4()}"

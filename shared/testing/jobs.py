@@ -10,7 +10,17 @@ from uuid import UUID
 
 from shared.errors import InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
-from shared.rules import Money, check_cursor, check_job_input, check_page_limit, check_progress, check_text
+from shared.rules import (
+    Money,
+    call_token,
+    check_cursor,
+    check_job_input,
+    check_page_limit,
+    check_progress,
+    check_stage_finish,
+    check_stage_start,
+    check_text,
+)
 from shared.testing.world import FakeWorld
 
 __all__ = ["FakeJobStore"]
@@ -93,9 +103,13 @@ class FakeJobStore:
         ]
         return sorted(mine, key=lambda job: (job.created_at, job.id), reverse=True)[:limit]
 
-    async def heartbeat_stage(self, job_id: UUID, stage: StageName) -> bool:
+    async def heartbeat_stage(self, job_id: UUID, stage: StageName, *, worker: str | None = None) -> bool:
         current = self._stages.get((job_id, StageName(stage)))
         if current is None or current.status is not StageStatus.RUNNING:
+            return False
+        if worker is not None and current.worker != worker:
+            return False
+        if self._jobs[job_id].status not in _ACTIVE:
             return False
         self._stages[job_id, current.stage_name] = current.model_copy(update={"heartbeat_at": self._clock()})
         return True
@@ -116,39 +130,54 @@ class FakeJobStore:
             job,
             status=JobStatus.PROCESSING,
             current_stage=StageName(stage),
-            progress=progress,
+            progress=max(job.progress, progress),
             estimated_remaining=estimated_remaining,
         )
 
-    async def start_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
+    async def start_stage(
+        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None, *, worker: str | None = None
+    ) -> JobStage:
+        worker = worker or call_token()  # a resent call carries the same token; another call does not
         name = StageName(stage)
         job = await self.get_job(job_id)
         if job.status not in _ACTIVE:
             self._refuse(job, JobStatus.PROCESSING)
+        previous = self._stages.get((job_id, name))
+        if not check_stage_start(previous, worker) and previous is not None:
+            return previous
         self._update(job, status=JobStatus.PROCESSING, current_stage=name)
         now = self._clock()
-        previous = self._stages.get((job_id, name))
         row = JobStage(
             id=previous.id if previous else uuid.uuid4(),
             job_id=job_id,
             stage_name=name,
             started_at=now,
             metadata=metadata or {},
+            worker=worker,
             created_at=previous.created_at if previous else now,
             updated_at=now,
         )
         self._stages[job_id, name] = row
         return row
 
-    async def complete_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
-        return await self._finish(job_id, stage, StageStatus.COMPLETED, None, metadata or {})
+    async def complete_stage(
+        self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None, *, worker: str | None = None
+    ) -> JobStage:
+        return await self._finish(job_id, stage, StageStatus.COMPLETED, None, metadata or {}, worker=worker)
 
-    async def fail_stage(self, job_id: UUID, stage: StageName, error: str) -> JobStage:
+    async def fail_stage(self, job_id: UUID, stage: StageName, error: str, *, worker: str | None = None) -> JobStage:
         check_text(error, "error")
-        return await self._finish(job_id, stage, StageStatus.FAILED, error, {})
+        return await self._finish(job_id, stage, StageStatus.FAILED, error, {}, worker=worker)
 
     async def _finish(
-        self, job_id: UUID, stage: StageName, status: StageStatus, error: str | None, metadata: dict[str, Any]
+        self,
+        job_id: UUID,
+        stage: StageName,
+        status: StageStatus,
+        error: str | None,
+        metadata: dict[str, Any],
+        *,
+        worker: str | None,
     ) -> JobStage:
         name = StageName(stage)
         current = self._stages.get((job_id, name))
@@ -156,11 +185,11 @@ class FakeJobStore:
             await self.get_job(job_id)
             msg = f"stage {name.value} was never started; call start_stage first"
             raise InvalidStateError(msg, current=None, requested=status.value, job_id=job_id)
-        if current.status is status:
-            return current
-        if current.status is not StageStatus.RUNNING:
-            msg = f"stage {name.value} is {current.status.value}; only a running stage can become {status.value}"
-            raise InvalidStateError(msg, current=current.status.value, requested=status.value, job_id=job_id)
+        mine = worker is None or current.worker == worker
+        if current.status is not StageStatus.RUNNING or not mine:
+            return check_stage_finish(current, status, metadata, worker)
+        if self._jobs[job_id].status not in _ACTIVE:
+            self._refuse(self._jobs[job_id], JobStatus.PROCESSING)
         now = max(self._clock(), current.started_at)
         row = current.model_copy(
             update={
@@ -201,7 +230,15 @@ class FakeJobStore:
             return job
         if job.status not in _ACTIVE:
             self._refuse(job, JobStatus.FAILED)
-        return self._update(job, status=JobStatus.FAILED, error_message=error_message, estimated_remaining=None)
+        failed = self._update(job, status=JobStatus.FAILED, error_message=error_message, estimated_remaining=None)
+        now = self._clock()
+        for key, row in list(self._stages.items()):  # its running stages end with it, as in fail_job's statement
+            if key[0] == job_id and row.status is StageStatus.RUNNING:
+                end = max(now, row.started_at)
+                self._stages[key] = row.model_copy(
+                    update={"status": StageStatus.FAILED, "completed_at": end, "error": error_message}
+                )
+        return failed
 
     @staticmethod
     def _refuse(job: Job, requested: JobStatus) -> NoReturn:
