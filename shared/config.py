@@ -234,7 +234,23 @@ class Settings(BaseSettings):
     auth_leeway_seconds: float = Field(default=10.0, ge=0, le=300, allow_inf_nan=False)
     auth_jwks_cache_seconds: float = Field(default=600.0, gt=0, le=86400, allow_inf_nan=False)
     auth_jwks_refetch_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
-    auth_jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
+    auth_jwks_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, allow_inf_nan=False, description="the whole JWKS answer, not each read"
+    )
+    auth_issuer: str | None = Field(
+        default=None, description="the tokens' iss; defaults to SUPABASE_URL/auth/v1 (set it behind a custom domain)"
+    )
+    auth_hs256_enabled: bool = Field(
+        default=True,
+        description="accept HS256 tokens (JWT_SECRET_KEY); false once the legacy secret is revoked",
+    )
+    auth_max_token_lifetime_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        le=30 * 86400,
+        allow_inf_nan=False,
+        description="exp minus iat; longer tokens are refused",
+    )
 
     # The HTTP edge (shared.api.server): how long a client may take to send a request.
     api_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
@@ -249,7 +265,12 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "db_statement_cache_size", "log_file", "storage_tus_chunk_mb", "paid_replicate_prices_file", mode="before"
+        "db_statement_cache_size",
+        "log_file",
+        "storage_tus_chunk_mb",
+        "paid_replicate_prices_file",
+        "auth_issuer",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
