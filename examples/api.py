@@ -3,7 +3,8 @@
 ``POST /jobs`` (multipart: ``audio`` and ``prompt``; the service role adds ``user_id``, the user it acts for),
 ``GET /jobs/{id}`` (the job, its stages and costs: its owner's only, anyone else gets the same 404 as for a
 missing job) and ``GET /health``. Every route but health needs ``Authorization: Bearer <Supabase access token>``
-(``shared.api.current_user``); the token is checked before a byte of the upload is read, the upload is
+(``shared.api.current_user``; creating a job spends paid-API budget, so an anonymous user gets 403 there:
+``shared.api.PayingUser``); the token is checked before a byte of the upload is read, the upload is
 limited while it streams (``RequestLimits``), and audio stored for a request that then fails is deleted.
 
 Collaborators arrive through ``Depends(Provide[...])``; tests replace them with ``container.x.override(...)``.
@@ -25,6 +26,7 @@ from starlette.datastructures import UploadFile
 from containers import Container
 from shared.api import (
     CurrentUser,
+    PayingUser,
     RequestLimits,
     add_health_route,
     container_lifespan,
@@ -117,7 +119,7 @@ async def _discard(storage: Storage, path: str) -> None:
 @inject
 async def create_job(
     request: Request,
-    user: CurrentUser,
+    user: PayingUser,
     *,
     settings: Settings = Depends(Provide[Container.settings]),  # noqa: B008 - FastAPI's dependency idiom
     jobs: JobStore = Depends(Provide[Container.jobs]),  # noqa: B008
@@ -190,7 +192,7 @@ def create_app(container: SharedContainer | None = None) -> FastAPI:
         methods=["POST"],
         status_code=201,
         response_model=Job,
-        responses=error_responses(400, 401, 402, 404, 408, 409, 413, 503),
+        responses=error_responses(400, 401, 402, 403, 404, 408, 409, 413, 503),
         openapi_extra={"requestBody": _UPLOAD_SCHEMA},
     )
     app.add_api_route(

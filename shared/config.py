@@ -7,6 +7,10 @@ variable and what was expected, never the value of a secret.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import json
 import math
 import re
 from collections.abc import Iterator
@@ -36,12 +40,15 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "DEFAULT_PAID_LIMITS",
     "DEFAULT_REDIS_URL",
+    "MAX_URL_LENGTH",
+    "MIN_SECRET_LENGTH",
     "PLACEHOLDER_VALUES",
     "Environment",
     "LogLevel",
     "RateLimits",
     "Settings",
     "StorageBackend",
+    "check_env_file",
 ]
 
 
@@ -108,6 +115,16 @@ CREDENTIALS: dict[str, str] = {
 }
 
 _JWT = re.compile(r"^[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}$")
+# Supabase's new API keys: the prefix, then at least 20 base64url characters (22 random and an 8-character
+# checksum as issued: sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz).
+_NEW_KEY_BODY = re.compile(r"^[A-Za-z0-9_-]{20,}$")
+# What a legacy JWT key's role claim must say, per setting.
+_LEGACY_ROLES = {"supabase_service_key": "service_role", "supabase_anon_key": "anon"}
+# A secret shorter than this is not one: the log redactor skips short values, and a guess finds it.
+MIN_SECRET_LENGTH = 16
+# No URL setting is longer than this; a longer value is a mistake or an attack (a 1 MB DATABASE_URL).
+MAX_URL_LENGTH = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _plain(value: object) -> str | None:
@@ -120,7 +137,54 @@ def _plain(value: object) -> str | None:
 
 
 def _is_supabase_key(value: str, new_prefix: str) -> bool:
-    return bool(_JWT.match(value)) or (value.startswith(new_prefix) and len(value) > len(new_prefix))
+    if value.startswith(new_prefix):
+        return bool(_NEW_KEY_BODY.match(value[len(new_prefix) :]))
+    return bool(_JWT.match(value))
+
+
+def _jwt_role(value: str) -> str | None:
+    """Return the ``role`` claim of a legacy key (a JWT), unverified; None when it has none."""
+    payload = value.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    role = claims.get("role") if isinstance(claims, dict) else None
+    return role if isinstance(role, str) else None
+
+
+def check_env_file(path: Path, encoding: str = "utf-8") -> None:
+    """Refuse a ``.env`` file that cannot be read as written, naming the line (python-dotenv would skip it).
+
+    Raises:
+        ConfigError: the file is not UTF-8 (saved as UTF-16?), a line holds a NUL byte, or a line does not parse
+            (an unterminated quote: the setting would silently fall back to its default, another database).
+    """
+    from dotenv.parser import parse_stream  # noqa: PLC0415 - pydantic-settings' own dependency, used when reading
+
+    data = path.read_bytes()
+    where = f"{path.name}"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(problems=(f"{where}: saved as UTF-16; save it as UTF-8 (line 1 onwards)",))
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        msg = f"{where} line {line}: not {encoding} (saved as UTF-16 or Latin-1?); save the file as UTF-8"
+        raise ConfigError(problems=(msg,)) from None
+    problems = [
+        f"{where} line {number}: holds a NUL byte; remove it"
+        for number, line in enumerate(text.splitlines(), start=1)
+        if "\x00" in line
+    ]
+    unreadable = "cannot be read (an unterminated quote?); its settings would silently take their defaults"
+    problems.extend(
+        f"{where} line {binding.original.line}: {unreadable}: close the quote"
+        for binding in parse_stream(io.StringIO(text))
+        if binding.error
+    )
+    if problems:
+        raise ConfigError(problems=tuple(problems))
 
 
 class Settings(BaseSettings):
@@ -234,7 +298,23 @@ class Settings(BaseSettings):
     auth_leeway_seconds: float = Field(default=10.0, ge=0, le=300, allow_inf_nan=False)
     auth_jwks_cache_seconds: float = Field(default=600.0, gt=0, le=86400, allow_inf_nan=False)
     auth_jwks_refetch_seconds: float = Field(default=30.0, ge=0, le=3600, allow_inf_nan=False)
-    auth_jwks_timeout_seconds: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
+    auth_jwks_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, allow_inf_nan=False, description="the whole JWKS answer, not each read"
+    )
+    auth_issuer: str | None = Field(
+        default=None, description="the tokens' iss; defaults to SUPABASE_URL/auth/v1 (set it behind a custom domain)"
+    )
+    auth_hs256_enabled: bool = Field(
+        default=True,
+        description="accept HS256 tokens (JWT_SECRET_KEY); false once the legacy secret is revoked",
+    )
+    auth_max_token_lifetime_seconds: float = Field(
+        default=86400.0,
+        gt=0,
+        le=30 * 86400,
+        allow_inf_nan=False,
+        description="exp minus iat; longer tokens are refused",
+    )
 
     # The HTTP edge (shared.api.server): how long a client may take to send a request.
     api_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300, allow_inf_nan=False)
@@ -243,13 +323,28 @@ class Settings(BaseSettings):
     api_keep_alive_seconds: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
     api_max_connections: int = Field(default=1000, ge=1)
 
+    def __init__(self, **values: Any) -> None:
+        """Load the settings; a ``.env`` file that cannot be read as written is a ConfigError naming the line."""
+        chosen = values.get("_env_file", self.model_config.get("env_file"))
+        files = chosen if isinstance(chosen, list | tuple) else [chosen]
+        encoding = values.get("_env_file_encoding") or self.model_config.get("env_file_encoding") or "utf-8"
+        for file in files:
+            if isinstance(file, str | Path) and Path(file).is_file():
+                check_env_file(Path(file), encoding)
+        super().__init__(**values)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "db_statement_cache_size", "log_file", "storage_tus_chunk_mb", "paid_replicate_prices_file", mode="before"
+        "db_statement_cache_size",
+        "log_file",
+        "storage_tus_chunk_mb",
+        "paid_replicate_prices_file",
+        "auth_issuer",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -315,9 +410,10 @@ class Settings(BaseSettings):
                     why = f"the {environment.value} environment" if deployed else "STORAGE_BACKEND=supabase"
                     problems.append(f"{variable}: required by {why}; set it (see .env.example)")
                 continue
-            if deployed and value in PLACEHOLDER_VALUES:
-                problems.append(f"{variable}: still the placeholder from .env.example; set the real value")
-                continue
+            if value in PLACEHOLDER_VALUES:
+                if deployed:
+                    problems.append(f"{variable}: still the placeholder from .env.example; set the real value")
+                continue  # a developer's copy of .env.example works as it is
             problem = _format_problem(field, value)
             if problem is None and deployed:
                 problem = _deployed_problem(field, value, allow_private=allow_private)
@@ -450,6 +546,10 @@ _REDIS_OVERRIDES = {
 
 def _format_problem(field: str, value: str) -> str | None:
     """Return what is wrong with one credential's format in any environment, or None."""
+    if _CONTROL.search(value) or (field not in {"database_url", "redis_url"} and " " in value):
+        return "contains whitespace or a control character (a trailing newline? a NUL?); remove it"
+    if field in {"supabase_url", "database_url", "redis_url"} and len(value) > MAX_URL_LENGTH:
+        return f"is {len(value):,} characters long; a URL here is at most {MAX_URL_LENGTH:,}"
     if field == "supabase_url":
         try:
             parts = urlsplit(value)
@@ -485,12 +585,14 @@ def _format_problem(field: str, value: str) -> str | None:
             if query_values(value, parameter):
                 return f"its query sets {parameter}, which would override {setting}; remove it and set {setting}"
         return None
-    if field == "supabase_service_key":
-        ok = _is_supabase_key(value, "sb_secret_")
-        return None if ok else "expected a JWT (three base64url parts) or an sb_secret_... key"
-    if field == "supabase_anon_key":
-        ok = _is_supabase_key(value, "sb_publishable_")
-        return None if ok else "expected a JWT (three base64url parts) or an sb_publishable_... key"
+    if field in _LEGACY_ROLES:
+        prefix = "sb_secret_" if field == "supabase_service_key" else "sb_publishable_"
+        if not _is_supabase_key(value, prefix):
+            return f"expected a JWT (three base64url parts) or an {prefix}... key (20 or more base64url characters)"
+        expected = _LEGACY_ROLES[field]
+        if not value.startswith(prefix) and (role := _jwt_role(value)) != expected:
+            said = f"role {role!r}" if role in {"anon", "service_role", "authenticated"} else "no known role"
+            return f"this legacy key (a JWT) has {said}, not {expected!r}: the other key was put here? swap them"
     if field == "openai_api_key":
         return None if value.startswith("sk-") and len(value) > 3 else "expected an OpenAI key starting with sk-"
     if field == "replicate_api_token":
@@ -501,7 +603,10 @@ def _format_problem(field: str, value: str) -> str | None:
 
 
 def _deployed_problem(field: str, value: str, *, allow_private: bool) -> str | None:
-    """Return why a well-formed URL is unsafe in staging or production, or None."""
+    """Return why a well-formed credential is unsafe in staging or production, or None."""
+    short = _short_secret(field, value)
+    if short:
+        return short
     if field == "database_url" and value == DEFAULT_DATABASE_URL:
         return "still the development default (the local PostgreSQL); set the deployed database's URL"
     if field == "redis_url" and value == DEFAULT_REDIS_URL:
@@ -517,6 +622,21 @@ def _deployed_problem(field: str, value: str, *, allow_private: bool) -> str | N
     if set(hosts.values()) != {"socket"} and not allow_private:
         # A Unix socket alone crosses no network; anything else on a private network needs the explicit setting.
         return f"{weakness}; {fix}, or set ALLOW_INSECURE_PRIVATE_NETWORK=true if its private network is trusted"
+    return None
+
+
+def _short_secret(field: str, value: str) -> str | None:
+    """Return why a secret (a key, or a URL's password) is too short to be one, or None; never quote it."""
+    if field in {"database_url", "redis_url", "supabase_url"}:
+        for credential in url_credentials(value):
+            if len(credential) < MIN_SECRET_LENGTH:
+                return (
+                    f"its password is {len(credential)} characters long; use one of at least {MIN_SECRET_LENGTH} "
+                    "random characters (a short one is guessed, and too short for the log redactor to hide)"
+                )
+        return None
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is {len(value)} characters long, too short to be a secret (at least {MIN_SECRET_LENGTH}); set the key"
     return None
 
 

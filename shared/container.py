@@ -167,7 +167,8 @@ def local_storage(settings: Settings) -> LocalStorage:
 
 
 def make_token_verifier(settings: Settings, http_client: httpx.AsyncClient) -> TokenVerifier:
-    """Build the access-token verifier: HS256 with JWT_SECRET_KEY, ES256/RS256 from the project's JWKS.
+    """Build the access-token verifier: HS256 with JWT_SECRET_KEY (unless AUTH_HS256_ENABLED=false), the
+    asymmetric algorithms from the project's JWKS.
 
     Raises:
         ConfigError: SUPABASE_URL is not set (the tokens' issuer and the JWKS live under it).
@@ -187,6 +188,9 @@ def make_token_verifier(settings: Settings, http_client: httpx.AsyncClient) -> T
         jwks_cache_seconds=settings.auth_jwks_cache_seconds,
         jwks_refetch_seconds=settings.auth_jwks_refetch_seconds,
         jwks_timeout_seconds=settings.auth_jwks_timeout_seconds,
+        issuer=settings.auth_issuer,
+        hs256_enabled=settings.auth_hs256_enabled,
+        max_token_lifetime_seconds=settings.auth_max_token_lifetime_seconds,
     )
 
 

@@ -16,7 +16,7 @@ from shared.config import Settings
 from shared.errors import PipelineError
 from shared.health import HealthStatus
 
-__all__ = ["CHECKS", "CHECK_TIMEOUT_SECONDS", "check_services", "run_doctor"]
+__all__ = ["CHECKS", "CHECK_TIMEOUT_SECONDS", "accepted_tokens", "check_services", "run_doctor"]
 
 CHECK_TIMEOUT_SECONDS = 5.0
 
@@ -60,6 +60,22 @@ async def check_storage(settings: Settings) -> HealthStatus:
 CHECKS: dict[str, Check] = {"postgres": check_postgres, "redis": check_redis, "storage": check_storage}
 
 
+def accepted_tokens(settings: Settings) -> str:
+    """Say which access tokens the verifier accepts: its issuer, and the algorithms (HS256 only with a secret)."""
+    from shared.auth import ACCEPTED_ALGORITHMS, ASYMMETRIC_ALGORITHMS  # noqa: PLC0415 - PyJWT loads when used
+
+    if not settings.supabase_url:
+        return "no SUPABASE_URL: access tokens cannot be verified"
+    issuer = settings.auth_issuer or f"{settings.supabase_url.rstrip('/')}/auth/v1"
+    algorithms: tuple[str, ...]
+    if settings.jwt_secret_key is not None and settings.auth_hs256_enabled:
+        algorithms, hs256 = ACCEPTED_ALGORITHMS, "HS256 with JWT_SECRET_KEY"
+    else:
+        why = "AUTH_HS256_ENABLED=false" if not settings.auth_hs256_enabled else "no JWT_SECRET_KEY"
+        algorithms, hs256 = ASYMMETRIC_ALGORITHMS, f"HS256 refused ({why})"
+    return f"accepts {', '.join(algorithms)} tokens from {issuer}; {hs256}"
+
+
 async def _run(name: str, check: Check, settings: Settings, timeout: float) -> HealthStatus:
     started = time.perf_counter()
     try:
@@ -97,6 +113,7 @@ async def run_doctor(
     ``timeout`` is the seconds each check may take (5 by default; ``python -m shared doctor --timeout``).
     """
     print(f"settings: ok (environment {settings.environment}, storage {settings.storage_backend})", file=out)
+    print(f"auth:     {accepted_tokens(settings)}", file=out)
     results = await check_services(settings, checks, timeout=timeout)
     for result in results:
         line = f"{result.name:<10} {result.status:<5} {result.latency_ms:8.1f} ms"

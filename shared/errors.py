@@ -7,6 +7,8 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
     ├── LifecycleError                   lifecycle_error       the container could not start or stop in time
     ├── NotWiredError                    not_wired             wire the module before calling the function
     ├── AuthenticationError              authentication_failed sign in again (HTTP 401); `reason` says why
+    ├── PermissionDeniedError            permission_denied     signed in, but not allowed here (HTTP 403):
+    │                                                          sign up (anonymous) or pass MFA; `reason` says
     ├── RequestTimeoutError              request_timeout       the client sent too slowly (HTTP 408)
     ├── ValidationError                  validation_error      refuse the input; the user must change it
     │   ├── PayloadTooLargeError         payload_too_large     send a smaller body (HTTP 413)
@@ -79,6 +81,7 @@ __all__ = [
     "NotFoundError",
     "NotWiredError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "PipelineError",
     "ProviderOverloadedError",
     "ProviderRateLimitedError",
@@ -451,6 +454,17 @@ class AuthenticationError(PipelineError):
 
     default_code = "authentication_failed"
     reason: str = "missing"
+
+
+class PermissionDeniedError(PipelineError):
+    """The token is good, but its user may not do this (HTTP 403); ``reason`` says why and the message what to do.
+
+    ``reason``: ``anonymous`` (an anonymous sign-in on a route that spends paid-API budget: sign up or link an
+    identity first) or ``mfa_required`` (the route needs a second factor: verify one, then retry).
+    """
+
+    default_code = "permission_denied"
+    reason: str = "anonymous"
 
 
 class AuthUnavailableError(RetryableError):

@@ -5,14 +5,25 @@ stored as ``{prefix}{key}`` (``videogen:cache:`` by default) and validated first
 losslessly: pydantic models, Decimal, UUID and timezone-aware datetimes (pass ``model=`` to ``get_json`` to
 get typed values back).
 
-Outages: each call returns within ``operation_timeout`` (1 s by default), socket timeouts and the one retry
-included, whether Redis is gone or frozen. Reads then miss and writes are skipped; one warning is logged per
-outage, not one per call; for ``RECOVERY_PROBE_SECONDS`` after a failure, calls miss at once without touching
-the network, then the next call probes again, so the client recovers by itself within about a second after
-Redis is back. ``strict=True`` raises :class:`~shared.errors.CacheError` (a RetryableError) instead, for
-callers that must know. A caller's mistake is not an outage: a key, value or TTL the cache cannot take (a dict
-given to ``set``, a value over ``max_value_bytes``, 4 MiB by default) raises
-:class:`~shared.errors.ValidationError` for that caller, before anything is sent, and the cache stays up.
+Outages: each call returns within ``operation_timeout`` (1 s by default), the wait for a connection, socket
+timeouts and the one retry included, whether Redis is gone, frozen or slow, and however many callers wait: the
+round trip runs in a task of its own that the caller stops waiting for at the bound (redis-py's own clean-up
+after a cancellation, under load, held callers for 3 s). Reads then miss and writes are skipped; one warning is
+logged per outage, not one per call; for ``RECOVERY_PROBE_SECONDS`` after a failure, calls miss at once without
+touching the network, then the next call probes again, so the client recovers by itself within about a second
+after Redis is back. ``strict=True`` raises :class:`~shared.errors.CacheError` (a RetryableError) instead,
+for callers that must know. A connection being opened when its caller gives up keeps opening in the background and
+joins the pool, so that a distant Redis, whose handshake alone takes most of the bound, is reached on the next
+call instead of never.
+
+A command that Redis answers with an error (``-OOM`` when it is full under ``noeviction``, ``-NOPERM`` for an
+ACL user without the right, ``-READONLY`` on a replica) is that command's failure, not an outage: Redis is up,
+so the call returns its fallback (``False`` for a write) or, when strict, raises ``CacheError``, and every
+other call goes on as usual; a warning is logged once a minute per kind of refusal.
+
+A caller's mistake is not an outage: a key, value or TTL the cache cannot take (a dict given to ``set``, a
+value over ``max_value_bytes``, 4 MiB by default) raises :class:`~shared.errors.ValidationError` for that
+caller, before anything is sent, and the cache stays up.
 A stored value that is not valid JSON (or not a valid ``model``) reads as a miss, is deleted and logged.
 
 ``REDIS_CLUSTER=true``: ``REDIS_URL`` names a node of a Redis Cluster and redis-py's cluster client is used;
@@ -30,6 +41,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
@@ -41,7 +53,15 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import DataError, RedisClusterException, RedisError
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    DataError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
@@ -67,10 +87,13 @@ _log = logging.getLogger("shared.redis_client")
 MAX_KEY_LENGTH = 512
 DEFAULT_MAX_VALUE_BYTES = 4 * 1024 * 1024
 RECOVERY_PROBE_SECONDS = 0.5
+REFUSAL_LOG_SECONDS = 60.0
 _BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
 _MISS: Any = object()
 # What a failing Redis raises: redis-py's errors (RedisClusterException is not one of them), sockets, timeouts.
 _FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+# Error replies that mean a cluster is missing a node or moving slots: an outage, unlike OOM or NOPERM.
+_CLUSTER_TROUBLE = (ClusterError, TryAgainError, AskError)
 
 
 def validate_key(key: str) -> str:
@@ -166,6 +189,26 @@ class Cache(Protocol):
     async def health_check(self) -> HealthStatus: ...
 
 
+@dataclass(slots=True)
+class _Attempt:
+    """How far one call got: whether it waited for a slot, and whether it got one."""
+
+    waiting: bool = False
+    acquired: bool = False
+
+
+def _forget_outcome(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned round trip's outcome, so that asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _refusal(exc: ResponseError) -> str:
+    """Return the error code Redis answered with (OOM, NOPERM, READONLY...), never the command's arguments."""
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, str) and code.isalpha() else type(exc).__name__
+
+
 def decode_json(raw: bytes, model: Any) -> Any:
     """Parse ``raw`` (validated against ``model`` when given); raise ValueError when it does not parse."""
     if model is None:
@@ -206,6 +249,8 @@ class RedisClient:
         self._down_since: float | None = None
         self._probe_at = 0.0
         self._last_error = ""
+        self._refusals: dict[str, float] = {}
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     @property
     def raw(self) -> aioredis.Redis | RedisCluster:
@@ -229,40 +274,83 @@ class RedisClient:
                     retry_after=self._probe_at - now,
                 )
             return fallback
-        acquired = waiting = False
+        attempt = _Attempt()
+        # The round trip runs in a task of its own, and the caller waits for it at most the bound: redis-py can
+        # take a cancellation mid-read for its own socket timeout and retry, and then the caller would wait on.
+        task = asyncio.ensure_future(self._attempt(operation, attempt))
         try:
-            # One time bound for the wait for a connection and the round trip together.
-            async with asyncio.timeout(self._timeout):
-                if self._uninitialised:
-                    await self._initialise()
-                waiting = True
-                await self._slots.acquire()
-                acquired = True
-                result = await operation()
-        except DataError as exc:
+            done, _ = await asyncio.wait((task,), timeout=self._timeout)
+        except asyncio.CancelledError:
+            self._abandon(task)
+            raise
+        if not done:
+            self._abandon(task)
+            error: BaseException | None = TimeoutError(f"no answer within {self._timeout:g} s")
+        else:
+            error = task.exception()
+        if error is None:
+            self._mark_up()
+            return cast("T", task.result())
+        return self._failed(error, attempt, fallback)
+
+    def _failed(self, error: BaseException, attempt: _Attempt, fallback: T) -> T:
+        """Sort a failed call: the caller's mistake, a refusal by a Redis that is up, busy, or an outage."""
+        if isinstance(error, DataError):
             # redis-py refused the arguments before sending them: the caller's mistake, not an outage.
-            msg = f"Redis cannot take these arguments ({exc}); pass bytes or str values"
-            raise ValidationError(msg, field="value") from exc
-        except (*_FAILURES, AttributeError) as exc:
-            if isinstance(exc, AttributeError) and not self._cluster:
-                raise
-            # On a cluster, the AttributeError is redis-py's race above, met again after a node failure made it
-            # learn the slots anew: an outage for this call, not the caller's bug.
-            if waiting and not acquired:
-                # Busy, not down: every connection was in use for the whole bound.
-                if self._strict:
-                    raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
-                return fallback
-            self._mark_down(exc)
+            msg = f"Redis cannot take these arguments ({error}); pass bytes or str values"
+            raise ValidationError(msg, field="value") from error
+        if isinstance(error, ResponseError) and not isinstance(error, _CLUSTER_TROUBLE):
+            # Redis answered, with an error for this command (full, no permission, read-only): not an outage.
+            self._refused(error)
             if self._strict:
-                msg = f"Redis at {self._where} failed ({type(exc).__name__}); retry, or run `python -m shared doctor`"
-                raise CacheError(msg, retry_after=RECOVERY_PROBE_SECONDS) from exc
+                msg = f"Redis at {self._where} refused the command ({_refusal(error)}); see its maxmemory and ACL"
+                raise CacheError(msg, retry_after=RECOVERY_PROBE_SECONDS) from error
             return fallback
+        if not isinstance(error, _FAILURES) and not (self._cluster and isinstance(error, AttributeError)):
+            raise error
+        # On a cluster, the AttributeError is redis-py's race above, met again after a node failure made it learn
+        # the slots anew: an outage for this call, not the caller's bug.
+        if attempt.waiting and not attempt.acquired:
+            # Busy, not down: every connection was in use for the whole bound.
+            if self._strict:
+                raise CacheError(f"Redis at {self._where} is busy; retry shortly", retry_after=0.1) from None
+            return fallback
+        self._mark_down(error)
+        if self._strict:
+            msg = f"Redis at {self._where} failed ({type(error).__name__}); retry, or run `python -m shared doctor`"
+            raise CacheError(msg, retry_after=RECOVERY_PROBE_SECONDS) from error
+        return fallback
+
+    async def _attempt(self, operation: Callable[[], Awaitable[Any]], attempt: _Attempt) -> Any:
+        """Wait for a slot (one call per pooled connection) and run ``operation``; the slot is always returned."""
+        if self._uninitialised:
+            await self._initialise()
+        attempt.waiting = True
+        await self._slots.acquire()
+        attempt.acquired = True
+        try:
+            return await operation()
         finally:
-            if acquired:
-                self._slots.release()
-        self._mark_up()
-        return cast("T", result)
+            self._slots.release()
+
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
+        """Cancel a round trip its caller no longer waits for; keep it until its clean-up is over."""
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(_forget_outcome)
+        task.add_done_callback(self._abandoned.discard)
+
+    def _refused(self, exc: ResponseError) -> None:
+        kind = _refusal(exc)
+        now = time.monotonic()
+        if now - self._refusals.get(kind, -REFUSAL_LOG_SECONDS) >= REFUSAL_LOG_SECONDS:
+            self._refusals[kind] = now
+            _log.warning(
+                "Redis at %s refused a command (%s); that call misses or is skipped, the cache stays up",
+                self._where,
+                kind,
+                extra={"redis": self._where, "error_type": type(exc).__name__, "refusal": kind},
+            )
 
     async def _initialise(self) -> None:
         """Learn the cluster's nodes and slots once, before the first command (see ``__init__``)."""
@@ -383,6 +471,9 @@ class RedisClient:
 
     async def aclose(self) -> None:
         """Close the client and its pool (safe to call twice; a server that is gone cannot stop it)."""
+        for task in list(self._abandoned):
+            task.cancel()
+        await asyncio.gather(*self._abandoned, return_exceptions=True)
         try:
             await self._redis.aclose()
             if isinstance(self._redis, aioredis.Redis):
@@ -394,6 +485,65 @@ class RedisClient:
                 await self._redis.nodes_manager.aclose("startup_nodes")
         except _FAILURES as exc:
             _log.debug("closing the Redis pool at %s: %s", self._where, type(exc).__name__)
+
+
+class _PatientConnection(aioredis.Connection):
+    """A connection whose opening (TCP, TLS, handshake) goes on when the caller that started it gives up.
+
+    Against a distant Redis the handshake's round trips alone can outlast the bound; redis-py would then close
+    the half-open connection, and the next caller would start again, never getting one. Here the opening runs
+    in a task of its own: the caller that gave up leaves it running, the pool keeps the connection, and the
+    next caller that takes it waits for the same opening instead of a new one.
+    """
+
+    openings: set[asyncio.Future[None]] | None = None
+
+    async def connect(self) -> None:
+        opening = getattr(self, "_opening", None)
+        if opening is not None and not opening.done():
+            # Connected at the TCP level perhaps, but the handshake's replies are still being read.
+            await asyncio.shield(opening)
+            return
+        if self.is_connected:
+            return
+        if opening is None or opening.done():
+            opening = asyncio.ensure_future(super().connect())  # type: ignore[no-untyped-call] # redis-py is untyped here
+            opening.add_done_callback(_forget_outcome)
+            self._opening: asyncio.Future[None] = opening
+            if self.openings is not None:
+                self.openings.add(opening)
+                opening.add_done_callback(self.openings.discard)
+        await asyncio.shield(opening)
+
+
+class _PatientSSLConnection(_PatientConnection, aioredis.SSLConnection):
+    """The patient connection over TLS (rediss://)."""
+
+
+_PATIENT: dict[type[Any], type[aioredis.Connection]] = {
+    aioredis.Connection: _PatientConnection,
+    aioredis.SSLConnection: _PatientSSLConnection,
+}
+
+
+class _PatientPool(aioredis.ConnectionPool):
+    """A pool of patient connections that stops their openings when it disconnects (no socket outlives it)."""
+
+    def __init__(self, connection_class: type[Any] = aioredis.Connection, **kwargs: Any) -> None:
+        super().__init__(connection_class=_PATIENT.get(connection_class, connection_class), **kwargs)
+        self.openings: set[asyncio.Future[None]] = set()
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()  # type: ignore[no-untyped-call] # redis-py is untyped here
+        if isinstance(connection, _PatientConnection):
+            connection.openings = self.openings
+        return connection
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        for opening in list(self.openings):
+            opening.cancel()
+        await asyncio.gather(*self.openings, return_exceptions=True)
+        await super().disconnect(inuse_connections)
 
 
 def build_client(settings: Settings) -> RedisClient:
@@ -417,7 +567,7 @@ def build_client(settings: Settings) -> RedisClient:
         where = f"cluster {where}"
     else:
         # One connection more than the client's slots (RedisClient queues callers fairly), for the health check.
-        pool = aioredis.ConnectionPool.from_url(
+        pool = _PatientPool.from_url(
             settings.redis_dsn,
             max_connections=settings.redis_max_connections + 1,
             socket_connect_timeout=bound * 0.4,

@@ -38,6 +38,8 @@ _MAX_MONEY = Decimal("99999999.9999")  # numeric(12, 4)
 # Wide enough to quantize anything up to _MAX_MONEY exactly, whatever context the calling thread has set.
 _MONEY_CONTEXT = Context(prec=40, rounding=ROUND_CEILING, traps=[InvalidOperation])
 _SHOWN = 40  # characters of a refused value quoted in the message
+_MAX_MONEY_BITS = 64  # far above _MAX_MONEY as an int; checked before an int is written out
+_MAX_TEXT = 1000  # an amount written as text is a few dozen characters at most
 
 
 def to_money(value: object, *, field: str = "cost") -> Decimal:
@@ -53,6 +55,15 @@ def to_money(value: object, *, field: str = "cost") -> Decimal:
     if isinstance(value, bool) or not isinstance(value, Decimal | int | str | float):
         msg = f"{field} must be a Decimal, int, str or float amount of dollars, got {type(value).__name__}"
         raise ValidationError(msg, field=field)
+    if isinstance(value, int) and value.bit_length() > _MAX_MONEY_BITS:
+        # Before repr(): an int of more than 4300 digits cannot even be written out (a raw ValueError).
+        raise ValidationError(
+            f"{field} is an integer of about {int(value.bit_length() * 0.30103)} digits, more than the ledger holds "
+            f"({_MAX_MONEY})",
+            field=field,
+        )
+    if isinstance(value, str) and len(value) > _MAX_TEXT:
+        raise ValidationError(f"{field} is {len(value):,} characters long; write an amount such as '0.25'", field=field)
     shown = repr(value)[:_SHOWN]
     try:
         amount = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)

@@ -12,12 +12,13 @@ A module's app, in full::
         add_health_route(app)                  # GET /health
         return app
 
-Routes take ``user: CurrentUser`` for the verified Supabase principal. Serve it with
+Routes take ``user: CurrentUser`` for the verified Supabase principal (``user: PayingUser`` on routes that spend
+paid-API budget: anonymous users are refused there). Serve it with
 ``shared.api.server.serve(app, settings)`` (uvicorn with the slow-client limits); test it with
 ``shared.api.testing`` (fixtures for starlette's TestClient).
 """
 
-from shared.api.auth import CurrentUser, bearer_scheme, current_user
+from shared.api.auth import CurrentUser, PayingUser, bearer_scheme, current_user, require_user
 from shared.api.errors import (
     ErrorBody,
     ErrorDetail,
@@ -39,6 +40,7 @@ __all__ = [
     "ErrorBody",
     "ErrorDetail",
     "HealthReport",
+    "PayingUser",
     "PayloadTooLargeError",
     "RequestLimits",
     "RequestTimeoutError",
@@ -51,5 +53,6 @@ __all__ = [
     "error_responses",
     "get_container",
     "install_error_handlers",
+    "require_user",
     "status_for",
 ]

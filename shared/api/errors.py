@@ -27,6 +27,7 @@ from shared.errors import (
     InvalidStateError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     PipelineError,
     RequestTimeoutError,
     RetryableError,
@@ -67,6 +68,8 @@ def status_for(error: PipelineError) -> int:
     """Return the HTTP status for a PipelineError (most specific first)."""
     if isinstance(error, AuthenticationError):
         return 401
+    if isinstance(error, PermissionDeniedError):
+        return 403
     if isinstance(error, PayloadTooLargeError):
         return 413
     if isinstance(error, RequestTimeoutError):

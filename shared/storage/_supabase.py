@@ -99,6 +99,10 @@ DEFAULT_RETRY_WINDOW = 30.0  # seconds; outlasts a Storage server restart (3 to 
 LIST_PAGE = 1000
 
 
+# What the Storage server answers when the Authorization header is no JWT (an sb_ key no gateway translated).
+_NO_GATEWAY = "Invalid Compact JWS"
+
+
 def key_kind(key: str) -> str:
     """Say what a Supabase key grants, from the key alone: "service", "restricted" (anon...) or "unknown".
 
@@ -624,8 +628,17 @@ class SupabaseStorage:
             response = await self._http.get(f"{self._storage_url}/bucket", headers=self._headers, timeout=5.0)
             response.raise_for_status()
         except httpx.HTTPError as exc:
-            status = getattr(getattr(exc, "response", None), "status_code", None)
+            answer = getattr(exc, "response", None)
+            status = getattr(answer, "status_code", None)
             detail = f"{self._url}: {type(exc).__name__}" + (f" (HTTP {status})" if status else "")
-            detail += "; check SUPABASE_URL and SUPABASE_SERVICE_KEY"
+            if self._key.startswith("sb_") and answer is not None and _NO_GATEWAY in answer.text:
+                # The Storage server itself reads the key as a JWT: nothing turned the opaque key into one.
+                detail += (
+                    f", '{_NO_GATEWAY}': SUPABASE_URL reaches Storage without Supabase's API gateway, which alone "
+                    "turns an sb_secret_ key into a JWT; point SUPABASE_URL at the gateway (https://<ref>.supabase.co, "
+                    "or Kong on a self-hosted stack), or set SUPABASE_SERVICE_KEY to the legacy service_role JWT"
+                )
+            else:
+                detail += "; check SUPABASE_URL and SUPABASE_SERVICE_KEY"
             return HealthStatus.since("storage", started, detail)
         return HealthStatus.since("storage", started)

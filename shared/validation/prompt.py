@@ -6,7 +6,10 @@ control (U+202A to U+202E, U+2066 to U+2069), a TAG character (U+E0000 to U+E007
 sequence (the flag of England), any other format character (Unicode category Cf: zero-width spaces, word
 joiners, soft hyphens, ...) except a zero-width joiner or non-joiner between two characters (emoji families,
 Persian and Indic text need them), or a combining mark with no character to sit on. A prompt with no visible
-character (letter, number, punctuation or symbol) is refused.
+character (letter, number, punctuation or symbol) is refused; characters that render as nothing do not count
+as visible even where their category says letter (the Hangul fillers U+115F, U+1160, U+3164, U+FFA0 and the
+other Default_Ignorable code points, and the blank Braille pattern U+2800). They stay allowed beside visible
+text: old Hangul is written with the fillers.
 
 Lengths count grapheme clusters (an emoji family is one character, not seven code points), with the
 ``regex`` module's ``\\X``. The size is checked before anything else, in O(1): a prompt of more than
@@ -58,7 +61,10 @@ _KINDS: Final = {
     "format": "an invisible format character",
     "mark": "a combining mark with no character to sit on",
 }
-_VISIBLE: Final = regex.compile(r"[\p{L}\p{N}\p{P}\p{S}]")
+# Letters, numbers, punctuation and symbols, but not those that render as nothing: the Default_Ignorable code
+# points among them (the Hangul fillers U+115F, U+1160, U+3164 and U+FFA0 are letters by category) and the
+# blank Braille pattern U+2800, both used to pass blank text off as visible.
+_VISIBLE: Final = regex.compile(r"[[\p{L}\p{N}\p{P}\p{S}]--[\p{Default_Ignorable_Code_Point}\u2800]]", regex.V1)
 _GRAPHEME: Final = regex.compile(r"\X")
 
 

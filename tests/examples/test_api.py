@@ -326,3 +326,15 @@ def test_api_never_answers_with_a_server_error_or_off_its_schema(case: schemathe
     """No 5xx and no response outside the schema, signed in (the routes' own logic) and anonymous (401)."""
     case.call_and_validate(headers=bearer(schema_token()), checks=CHECKS)
     case.call_and_validate(checks=CHECKS)
+
+
+def test_an_anonymous_sign_in_cannot_create_a_paid_job_but_reads_its_own(
+    api_client: TestClient, fakes: Fakes, make_token: MakeToken
+) -> None:
+    """POST /jobs spends paid-API budget (PayingUser): 403 for an anonymous user, before the upload is read."""
+    user = fakes.jobs.add_user()
+    anonymous = make_token(user, is_anonymous=True, amr=[{"method": "anonymous", "timestamp": 1}])
+    response = api_client.post("/jobs", **upload(SONG, "rain on neon"), headers=bearer(anonymous))
+    assert (403, "permission_denied") == (response.status_code, response.json()["error"]["code"])
+    assert "sign up" in response.json()["error"]["message"]
+    assert 404 == api_client.get(f"/jobs/{uuid.uuid4()}", headers=bearer(anonymous)).status_code  # not a 403

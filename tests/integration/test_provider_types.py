@@ -78,7 +78,7 @@ async def test_after_start_every_provider_returns_its_declared_type_not_a_future
         update={
             "storage_backend": backend,
             "supabase_url": "http://127.0.0.1:9",
-            "supabase_service_key": SecretStr("sb_secret_x"),
+            "supabase_service_key": SecretStr("sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz"),
         }
     )
     container.settings.override(settings)

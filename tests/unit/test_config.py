@@ -25,14 +25,17 @@ from shared.errors import ConfigError
 from shared.logging import LoggerFactory
 
 ROOT = Path(__file__).resolve().parents[2]
-JWT = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoic2VydmljZV9yb2xlIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ"  # role service_role
+ANON_JWT = "eyJhbGciOiJIUzI1NiJ9.eyJyb2xlIjoiYW5vbiJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ"  # role anon
 PRODUCTION: dict[str, Any] = {
     "environment": "production",
     "supabase_url": "https://abcdefgh.supabase.co",
-    "supabase_service_key": "sb_secret_0123456789abcdef",
-    "supabase_anon_key": JWT,
-    "database_url": "postgresql://postgres.abcdefgh:s3cr3t-pw@aws-0.pooler.supabase.com:6543/postgres?sslmode=require",
-    "redis_url": "rediss://default:redis-pw@cache.example.com:6380/0",
+    "supabase_service_key": "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz",
+    "supabase_anon_key": ANON_JWT,
+    "database_url": (
+        "postgresql://postgres.abcdefgh:s3cr3t-pw-0123456789@aws-0.pooler.supabase.com:6543/postgres?sslmode=require"
+    ),
+    "redis_url": "rediss://default:redis-pw-0123456789@cache.example.com:6380/0",
     "openai_api_key": "sk-proj-0123456789abcdef",
     "replicate_api_token": "r8_0123456789abcdef",
     "jwt_secret_key": "x" * 40,
@@ -94,7 +97,7 @@ def test_every_problem_is_reported_at_once() -> None:
         environment="production",
         log_level="LOUD",
         db_pool_min_size="many",
-        database_url="mysql://u:pw@h/db",
+        database_url="mysql://u:pw-0123456789abcdef@h/db",
         openai_api_key="sk-replace-me",
         supabase_url="http://abc.supabase.co",
         jwt_secret_key="short",
@@ -210,7 +213,8 @@ def test_malformed_credentials_are_refused(field: str, value: str, expected: str
         ("database_url", "postgres://u@h:5432/db"),
         ("redis_url", "rediss://h:6380/0"),
         ("supabase_service_key", JWT),
-        ("supabase_anon_key", "sb_publishable_abc123"),
+        ("supabase_anon_key", "sb_publishable_ACJWlzQHlZjBrEguHvfOxg_3BJgxAaH"),
+        ("supabase_anon_key", ANON_JWT),
         ("supabase_url", "http://127.0.0.1:54321"),
     ],
 )
@@ -248,7 +252,12 @@ def test_statement_cache_follows_the_setting_or_the_port() -> None:
 
 def test_secret_values_include_url_passwords_and_keys() -> None:
     secrets = make(**PRODUCTION).secret_values()
-    assert {"s3cr3t-pw", "redis-pw", PRODUCTION["openai_api_key"], PRODUCTION["jwt_secret_key"]} <= set(secrets)
+    assert {
+        "s3cr3t-pw-0123456789",
+        "redis-pw-0123456789",
+        PRODUCTION["openai_api_key"],
+        PRODUCTION["jwt_secret_key"],
+    } <= set(secrets)
     assert PRODUCTION["supabase_url"] not in secrets
 
 
@@ -307,17 +316,41 @@ def test_production_refuses_the_development_defaults() -> None:
     [
         (
             "database_url",
-            "postgresql://u:pw@db.example.com:5432/app?sslmode=disable",
+            "postgresql://u:pw-0123456789abcdef@db.example.com:5432/app?sslmode=disable",
             "sslmode=disable allows plaintext",
         ),
-        ("database_url", "postgresql://u:pw@db.example.com:5432/app?sslmode=prefer", "sslmode=prefer allows plaintext"),
-        ("database_url", "postgresql://u:pw@db.example.com:5432/app?sslmode=allow", "sslmode=allow allows plaintext"),
-        ("database_url", "postgresql://u:pw@db.example.com:5432/app", "has no sslmode"),
-        ("database_url", "postgresql://u:pw@db.example.com/app?sslmode=require&sslmode=disable", "sslmode=disable"),
-        ("database_url", "postgresql://u:pw@10.0.0.5/app?host=db.example.com&sslmode=disable", "db.example.com"),
-        ("redis_url", "redis://default:pw@cache.example.com:6379/0", "redis:// sends the password"),
-        ("redis_url", "rediss://default:pw@cache.example.com:6380/0?ssl_cert_reqs=none", "certificate checks"),
-        ("redis_url", "rediss://default:pw@cache.example.com:6380/0?ssl_check_hostname=false", "host name checks"),
+        (
+            "database_url",
+            "postgresql://u:pw-0123456789abcdef@db.example.com:5432/app?sslmode=prefer",
+            "sslmode=prefer allows plaintext",
+        ),
+        (
+            "database_url",
+            "postgresql://u:pw-0123456789abcdef@db.example.com:5432/app?sslmode=allow",
+            "sslmode=allow allows plaintext",
+        ),
+        ("database_url", "postgresql://u:pw-0123456789abcdef@db.example.com:5432/app", "has no sslmode"),
+        (
+            "database_url",
+            "postgresql://u:pw-0123456789abcdef@db.example.com/app?sslmode=require&sslmode=disable",
+            "sslmode=disable",
+        ),
+        (
+            "database_url",
+            "postgresql://u:pw-0123456789abcdef@10.0.0.5/app?host=db.example.com&sslmode=disable",
+            "db.example.com",
+        ),
+        ("redis_url", "redis://default:pw-0123456789abcdef@cache.example.com:6379/0", "redis:// sends the password"),
+        (
+            "redis_url",
+            "rediss://default:pw-0123456789abcdef@cache.example.com:6380/0?ssl_cert_reqs=none",
+            "certificate checks",
+        ),
+        (
+            "redis_url",
+            "rediss://default:pw-0123456789abcdef@cache.example.com:6380/0?ssl_check_hostname=false",
+            "host name checks",
+        ),
         ("supabase_url", "http://abcdefgh.supabase.co", "http:// sends the service key"),
     ],
 )
@@ -336,13 +369,13 @@ def test_production_refuses_plaintext_to_a_public_host_even_with_the_private_set
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("database_url", "postgresql://u:pw@10.0.0.5:5432/app?sslmode=disable"),
-        ("database_url", "postgresql://u:pw@postgres:5432/app"),
-        ("database_url", "postgresql://u:pw@127.0.0.1:6432/app"),
-        ("database_url", "postgresql://u:pw@[fd00::5]:5432/app?sslmode=prefer"),
-        ("redis_url", "redis://default:pw@redis:6379/0"),
-        ("redis_url", "redis://default:pw@cache.prod.internal:6379/0"),
-        ("redis_url", "redis://default:pw@192.168.1.20:6379/0"),
+        ("database_url", "postgresql://u:pw-0123456789abcdef@10.0.0.5:5432/app?sslmode=disable"),
+        ("database_url", "postgresql://u:pw-0123456789abcdef@postgres:5432/app"),
+        ("database_url", "postgresql://u:pw-0123456789abcdef@127.0.0.1:6432/app"),
+        ("database_url", "postgresql://u:pw-0123456789abcdef@[fd00::5]:5432/app?sslmode=prefer"),
+        ("redis_url", "redis://default:pw-0123456789abcdef@redis:6379/0"),
+        ("redis_url", "redis://default:pw-0123456789abcdef@cache.prod.internal:6379/0"),
+        ("redis_url", "redis://default:pw-0123456789abcdef@192.168.1.20:6379/0"),
         ("supabase_url", "http://kong.svc:8000"),
     ],
 )
@@ -355,17 +388,19 @@ def test_plaintext_to_a_private_host_needs_the_one_explicit_setting(field: str, 
 
 
 def test_a_unix_socket_database_crosses_no_network_and_needs_no_tls() -> None:
-    make(**dict(PRODUCTION, database_url="postgresql://app:pw@/app?host=/var/run/postgresql"))
-    make(**dict(PRODUCTION, database_url="postgresql://app:pw@%2Fvar%2Frun%2Fpostgresql/app"))
+    make(**dict(PRODUCTION, database_url="postgresql://app:pw-0123456789abcdef@/app?host=/var/run/postgresql"))
+    make(**dict(PRODUCTION, database_url="postgresql://app:pw-0123456789abcdef@%2Fvar%2Frun%2Fpostgresql/app"))
 
 
 @pytest.mark.parametrize("mode", ["require", "verify-ca", "verify-full"])
 def test_production_accepts_tls_database_urls(mode: str) -> None:
-    make(**dict(PRODUCTION, database_url=f"postgresql://u:pw@db.example.com:5432/app?sslmode={mode}"))
+    make(**dict(PRODUCTION, database_url=f"postgresql://u:pw-0123456789abcdef@db.example.com:5432/app?sslmode={mode}"))
 
 
 def test_development_keeps_its_plaintext_local_services() -> None:
-    settings = make(database_url="postgresql://u:pw@10.0.0.5/app?sslmode=disable", redis_url="redis://redis:6379/0")
+    settings = make(
+        database_url="postgresql://u:pw-0123456789abcdef@10.0.0.5/app?sslmode=disable", redis_url="redis://redis:6379/0"
+    )
     assert not settings.allow_insecure_private_network
 
 
@@ -520,11 +555,15 @@ def test_a_number_added_without_bounds_still_cannot_overflow(field: str, value: 
 
 URL_SECRETS = {
     "database_url": (
-        "postgresql://app:Db-P%40ss-9f3k@db.example.com/app?sslmode=require",
-        "Db-P%40ss-9f3k",
-        "Db-P@ss-9f3k",
+        "postgresql://app:Db-P%40ss-9f3k-0123456@db.example.com/app?sslmode=require",
+        "Db-P%40ss-9f3k-0123456",
+        "Db-P@ss-9f3k-0123456",
     ),
-    "redis_url": ("rediss://default:Redis-Pw-7q2z@cache.example.com:6380/0", "Redis-Pw-7q2z", "Redis-Pw-7q2z"),
+    "redis_url": (
+        "rediss://default:Redis-Pw-7q2z-0123456@cache.example.com:6380/0",
+        "Redis-Pw-7q2z-0123456",
+        "Redis-Pw-7q2z-0123456",
+    ),
 }
 
 
@@ -600,7 +639,7 @@ def test_url_credentials_are_redacted_from_the_logs() -> None:
 @settings_profile(deadline=None)
 @given(st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@/?#[]% ", min_size=6, max_size=40))
 def test_any_database_password_is_masked_and_redacted(password: str) -> None:
-    marked = "Zq9" + password
+    marked = "Zq9-0123456789ab" + password  # 16 characters at least: staging and production refuse less
     url = f"postgresql://app:{quote(marked, safe='')}@db.example.com/app?sslmode=require"
     settings = make(**dict(PRODUCTION, database_url=url))
     text = _every_rendering(settings)
@@ -660,7 +699,7 @@ def test_url_hosts_read_like_libpq(url: str, hosts: list[str]) -> None:
 @pytest.mark.parametrize(
     ("url", "masked"),
     [
-        ("postgresql://u:pw@h/db?sslmode=require", f"postgresql://u:{MASK}@h/db?sslmode=require"),
+        ("postgresql://u:pw-0123456789abcdef@h/db?sslmode=require", f"postgresql://u:{MASK}@h/db?sslmode=require"),
         ("https://token@x.supabase.co/", f"https://{MASK}@x.supabase.co/"),
         ("redis://default@h:6379/0", "redis://default@h:6379/0"),
         (

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import uuid
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -138,3 +140,33 @@ def test_overshoot_warning_carries_its_figures(caplog: pytest.LogCaptureFixture)
         for r in (first, second)
     ]
     assert [(str(JOB), "12", "10", None, "3"), (str(JOB), "12", "10", "2", "3")] == fields
+
+
+HUGE = 10**5000  # more digits than Python will write out (4300): repr() itself raises ValueError
+
+
+async def _entry_points(amount: object) -> None:
+    """Hand ``amount`` to each entry point that takes money (the fakes share to_money with the real classes)."""
+    from shared.testing import FakeCostTracker  # noqa: PLC0415 - kept with the one test that needs it
+
+    job = uuid.uuid4()
+    tracker = FakeCostTracker()
+    tracker.add_job(job)
+    calls: list[Callable[[], object]] = [
+        lambda: check_job_input("s3://a", "prompt", amount),  # type: ignore[arg-type] # hostile input on purpose
+        lambda: FakeCostTracker(default_budget=amount),  # type: ignore[arg-type]
+        lambda: tracker.track_cost(job, StageName.AUDIO_ANALYSIS, "openai", amount),  # type: ignore[arg-type]
+        lambda: tracker.get_budget(job, amount),  # type: ignore[arg-type]
+        lambda: tracker.reserve(job, StageName.AUDIO_ANALYSIS, "openai", amount).__aenter__(),  # type: ignore[arg-type]
+        lambda: tracker.reserve(job, StageName.AUDIO_ANALYSIS, "openai", 1, amount).__aenter__(),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(ValidationError, match=r"more than the ledger holds|characters long"):
+            result = call()
+            if inspect.isawaitable(result):
+                await result
+
+
+@pytest.mark.parametrize("amount", [HUGE, -HUGE, "9" * 5000], ids=["huge-int", "huge-negative-int", "long-text"])
+async def test_an_amount_too_large_to_write_out_is_a_validation_error_at_every_entry_point(amount: object) -> None:
+    await _entry_points(amount)

@@ -234,7 +234,7 @@ def _supabase_container(make_settings: MakeSettings, pg_dsn: str, **settings: ob
             database_url=pg_dsn,
             storage_backend="supabase",
             supabase_url="http://127.0.0.1:9",
-            supabase_service_key="sb_secret_x",
+            supabase_service_key="sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz",
             **settings,
         )
     )

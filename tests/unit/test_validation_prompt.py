@@ -101,6 +101,11 @@ def test_invisible_or_reordering_text_is_refused(raw: str, fragment: str) -> Non
         ("\u3000\u00a0 ", "empty"),
         ("\u0300", "no character to sit on"),
         ("\u0378\u0379", "no visible character"),  # unassigned code points
+        ("\u3164\u3164\u3164\u3164", "no visible character"),  # Hangul filler (a "letter" by category)
+        ("\uffa0\uffa0\uffa0", "no visible character"),  # halfwidth Hangul filler
+        ("\u115f\u1160\u115f\u1160", "no visible character"),  # Hangul choseong and jungseong fillers
+        ("\u3164 \uffa0 \u115f \u1160", "no visible character"),
+        ("\u2800\u2800\u2800", "no visible character"),  # blank Braille pattern
         ("\U0001f3b8", "too short: 1 characters"),
     ],
 )
@@ -138,3 +143,8 @@ def test_size_is_checked_before_any_normalisation() -> None:
     assert "U+200B" not in caught.value.message
     assert 2000 * 16 + 256 == raw_limit(2000)
     assert len(validate_prompt("x " * 1000 + " " * (raw_limit(2000) - 2000))) == 1999
+
+
+def test_hangul_fillers_beside_visible_text_are_kept() -> None:
+    """Old Hangul is written with the fillers: they are refused only when nothing else is visible."""
+    assert "\u115f\u1161 rain" == validate_prompt("\u115f\u1161 rain")
