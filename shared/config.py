@@ -137,9 +137,11 @@ class Settings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     log_level: LogLevel = "INFO"
-    log_file: Path | None = Field(
-        default=None, description="JSON log file, shared safely by many processes; rotate it externally (logrotate)"
+    log_file: Path | None = Field(default=None, description="JSON log file, shared safely by many processes")
+    log_max_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=0, description="LOG_FILE is rotated past this size; 0 leaves it to logrotate"
     )
+    log_backup_count: int = Field(default=5, ge=1, le=1000, description="rotated LOG_FILEs kept (.1 the newest)")
     log_console: bool = Field(default=True, description="JSON lines on stderr too (off when only the file is wanted)")
 
     supabase_url: str | None = None
