@@ -37,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--timeout", type=float, default=5.0, help="seconds each check may take before it is reported down"
     )
+    doctor.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes that each open a pool of DB_POOL_MAX_SIZE (API workers, stage workers, maintain), for the "
+        "connection budget check",
+    )
     demo = commands.add_parser("demo", help="run one simulated job end to end through every component")
     demo.add_argument("--offline", action="store_true", help="run on the in-memory fakes instead of the services")
     db = commands.add_parser("db", help="database commands")
@@ -85,7 +92,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         if args.command == "doctor":
             from shared.doctor import run_doctor  # noqa: PLC0415 - each command loads only what it uses
 
-            return asyncio.run(run_doctor(settings, out=stream, timeout=args.timeout))
+            return asyncio.run(run_doctor(settings, out=stream, timeout=args.timeout, processes=args.processes))
         if args.command == "demo":
             from shared.demo import run_demo  # noqa: PLC0415
 

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     )
     db_pool_min_size: int = Field(default=1, ge=0, le=1000)
     db_pool_max_size: int = Field(default=10, ge=1, le=1000)
+    db_max_client_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="client connections the database or its pooler accepts (Supabase's session pooler: its pool size)",
+    )
     db_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, allow_inf_nan=False)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0, le=24 * 3600, allow_inf_nan=False)
     db_connect_attempts: int = Field(default=3, ge=1, le=100)
@@ -251,7 +256,12 @@ class Settings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @field_validator(
-        "db_statement_cache_size", "log_file", "storage_tus_chunk_mb", "paid_replicate_prices_file", mode="before"
+        "db_statement_cache_size",
+        "db_max_client_connections",
+        "log_file",
+        "storage_tus_chunk_mb",
+        "paid_replicate_prices_file",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
