@@ -249,6 +249,10 @@ class Settings(BaseSettings):
     api_body_min_bytes_per_second: int = Field(default=32 * 1024, gt=0)
     api_keep_alive_seconds: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
     api_max_connections: int = Field(default=1000, ge=1)
+    # Serving with several processes (shared.api.server.serve): a slow import must not count as a hung worker.
+    api_workers: int = Field(default=1, ge=1, le=256)
+    api_worker_startup_grace_seconds: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
+    api_worker_healthcheck_seconds: float = Field(default=5.0, ge=1, le=600, allow_inf_nan=False)
 
     @field_validator("log_level", mode="before")
     @classmethod
