@@ -18,6 +18,8 @@ BENCHMARKS = (
     "maintain",
     "paid",
     "operator",
+    "log_safety",
+    "doctor",
 )
 
 
