@@ -231,7 +231,8 @@ class Supervisor(Multiprocess):
             return
         for index, process in enumerate(self.processes):
             key = id(process)
-            age = time.monotonic() - self._started_at.get(key, 0.0)
+            # A worker uvicorn started itself (SIGHUP's restart_all, SIGTTIN) is timed from when first seen.
+            age = time.monotonic() - self._started_at.setdefault(key, time.monotonic())
             if process.process.is_alive():
                 if key in self._ready:
                     if self._ping(process, self.config.timeout_worker_healthcheck) is not None:
