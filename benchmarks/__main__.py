@@ -17,6 +17,9 @@ BENCHMARKS = (
     "pgqueuer_baseline",
     "maintain",
     "paid",
+    "operator",
+    "log_safety",
+    "doctor",
 )
 
 

@@ -207,9 +207,13 @@ def create_app(container: SharedContainer | None = None) -> FastAPI:
 
 
 def main() -> None:  # pragma: no cover - runs a server until stopped; tests start uvicorn themselves
-    """Serve the gateway on 127.0.0.1:8000 with the settings' limits."""
+    """Serve the gateway on 127.0.0.1:8000 with the settings' limits, in API_WORKERS processes."""
     container = Container()
-    serve(create_app(container), container.settings(), host="127.0.0.1", port=8000)
+    settings = container.settings()
+    if settings.api_workers > 1:  # each worker process imports the app and builds its own container
+        serve("examples.api:create_app", settings, host="127.0.0.1", port=8000, factory=True)
+    else:
+        serve(create_app(container), settings, host="127.0.0.1", port=8000)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,4 +1,4 @@
-"""The command line: ``python -m shared doctor | demo [--offline] | db migrate | maintain [--every N]``.
+"""The command line: ``python -m shared doctor | status | job <id> | demo [--offline] | db migrate | maintain``.
 
 Every command loads the settings first, so a bad configuration is reported once, every problem listed, with
 exit status 2. ``doctor`` exits 1 when a service is down; any other failure is a PipelineError, printed with
@@ -15,7 +15,9 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, TextIO
+from uuid import UUID
 
 from shared.config import Settings
 from shared.errors import ConfigError, PipelineError
@@ -37,6 +39,18 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument(
         "--timeout", type=float, default=5.0, help="seconds each check may take before it is reported down"
     )
+    doctor.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="processes that each open a pool of DB_POOL_MAX_SIZE (API workers, stage workers, maintain), for the "
+        "connection budget check",
+    )
+    commands.add_parser(
+        "status", help="queues, running and stuck stages, holds, spend today per API, top failure reasons (read only)"
+    )
+    job = commands.add_parser("job", help="one job's timeline: stages, attempts, costs, holds, errors, trace id")
+    job.add_argument("job_id", type=UUID, help="the job's id")
     demo = commands.add_parser("demo", help="run one simulated job end to end through every component")
     demo.add_argument("--offline", action="store_true", help="run on the in-memory fakes instead of the services")
     db = commands.add_parser("db", help="database commands")
@@ -85,11 +99,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         if args.command == "doctor":
             from shared.doctor import run_doctor  # noqa: PLC0415 - each command loads only what it uses
 
-            return asyncio.run(run_doctor(settings, out=stream, timeout=args.timeout))
+            return asyncio.run(run_doctor(settings, out=stream, timeout=args.timeout, processes=args.processes))
         if args.command == "demo":
             from shared.demo import run_demo  # noqa: PLC0415
 
             return asyncio.run(run_demo(settings, out=stream, offline=args.offline))
+        if args.command in {"status", "job"}:
+            return asyncio.run(_operator_view(settings, stream, args.job_id if args.command == "job" else None))
         if args.command == "maintain":
             return asyncio.run(_maintain(settings, stream, args.batch_size, every=args.every))
         return asyncio.run(_migrate(settings, stream, include_all=args.include_all))
@@ -112,6 +128,22 @@ async def _migrate(settings: Settings, out: TextIO, *, include_all: bool = False
         print(f"applied {len(report.applied)} migration(s): {', '.join(report.applied)}", file=out)
     else:
         print("the database is up to date", file=out)
+    return EXIT_OK
+
+
+async def _operator_view(settings: Settings, out: TextIO, job_id: UUID | None) -> int:
+    from shared.database import init_database  # noqa: PLC0415 - asyncpg loads only for this command
+    from shared.operator_view import print_job, print_status, read_job, read_status  # noqa: PLC0415
+
+    # One connection: the view reads, it must not take a worker's share of the pool.
+    quick = settings.model_copy(update={"db_pool_min_size": 1, "db_pool_max_size": 1})
+    async with contextlib.aclosing(init_database(quick)) as opened:  # closed even when the job is not found
+        async for db in opened:
+            if job_id is not None:
+                print_job(await read_job(db, job_id), out)
+            else:
+                stuck_after = timedelta(seconds=settings.stage_heartbeat_timeout_seconds)
+                print_status(await read_status(db, stuck_after=stuck_after), out)
     return EXIT_OK
 
 

@@ -201,9 +201,11 @@ class Settings(BaseSettings):
 
     environment: Environment = Environment.DEVELOPMENT
     log_level: LogLevel = "INFO"
-    log_file: Path | None = Field(
-        default=None, description="JSON log file, shared safely by many processes; rotate it externally (logrotate)"
+    log_file: Path | None = Field(default=None, description="JSON log file, shared safely by many processes")
+    log_max_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=0, description="LOG_FILE is rotated past this size; 0 leaves it to logrotate"
     )
+    log_backup_count: int = Field(default=5, ge=1, le=1000, description="rotated LOG_FILEs kept (.1 the newest)")
     log_console: bool = Field(default=True, description="JSON lines on stderr too (off when only the file is wanted)")
 
     supabase_url: str | None = None
@@ -221,6 +223,11 @@ class Settings(BaseSettings):
     )
     db_pool_min_size: int = Field(default=1, ge=0, le=1000)
     db_pool_max_size: int = Field(default=10, ge=1, le=1000)
+    db_max_client_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description="client connections the database or its pooler accepts (Supabase's session pooler: its pool size)",
+    )
     db_connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600, allow_inf_nan=False)
     db_command_timeout_seconds: float = Field(default=30.0, gt=0, le=24 * 3600, allow_inf_nan=False)
     db_connect_attempts: int = Field(default=3, ge=1, le=100)
@@ -322,6 +329,10 @@ class Settings(BaseSettings):
     api_body_min_bytes_per_second: int = Field(default=32 * 1024, gt=0)
     api_keep_alive_seconds: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
     api_max_connections: int = Field(default=1000, ge=1)
+    # Serving with several processes (shared.api.server.serve): a slow import must not count as a hung worker.
+    api_workers: int = Field(default=1, ge=1, le=256)
+    api_worker_startup_grace_seconds: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
+    api_worker_healthcheck_seconds: float = Field(default=5.0, ge=1, le=600, allow_inf_nan=False)
 
     def __init__(self, **values: Any) -> None:
         """Load the settings; a ``.env`` file that cannot be read as written is a ConfigError naming the line."""
@@ -340,6 +351,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "db_statement_cache_size",
+        "db_max_client_connections",
         "log_file",
         "storage_tus_chunk_mb",
         "paid_replicate_prices_file",

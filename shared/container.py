@@ -40,6 +40,8 @@ def init_logger_factory(settings: Settings) -> Iterator[LoggerFactory]:
         level=settings.log_level,
         secrets=settings.secret_values(),
         log_file=settings.log_file,
+        max_bytes=settings.log_max_bytes,
+        backup_count=settings.log_backup_count,
         stream=sys.stderr if settings.log_console else None,
     )
     factory.start()

@@ -14,7 +14,9 @@ A running stage's worker keeps a heartbeat (``async with stage_heartbeat(jobs, j
 It is safe to run from several machines at once: every batch is one statement that locks its rows with
 ``FOR UPDATE SKIP LOCKED`` (a second run takes other rows, never waits, and never counts a row twice), and
 idempotent (a row it moved no longer matches). No statement touches more than ``MAINTENANCE_BATCH_SIZE``
-rows, so no lock is held for long. The run reports what it did as one log line and a :class:`MaintenanceReport`.
+rows, so no lock is held for long. The run reports what it did as one log line and a :class:`MaintenanceReport`,
+and each batch that failed jobs or released reservations logs their ids (``job_ids``, ``reservation_ids``), so
+"why did job X fail" is a search of the log, not SQL. Pruned rows are finished history and only counted.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ with stale as (
      where j.id = any((select ids from stale)::uuid[])
     returning j.id
 )
-select (select count(*) from failed) as jobs, (select count(*) from stages) as stages
+select (select count(*) from failed) as jobs, (select count(*) from stages) as stages,
+       array(select id from failed) as ids
 """
 
 _RELEASE_EXPIRED = """
@@ -83,9 +86,10 @@ with released as (
           limit $2
             for update skip locked
      ))
-    returning r.id
+    returning r.id, r.job_id
 )
-select count(*) from released
+select count(*) as moved, array(select id from released) as ids, array(select job_id from released) as job_ids
+  from released
 """
 
 # `status <> 'active'` matches job_cost_reservations_finished_created_at_idx's predicate, so a batch reads
@@ -103,7 +107,7 @@ with deleted as (
      ))
     returning r.id
 )
-select count(*) from deleted
+select count(*) as moved, array[]::uuid[] as ids, array[]::uuid[] as job_ids from deleted
 """
 
 
@@ -178,9 +182,14 @@ async def maintain(db: Database, policy: MaintenancePolicy) -> MaintenanceReport
         batches += 1
         failed_jobs += row["jobs"]
         failed_stages += row["stages"]
+        if row["ids"]:
+            ids = [str(job_id) for job_id in row["ids"]]
+            _log.warning("maintenance failed %d silent job(s): %s", len(ids), ", ".join(ids), extra={"job_ids": ids})
         if row["jobs"] < policy.batch_size:
             break
-    released, count = await _in_batches(db, _RELEASE_EXPIRED, policy.release_grace, policy.batch_size)
+    released, count = await _in_batches(
+        db, _RELEASE_EXPIRED, policy.release_grace, policy.batch_size, action="released expired reservation(s)"
+    )
     batches += count
     pruned, count = await _in_batches(db, _PRUNE_FINISHED, policy.retention, policy.batch_size)
     batches += count
@@ -204,13 +213,31 @@ async def maintain(db: Database, policy: MaintenancePolicy) -> MaintenanceReport
     return report
 
 
-async def _in_batches(db: Database, statement: str, age: timedelta, batch_size: int) -> tuple[int, int]:
-    """Run ``statement`` until a batch comes back short; return the rows it moved and the batches run."""
+async def _in_batches(
+    db: Database, statement: str, age: timedelta, batch_size: int, *, action: str | None = None
+) -> tuple[int, int]:
+    """Run ``statement`` until a batch comes back short; return the rows it moved and the batches run.
+
+    With ``action``, each batch that moved rows is logged with their ids and their jobs' ids.
+    """
     total = batches = 0
     while True:
-        moved: int = await db.fetchval(statement, age, batch_size)
+        row = await db.fetchrow(statement, age, batch_size)
+        assert row is not None  # noqa: S101 - the statement always returns its one row
+        moved: int = row["moved"]
         batches += 1
         total += moved
+        if action is not None and moved:
+            ids = [str(value) for value in row["ids"]]
+            job_ids = sorted({str(value) for value in row["job_ids"]})
+            _log.info(
+                "maintenance %s %d: %s (jobs %s)",
+                action,
+                moved,
+                ", ".join(ids),
+                ", ".join(job_ids),
+                extra={"reservation_ids": ids, "job_ids": job_ids},
+            )
         if moved < batch_size:
             return total, batches
 

@@ -275,9 +275,29 @@ async def test_a_run_logs_one_line_with_its_figures(
     await reservation(db, await processing_job(jobs, make_user), expired=timedelta(hours=1))
     with caplog.at_level(logging.INFO, logger="shared.maintenance"):
         await maintain(db, POLICY)
-    [line] = [record for record in caplog.records if record.name == "shared.maintenance"]
+    [line] = [record for record in caplog.records if "failed_jobs" in record.__dict__]
     assert "released 1 expired reservation(s)" in line.getMessage()
     assert (1, 0) == (line.__dict__["released_reservations"], line.__dict__["failed_jobs"])
+
+
+async def test_a_run_logs_the_ids_it_acted_on(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'Why did job X fail' is a search of the log for X, not SQL."""
+    held = await processing_job(jobs, make_user)
+    expired = await reservation(db, held, expired=timedelta(hours=1))
+    silent = await processing_job(jobs, make_user)
+    await age_job(db, silent, timedelta(hours=1))
+    with caplog.at_level(logging.INFO, logger="shared.maintenance"):
+        await maintain(db, POLICY)
+    by_key = {
+        key: record for record in caplog.records for key in ("job_ids", "reservation_ids") if key in record.__dict__
+    }
+    failed = next(record for record in caplog.records if "silent job" in record.getMessage())
+    assert [str(silent)] == failed.__dict__["job_ids"]
+    assert str(silent) in failed.getMessage()
+    assert [str(expired)] == by_key["reservation_ids"].__dict__["reservation_ids"]
+    assert [str(held)] == by_key["reservation_ids"].__dict__["job_ids"]
 
 
 def test_the_policy_refuses_unbounded_or_negative_values() -> None:

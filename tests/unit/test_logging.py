@@ -291,3 +291,66 @@ def test_formatter_can_be_used_without_the_queue() -> None:
     record = logging.LogRecord("direct", logging.INFO, __file__, 1, "plain %d", (1,), None)
     line = orjson.loads(JsonFormatter().format(record))
     assert "plain 1" == line["message"]
+
+
+def test_a_lone_surrogate_is_escaped_not_fatal(factory: LoggerFactory, stream: io.StringIO) -> None:
+    """One surrogate in the message, an extra or an exception used to drop the whole line (ERROR lines too)."""
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")
+    log = factory.get_logger("vgtest.surrogate")
+    try:
+        raise ValueError(bad)
+    except ValueError:
+        log.exception("file %s failed", bad, extra={"path": bad, "nested": {bad: [bad]}})
+    factory.stop()
+    [line] = lines(stream)
+    assert "file caf\\udce9 failed" == line["message"]
+    assert "caf\\udce9" == line["path"]
+    assert {"caf\\udce9": ["caf\\udce9"]} == line["nested"]
+    assert "ValueError: caf\\udce9" in str(line["exception"])
+    assert "ERROR" == line["level"]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["eyJ-" * 10_000, "eyJa." * 8_000, "sk-" * 13_000, "Bearer " * 6_000, "?token=" * 6_000, "://a:" * 8_000],
+)
+def test_hostile_text_is_left_alone_and_a_token_after_it_still_redacted(hostile: str) -> None:
+    """40 KB shaped to make a backtracking pattern quadratic (the JWT one took 2 s): benchmarks/bench_logging.py
+    times it; here the result must be right."""
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.abcdefghijk"
+    redacted = Redactor()(f"{hostile} {jwt}")
+    assert jwt not in redacted
+    assert redacted.endswith(f" {REDACTED}")
+
+
+def test_size_rotation_keeps_backup_count_files_each_under_max_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "app.jsonl"
+    factory = LoggerFactory(level="INFO", stream=None, log_file=path, root="vgsize", max_bytes=20_000, backup_count=3)
+    factory.start()
+    log = factory.get_logger("vgsize")
+    for i in range(2_000):
+        log.info("line %d", i, extra={"index": i})
+        if i % 100 == 0:
+            factory.stop()  # a batch of at most 100 lines each, so the file rotates many times
+            factory.start()
+    factory.stop()
+    files = [path, *(tmp_path / f"app.jsonl.{n}" for n in (1, 2, 3))]
+    assert not (tmp_path / "app.jsonl.4").exists()
+    assert all(file.stat().st_size <= 20_000 for file in files)
+    indexes = [orjson.loads(line)["index"] for file in reversed(files) for line in file.read_bytes().splitlines()]
+    assert indexes == sorted(indexes)  # the newest lines are in app.jsonl, the oldest kept in app.jsonl.3
+    assert 1_999 == indexes[-1]
+
+
+def test_a_failing_console_is_reported_once(capsys: pytest.CaptureFixture[str]) -> None:
+    broken = io.StringIO()
+    broken.close()
+    factory = LoggerFactory(level="INFO", stream=broken, root="vgbroken")
+    factory.start()
+    log = factory.get_logger("vgbroken")
+    for i in range(50):
+        log.info("line %d", i)
+        if i % 10 == 0:
+            time.sleep(0.01)
+    factory.stop()
+    assert 1 == capsys.readouterr().err.count("writing log lines to the console failed")
