@@ -46,6 +46,7 @@ from redis.exceptions import DataError, RedisClusterException, RedisError
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
 from shared.health import HealthStatus
+from shared.telemetry import instruments
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
@@ -71,6 +72,10 @@ _BAD_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
 _MISS: Any = object()
 # What a failing Redis raises: redis-py's errors (RedisClusterException is not one of them), sockets, timeouts.
 _FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+_HIT = {"result": "hit"}
+_MISS = {"result": "miss"}
 
 
 def validate_key(key: str) -> str:
@@ -294,6 +299,8 @@ class RedisClient:
         """Return the value, or None on a miss (or an outage)."""
         name = self._key(key)
         result: bytes | None = await self._call(lambda: self._redis.get(name), fallback=None)
+        if (metrics := instruments()) is not None:
+            metrics.cache_requests.add(1, _MISS if result is None else _HIT)
         return result
 
     async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool:
@@ -351,6 +358,10 @@ class RedisClient:
         # A cluster's MGET refuses keys of different slots (CROSSSLOT): redis-py splits them by slot for us.
         fetch = self._redis.mget_nonatomic if isinstance(self._redis, RedisCluster) else self._redis.mget
         values: list[bytes | None] = await self._call(lambda: fetch(names), fallback=[None] * len(names))
+        if (metrics := instruments()) is not None:
+            misses = values.count(None)
+            metrics.cache_requests.add(misses, _MISS)
+            metrics.cache_requests.add(len(values) - misses, _HIT)
         return dict(zip(wanted, values, strict=True))
 
     async def set_many(self, mapping: Mapping[str, bytes | str], ttl: Ttl = None) -> bool:

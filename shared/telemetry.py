@@ -60,6 +60,7 @@ __all__ = [
     "JOB_ID",
     "STAGE",
     "Instruments",
+    "PaidCallSpan",
     "Telemetry",
     "configure",
     "current_telemetry",
@@ -296,7 +297,7 @@ def statement_span(method: str, query: str) -> contextlib.AbstractContextManager
     )
 
 
-class _PaidCallSpan:
+class PaidCallSpan:
     """The span of one paid call, named and tagged as the GenAI semantic conventions say."""
 
     __slots__ = ("_cm", "_span")
@@ -305,7 +306,7 @@ class _PaidCallSpan:
         self._cm = cm
         self._span: Any = None
 
-    def __enter__(self) -> _PaidCallSpan:
+    def __enter__(self) -> PaidCallSpan:
         if self._cm is not None:
             self._span = self._cm.__enter__()
         return self
@@ -338,19 +339,19 @@ _GENAI_USAGE = {
 }
 
 
-def paid_call_span(*, provider: str, model: str, operation: str = "chat") -> _PaidCallSpan:
+def paid_call_span(*, provider: str, model: str, operation: str = "chat") -> PaidCallSpan:
     """Return the span of a paid call: ``{operation} {model}``, with ``gen_ai.provider.name``, ``gen_ai.system``
-    and ``gen_ai.request.model``; :meth:`_PaidCallSpan.usage` adds the token counts once the provider reports."""
+    and ``gen_ai.request.model``; :meth:`PaidCallSpan.usage` adds the token counts once the provider reports."""
     active = _active
     if active is None:
-        return _PaidCallSpan(None)
+        return PaidCallSpan(None)
     attributes = {
         "gen_ai.operation.name": operation,
         "gen_ai.provider.name": provider,
         "gen_ai.system": provider,
         "gen_ai.request.model": model,
     }
-    return _PaidCallSpan(
+    return PaidCallSpan(
         active.tracer.start_as_current_span(f"{operation} {model}", kind=active.client_kind, attributes=attributes)
     )
 
@@ -437,7 +438,7 @@ class _Snapshot:
 # job_costs_created_at_idx) and returns one row per stage, status or API, whatever the tables hold.
 _STAGE_QUERY = """
 select stage, status, count(*) as runs,
-       coalesce(extract(epoch from clock_timestamp() - min(queued_at)) filter (where status = 'queued'), 0) as oldest,
+       extract(epoch from clock_timestamp() - min(queued_at)) as oldest,
        count(*) filter (where status = 'running' and heartbeat_at < clock_timestamp() - $1::interval) as stale
   from public.stage_runs
  where status in ('queued', 'running')
