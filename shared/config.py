@@ -254,9 +254,9 @@ class Settings(BaseSettings):
     otel_exporter_prometheus_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve /metrics for Prometheus on this port; unset: no endpoint"
     )
-    otel_instrument_asyncpg: bool = Field(
-        default=False, description="asyncpg's instrumentor instead of the database client's lighter span"
-    )
+    # summary: no span per statement, the enclosing span counts them (db.client.statements, db.client.seconds);
+    # statement: one lean span per statement; asyncpg: asyncpg's instrumentor (the costliest, benchmarks/README).
+    otel_db_spans: Literal["summary", "statement", "asyncpg"] = "summary"
     otel_genai_cost: bool = Field(default=False, description="a paid call's cost on its span (gen_ai.usage.cost)")
     otel_metrics_database: bool = Field(default=True, description="gauges read from PostgreSQL on each collection")
     otel_metrics_query_timeout_seconds: float = Field(default=2.0, gt=0, le=60, allow_inf_nan=False)

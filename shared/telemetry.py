@@ -278,14 +278,44 @@ class _StatementSpan:
         self._span.end()
 
 
-def statement_span(method: str, query: str) -> contextlib.AbstractContextManager[None]:
-    """Return the span of one statement the database client sends (an empty context manager when off).
+class _StatementSummary:
+    """Count one statement and its time on the enclosing span (``db.client.statements``, ``db.client.seconds``)."""
 
-    Lighter than asyncpg's instrumentor, which parses the query and reads the connection's parameters on
-    every call: the name is the statement's first word, the attributes the system and the operation.
+    __slots__ = ("_parent", "_started")
+
+    def __init__(self, parent: Any) -> None:
+        self._parent = parent
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        seconds = time.perf_counter() - self._started
+        parent = self._parent
+        attributes = parent.attributes or {}
+        parent.set_attribute("db.client.statements", attributes.get("db.client.statements", 0) + 1)
+        parent.set_attribute("db.client.seconds", attributes.get("db.client.seconds", 0.0) + seconds)
+
+
+def statement_span(method: str, query: str) -> contextlib.AbstractContextManager[None]:
+    """Return what traces one statement the database client sends (an empty context manager when off).
+
+    ``OTEL_DB_SPANS`` chooses: ``summary`` (the default) adds no span, it counts the statement and its time on
+    the enclosing recorded span; ``statement`` starts a lean span (named by the statement's first word, two
+    attributes, never made current: lighter than asyncpg's instrumentor, which parses the query and reads the
+    connection's parameters on every call); ``asyncpg`` leaves it to that instrumentor.
     """
     active = _active
-    if active is None or not active.statement_spans:
+    if active is None:
+        return _NULL
+    mode = active.db_spans
+    if mode == "summary":
+        parent = active.current_span()
+        return _StatementSummary(parent) if parent.is_recording() else _NULL
+    if mode != "statement":
         return _NULL
     operation = query.lstrip()[:16].split(None, 1)[0].upper() if query else method
     return _StatementSpan(
@@ -600,11 +630,11 @@ class Telemetry:
         tracer_provider: TracerProvider,
         meter_provider: MeterProvider,
         genai_cost: bool,
-        statement_spans: bool,
+        db_spans: str,
         prometheus: tuple[Any, threading.Thread] | None,
         instrumentors: Sequence[Any],
     ) -> None:
-        from opentelemetry.trace import SpanKind  # noqa: PLC0415 - the extra is installed when this runs
+        from opentelemetry.trace import SpanKind, get_current_span  # noqa: PLC0415 - the extra is installed now
         from opentelemetry.trace.propagation.tracecontext import (  # noqa: PLC0415
             TraceContextTextMapPropagator,
         )
@@ -621,7 +651,8 @@ class Telemetry:
         self.consumer_kind = SpanKind.CONSUMER
         self.client_kind = SpanKind.CLIENT
         self.genai_cost = genai_cost
-        self.statement_spans = statement_spans
+        self.db_spans = db_spans
+        self.current_span = get_current_span
         self._prometheus = prometheus
         self._instrumentors = list(instrumentors)
         self._gauges: _DatabaseGauges | None = None
@@ -750,19 +781,19 @@ def _build(
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         genai_cost=settings.otel_genai_cost,
-        statement_spans=not settings.otel_instrument_asyncpg,
+        db_spans=settings.otel_db_spans,
         prometheus=prometheus,
         instrumentors=instrumentors,
     )
 
 
 def _instrument(settings: Settings, tracer_provider: TracerProvider, meter_provider: MeterProvider) -> list[Any]:
-    """Turn on the kept instrumentors (redis, httpx, and asyncpg when OTEL_INSTRUMENT_ASYNCPG says so)."""
+    """Turn on the kept instrumentors (redis, httpx, and asyncpg when OTEL_DB_SPANS=asyncpg)."""
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor  # noqa: PLC0415
     from opentelemetry.instrumentation.redis import RedisInstrumentor  # noqa: PLC0415
 
     chosen: list[Any] = [RedisInstrumentor(), HTTPXClientInstrumentor()]
-    if settings.otel_instrument_asyncpg:
+    if settings.otel_db_spans == "asyncpg":
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor  # noqa: PLC0415
 
         chosen.append(AsyncPGInstrumentor())  # type: ignore[no-untyped-call]  # its __init__ is untyped

@@ -15,7 +15,9 @@ SpanRecord = dict[str, Any]
 
 
 def _settings(dsn: str) -> Settings:
-    return Settings(_env_file=None, environment="development", database_url=dsn, otel_enabled=True)
+    return Settings(
+        _env_file=None, environment="development", database_url=dsn, otel_enabled=True, otel_db_spans="statement"
+    )
 
 
 async def _in_telemetry(dsn: str, work: Any) -> list[SpanRecord]:

@@ -50,6 +50,7 @@ def otel_settings(make_settings: MakeSettings, pg_dsn: str, redis_prefix: str) -
         paid_key_prefix=redis_prefix,
         paid_limits={f"openai/{MODEL}": RateLimits(rpm=1000, tpm=1_000_000, rps=100, concurrency=10)},
         otel_enabled=True,
+        otel_db_spans="statement",
         otel_exporter_prometheus_port=0,
         otel_metrics_query_timeout_seconds=5.0,
     )
@@ -142,6 +143,25 @@ async def test_every_span_of_a_stage_run_carries_job_id_and_stage(
     assert {"gen_ai.request.model": MODEL, "gen_ai.provider.name": "openai"}.items() <= dict(
         chat.attributes or {}
     ).items()
+
+
+async def test_by_default_statements_are_counted_on_the_enclosing_span(
+    make_settings: MakeSettings, db: DatabaseClient
+) -> None:
+    exporter = InMemorySpanExporter()
+    running = telemetry.configure(make_settings(otel_enabled=True), span_exporters=[exporter], simple=True)
+    assert running is not None
+    try:
+        await db.fetchval("select 1")  # outside any span: nothing recorded
+        async with telemetry.stage_span(job_id=uuid.uuid4(), stage="composition", trace_context=None):
+            for _ in range(3):
+                await db.fetchval("select 1")
+    finally:
+        running.shutdown()
+    (stage,) = exporter.get_finished_spans()
+    attributes = dict(stage.attributes or {})
+    assert 3 == attributes["db.client.statements"]
+    assert 0 < attributes["db.client.seconds"] < 5
 
 
 def test_a_paid_call_span_carries_genai_usage_and_cost_only_behind_the_flag(make_settings: MakeSettings) -> None:
