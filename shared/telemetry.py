@@ -34,6 +34,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from decimal import Decimal
 from types import TracebackType
@@ -186,7 +187,19 @@ class _StageSpan:
     Usable as ``with`` or ``async with``. Records the stage's duration and, on an exception, a failure by reason.
     """
 
-    __slots__ = ("_attempt", "_item", "_job_id", "_log", "_span", "_stage", "_started", "_trace_context")
+    __slots__ = (
+        "_attempt",
+        "_item",
+        "_job_id",
+        "_log",
+        "_recorded",
+        "_span",
+        "_stage",
+        "_started",
+        "_tally",
+        "_tally_token",
+        "_trace_context",
+    )
 
     def __init__(
         self, job_id: UUID, stage: str, item: str, attempt: int, trace_context: Mapping[str, str] | None
@@ -199,6 +212,9 @@ class _StageSpan:
         self._log: contextlib.AbstractContextManager[None] | None = None
         self._span: contextlib.AbstractContextManager[Any] | None = None
         self._started = 0.0
+        self._tally = _Tally()
+        self._recorded: Any = None
+        self._tally_token: Token[_Tally | None] | None = None
 
     def __enter__(self) -> None:
         self._log = _log_context(job_id=self._job_id, stage=self._stage)
@@ -212,9 +228,15 @@ class _StageSpan:
                 f"stage {self._stage}",
                 context=parent,
                 kind=active.consumer_kind,
-                attributes={"stage.item": self._item, "stage.attempt": self._attempt},
+                attributes={
+                    JOB_ID: str(self._job_id),
+                    STAGE: self._stage,
+                    "stage.item": self._item,
+                    "stage.attempt": self._attempt,
+                },
             )
-            self._span.__enter__()
+            self._recorded = self._span.__enter__()
+            self._tally_token = _tally.set(self._tally)
             self._started = time.perf_counter()
         except BaseException:
             self._log.__exit__(None, None, None)
@@ -229,6 +251,12 @@ class _StageSpan:
                     active = _active
                     if active is not None:
                         active.instruments.record_stage(self._stage, time.perf_counter() - self._started, error)
+                    if self._tally_token is not None:
+                        _tally.reset(self._tally_token)
+                    if self._tally.statements:
+                        self._recorded.set_attributes(
+                            {"db.client.statements": self._tally.statements, "db.client.seconds": self._tally.seconds}
+                        )
                 finally:
                     self._span.__exit__(kind, error, traceback)
         finally:
@@ -278,13 +306,26 @@ class _StatementSpan:
         self._span.end()
 
 
-class _StatementSummary:
-    """Count one statement and its time on the enclosing span (``db.client.statements``, ``db.client.seconds``)."""
+class _Tally:
+    """The statements of one stage span, summed in Python and put on the span once, when it ends."""
 
-    __slots__ = ("_parent", "_started")
+    __slots__ = ("seconds", "statements")
 
-    def __init__(self, parent: Any) -> None:
-        self._parent = parent
+    def __init__(self) -> None:
+        self.statements = 0
+        self.seconds = 0.0
+
+
+_tally: ContextVar[_Tally | None] = ContextVar("videogen_db_tally", default=None)
+
+
+class _Counted:
+    """Count one statement and its time in the enclosing stage's tally."""
+
+    __slots__ = ("_started", "_tally")
+
+    def __init__(self, tally: _Tally) -> None:
+        self._tally = tally
         self._started = 0.0
 
     def __enter__(self) -> None:
@@ -293,28 +334,26 @@ class _StatementSummary:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        seconds = time.perf_counter() - self._started
-        parent = self._parent
-        attributes = parent.attributes or {}
-        parent.set_attribute("db.client.statements", attributes.get("db.client.statements", 0) + 1)
-        parent.set_attribute("db.client.seconds", attributes.get("db.client.seconds", 0.0) + seconds)
+        self._tally.statements += 1
+        self._tally.seconds += time.perf_counter() - self._started
 
 
 def statement_span(method: str, query: str) -> contextlib.AbstractContextManager[None]:
     """Return what traces one statement the database client sends (an empty context manager when off).
 
-    ``OTEL_DB_SPANS`` chooses: ``summary`` (the default) adds no span, it counts the statement and its time on
-    the enclosing recorded span; ``statement`` starts a lean span (named by the statement's first word, two
-    attributes, never made current: lighter than asyncpg's instrumentor, which parses the query and reads the
-    connection's parameters on every call); ``asyncpg`` leaves it to that instrumentor.
+    ``OTEL_DB_SPANS`` chooses: ``summary`` (the default) adds no span, it counts the statement and its time for
+    the enclosing stage span (``db.client.statements``, ``db.client.seconds``, set once when the stage ends);
+    ``statement`` starts a lean span (named by the statement's first word, two attributes, never made current:
+    lighter than asyncpg's instrumentor, which parses the query and reads the connection's parameters on every
+    call); ``asyncpg`` leaves it to that instrumentor.
     """
     active = _active
     if active is None:
         return _NULL
     mode = active.db_spans
     if mode == "summary":
-        parent = active.current_span()
-        return _StatementSummary(parent) if parent.is_recording() else _NULL
+        tally = _tally.get()
+        return _NULL if tally is None else _Counted(tally)
     if mode != "statement":
         return _NULL
     operation = query.lstrip()[:16].split(None, 1)[0].upper() if query else method
@@ -607,6 +646,8 @@ def _job_attributes() -> SpanProcessor:
 
     class JobAttributes(SpanProcessor):
         def on_start(self, span: Span, parent_context: Any = None) -> None:
+            if span.attributes and JOB_ID in span.attributes:
+                return  # set at creation (stage_span)
             job_id = current_job_id()
             if job_id is not None:
                 span.set_attribute(JOB_ID, job_id)
