@@ -341,3 +341,32 @@ async def test_a_prometheus_scrape_serves_every_metric_with_plausible_values(
     assert 1 <= value("videogen_holds_active")
     assert 0 < value("videogen_holds_amount_USD") < 1
     assert 0.25 == pytest.approx(value("videogen_spend_today_USD", 'api="replicate/musicgen"'))
+
+
+def test_fastapi_requests_are_traced_once_telemetry_runs(make_settings: MakeSettings) -> None:
+    from fastapi import FastAPI  # noqa: PLC0415
+    from starlette.testclient import TestClient  # noqa: PLC0415
+
+    app = FastAPI()
+
+    @app.get("/jobs/{job_id}")
+    def read_job(job_id: uuid.UUID) -> dict[str, str]:
+        with telemetry.job_context(job_id), telemetry.span("load job"):
+            return {"id": str(job_id)}
+
+    telemetry.instrument_fastapi(app)  # where the app is built, before telemetry starts
+    exporter = InMemorySpanExporter()
+    running = telemetry.configure(make_settings(otel_enabled=True), span_exporters=[exporter], simple=True)
+    assert running is not None
+    job_id = uuid.uuid4()
+    try:
+        with TestClient(app) as client:
+            assert 200 == client.get(f"/jobs/{job_id}").status_code
+    finally:
+        running.shutdown()
+    spans = exporter.get_finished_spans()
+    names = {finished.name for finished in spans}
+    assert {"GET /jobs/{job_id}", "load job"} <= names
+    inner = next(finished for finished in spans if finished.name == "load job")
+    assert str(job_id) == (inner.attributes or {}).get("job_id")
+    assert 1 == len({finished.context.trace_id for finished in spans})
