@@ -17,6 +17,7 @@ BENCHMARKS = (
     "pgqueuer_baseline",
     "maintain",
     "paid",
+    "telemetry",
 )
 
 
