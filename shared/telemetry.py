@@ -812,10 +812,20 @@ def _build(
         from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
 
         registry = CollectorRegistry(auto_describe=True)
-        readers.append(PrometheusMetricReader(registry=registry))
-        prometheus = start_http_server(
-            settings.otel_exporter_prometheus_port, settings.otel_exporter_prometheus_host, registry=registry
-        )
+        host, port = settings.otel_exporter_prometheus_host, settings.otel_exporter_prometheus_port
+        try:
+            prometheus = start_http_server(port, host, registry=registry)
+        except OSError as error:
+            # Several processes on one host with one port: the first serves; the others must still start.
+            _log.error(
+                "metrics: cannot serve Prometheus on %s:%s (%s); this process serves none: give each process its own "
+                "OTEL_EXPORTER_PROMETHEUS_PORT, or read its metrics over OTLP",
+                host,
+                port,
+                error.strerror or error,
+            )
+        else:
+            readers.append(PrometheusMetricReader(registry=registry))
     meter_provider = MeterProvider(metric_readers=readers, resource=resource)
     instrumentors = _instrument(settings, tracer_provider, meter_provider)
     return Telemetry(

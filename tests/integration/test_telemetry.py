@@ -11,6 +11,7 @@ import io
 import json
 import multiprocessing
 import re
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
@@ -370,3 +371,19 @@ def test_fastapi_requests_are_traced_once_telemetry_runs(make_settings: MakeSett
     inner = next(finished for finished in spans if finished.name == "load job")
     assert str(job_id) == (inner.attributes or {}).get("job_id")
     assert 1 == len({finished.context.trace_id for finished in spans})
+
+
+def test_a_taken_prometheus_port_leaves_the_process_running_without_an_endpoint(
+    make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as other:  # another process on this host already serves the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        running = telemetry.configure(make_settings(otel_enabled=True, otel_exporter_prometheus_port=port))
+        assert running is not None
+        try:
+            assert running.prometheus_port is None
+            assert "cannot serve Prometheus" in caplog.text
+        finally:
+            running.shutdown()
