@@ -2,13 +2,13 @@
 
 Off (the default, ``OTEL_ENABLED=false``, ``OTEL_SDK_DISABLED=true``, or the extra not installed) every function
 here is a no-op: :func:`span` returns one shared empty context manager, :func:`instruments` returns None, and
-no OpenTelemetry module is imported. On (``OTEL_ENABLED=true`` with ``pip install videogen-shared[otel]``), the
+this module imports no OpenTelemetry module. On (``OTEL_ENABLED=true`` with ``pip install videogen-shared[otel]``), the
 container's ``telemetry`` Resource (:func:`init_telemetry`) starts, for the process:
 
-- traces: the kept instrumentors (redis, httpx, FastAPI through :func:`instrument_fastapi`; asyncpg when
-  ``OTEL_INSTRUMENT_ASYNCPG`` is on, otherwise the database client's own lighter span per statement) and the
-  library's own spans (stage, admission, reservation, commit, storage, validation, paid calls with the GenAI
-  semantic-convention attributes), exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or a
+- traces: the kept instrumentors (redis, httpx, FastAPI through :func:`instrument_fastapi`; asyncpg with
+  ``OTEL_DB_SPANS=asyncpg``; by default a stage's statements are counted on its span, see
+  :func:`statement_span`) and the library's own spans (stage, admission, reservation, commit, storage,
+  validation, paid calls with the GenAI semantic-convention attributes), exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or a
   per-signal ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set. The SDK reads the other standard variables itself
   (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``/``_ARG``,
   ``OTEL_EXPORTER_OTLP_HEADERS``...).

@@ -12,10 +12,13 @@ import json
 import multiprocessing
 import re
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -39,6 +42,7 @@ from tests.fixtures.core import MakeSettings
 from tests.fixtures.postgres import MakeUser
 from tests.integration import telemetry_workers
 
+ROOT = Path(__file__).resolve().parents[2]
 STAGE = StageName.CLIP_GENERATION
 MODEL = "gpt-4o-mini"
 
@@ -89,6 +93,16 @@ def test_off_every_helper_is_a_no_op(make_settings: MakeSettings) -> None:
         from shared.logging import current_job_id, current_stage  # noqa: PLC0415
 
         assert (str(job_id), "clip_generation") == (current_job_id(), current_stage())
+
+
+def test_importing_shared_telemetry_imports_no_opentelemetry_module() -> None:
+    """Its own imports only: redis-py and FastAPI import parts of the API themselves when it is installed."""
+    code = (
+        "import sys, shared.logging, shared.errors; before = set(sys.modules); import shared.telemetry; "
+        "print(sorted(m for m in set(sys.modules) - before if m.startswith('opentelemetry')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert "[]" == result.stdout.strip()
 
 
 def test_otel_sdk_disabled_turns_it_off(make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch) -> None:
