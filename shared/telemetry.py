@@ -8,10 +8,10 @@ container's ``telemetry`` Resource (:func:`init_telemetry`) starts, for the proc
 - traces: the kept instrumentors (redis, httpx, FastAPI through :func:`instrument_fastapi`; asyncpg with
   ``OTEL_DB_SPANS=asyncpg``; by default a stage's statements are counted on its span, see
   :func:`statement_span`) and the library's own spans (stage, admission, reservation, commit, storage,
-  validation, paid calls with the GenAI semantic-convention attributes), exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or a
-  per-signal ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set. The SDK reads the other standard variables itself
-  (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``/``_ARG``,
-  ``OTEL_EXPORTER_OTLP_HEADERS``...).
+  validation, paid calls with the GenAI semantic-convention attributes), exported over OTLP/HTTP when
+  ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or a per-signal ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set. The SDK
+  reads the other standard variables itself (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``,
+  ``OTEL_TRACES_SAMPLER``/``_ARG``, ``OTEL_EXPORTER_OTLP_HEADERS``...).
 - ``job_id`` and ``stage`` on every span: a span processor copies them from the job context
   (:func:`job_context`, the same context variables that put them on log lines), so the instrumentors' spans
   carry them too; ``trace_id`` and ``span_id`` on every JSON log line written inside a span.
