@@ -189,15 +189,16 @@ class _StageSpan:
 
     __slots__ = (
         "_attempt",
+        "_context_token",
         "_item",
         "_job_id",
         "_log",
         "_recorded",
-        "_span",
         "_stage",
         "_started",
         "_tally",
         "_tally_token",
+        "_telemetry",
         "_trace_context",
     )
 
@@ -210,7 +211,8 @@ class _StageSpan:
         self._attempt = attempt
         self._trace_context = trace_context
         self._log: contextlib.AbstractContextManager[None] | None = None
-        self._span: contextlib.AbstractContextManager[Any] | None = None
+        self._context_token: Any = None
+        self._telemetry: Telemetry | None = None
         self._started = 0.0
         self._tally = _Tally()
         self._recorded: Any = None
@@ -219,12 +221,14 @@ class _StageSpan:
     def __enter__(self) -> None:
         self._log = _log_context(job_id=self._job_id, stage=self._stage)
         self._log.__enter__()
-        active = _active
+        active = self._telemetry = _active
         if active is None:
             return
         try:
             parent = active.propagator.extract(self._trace_context) if self._trace_context else None
-            self._span = active.tracer.start_as_current_span(
+            # start_span and attach by hand: start_as_current_span's generator-based context manager and
+            # use_span cost a fifth of the stage span here (benchmarks/bench_telemetry.py).
+            self._recorded = active.tracer.start_span(
                 f"stage {self._stage}",
                 context=parent,
                 kind=active.consumer_kind,
@@ -235,7 +239,7 @@ class _StageSpan:
                     "stage.attempt": self._attempt,
                 },
             )
-            self._recorded = self._span.__enter__()
+            self._context_token = active.attach(active.set_span_in_context(self._recorded))
             self._tally_token = _tally.set(self._tally)
             self._started = time.perf_counter()
         except BaseException:
@@ -246,19 +250,23 @@ class _StageSpan:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         try:
-            if self._span is not None:
+            running, recorded = self._telemetry, self._recorded
+            if running is not None and recorded is not None:
                 try:
-                    active = _active
-                    if active is not None:
-                        active.instruments.record_stage(self._stage, time.perf_counter() - self._started, error)
+                    running.instruments.record_stage(self._stage, time.perf_counter() - self._started, error)
                     if self._tally_token is not None:
                         _tally.reset(self._tally_token)
                     if self._tally.statements:
-                        self._recorded.set_attributes(
+                        recorded.set_attributes(
                             {"db.client.statements": self._tally.statements, "db.client.seconds": self._tally.seconds}
                         )
+                    if error is not None and not isinstance(error, asyncio.CancelledError):
+                        recorded.record_exception(error)
+                        recorded.set_status(running.error_status)
                 finally:
-                    self._span.__exit__(kind, error, traceback)
+                    if self._context_token is not None:
+                        running.detach(self._context_token)
+                    recorded.end()
         finally:
             if self._log is not None:
                 self._log.__exit__(kind, error, traceback)
@@ -694,6 +702,12 @@ class Telemetry:
         self.genai_cost = genai_cost
         self.db_spans = db_spans
         self.current_span = get_current_span
+        from opentelemetry.context import attach, detach  # noqa: PLC0415
+        from opentelemetry.trace import set_span_in_context  # noqa: PLC0415
+
+        self.attach = attach
+        self.detach = detach
+        self.set_span_in_context = set_span_in_context
         self._prometheus = prometheus
         self._instrumentors = list(instrumentors)
         self._gauges: _DatabaseGauges | None = None

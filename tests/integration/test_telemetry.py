@@ -401,3 +401,21 @@ def test_a_taken_prometheus_port_leaves_the_process_running_without_an_endpoint(
             assert "cannot serve Prometheus" in caplog.text
         finally:
             running.shutdown()
+
+
+async def test_a_failed_stage_marks_its_span_and_leaves_no_context_behind(make_settings: MakeSettings) -> None:
+    from opentelemetry.trace import StatusCode, get_current_span  # noqa: PLC0415
+
+    exporter = InMemorySpanExporter()
+    running = telemetry.configure(make_settings(otel_enabled=True), span_exporters=[exporter], simple=True)
+    assert running is not None
+    try:
+        with pytest.raises(ValueError, match="bad input"):
+            async with telemetry.stage_span(job_id=uuid.uuid4(), stage="composition", trace_context=None):
+                raise ValueError("bad input")
+        assert not get_current_span().get_span_context().is_valid
+    finally:
+        running.shutdown()
+    (stage,) = exporter.get_finished_spans()
+    assert StatusCode.ERROR == stage.status.status_code
+    assert ["exception"] == [event.name for event in stage.events]
