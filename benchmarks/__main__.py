@@ -20,6 +20,7 @@ BENCHMARKS = (
     "operator",
     "log_safety",
     "doctor",
+    "telemetry",
 )
 
 

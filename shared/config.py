@@ -344,6 +344,24 @@ class Settings(BaseSettings):
                 check_env_file(Path(file), encoding)
         super().__init__(**values)
 
+    # OpenTelemetry (shared.telemetry, the [otel] extra): off unless OTEL_ENABLED. The SDK reads the other
+    # standard OTEL_* variables itself (OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_EXPORTER_OTLP_HEADERS...).
+    otel_enabled: bool = Field(default=False, description="traces and metrics on (needs videogen-shared[otel])")
+    otel_service_name: str | None = Field(default=None, max_length=200)
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP collector base URL (http://collector:4318); unset: no OTLP export"
+    )
+    otel_exporter_prometheus_host: str = Field(default="127.0.0.1", min_length=1)
+    otel_exporter_prometheus_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics for Prometheus on this port; unset: no endpoint"
+    )
+    # summary: no span per statement, the enclosing span counts them (db.client.statements, db.client.seconds);
+    # statement: one lean span per statement; asyncpg: asyncpg's instrumentor (the costliest, benchmarks/README).
+    otel_db_spans: Literal["summary", "statement", "asyncpg"] = "summary"
+    otel_genai_cost: bool = Field(default=False, description="a paid call's cost on its span (gen_ai.usage.cost)")
+    otel_metrics_database: bool = Field(default=True, description="gauges read from PostgreSQL on each collection")
+    otel_metrics_query_timeout_seconds: float = Field(default=2.0, gt=0, le=60, allow_inf_nan=False)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:
@@ -356,6 +374,9 @@ class Settings(BaseSettings):
         "storage_tus_chunk_mb",
         "paid_replicate_prices_file",
         "auth_issuer",
+        "otel_service_name",
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_prometheus_port",
         mode="before",
     )
     @classmethod

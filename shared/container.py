@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.errors import ConfigError
 from shared.logging import LoggerFactory
 from shared.storage import LocalStorage, SupabaseStorage, create_supabase_client
+from shared.telemetry import init_telemetry
 
 if TYPE_CHECKING:
     import httpx
@@ -205,6 +206,7 @@ class Container(containers.DeclarativeContainer):
     # --- components: each area adds its resource function above and its providers below ---
     db = providers.Resource(init_database, settings=settings)
     redis = providers.Resource(init_redis, settings=settings)
+    telemetry = providers.Resource(init_telemetry, settings=settings, db=db)
     jobs = providers.Factory(make_job_repository, db=db)
     cost_tracker = providers.Factory(make_cost_tracker, db=db, settings=settings)
     rate_limiter = providers.Singleton(make_rate_limiter, redis=redis, settings=settings)

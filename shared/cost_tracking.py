@@ -45,6 +45,7 @@ from shared.errors import (
 )
 from shared.models import JobCost, StageName
 from shared.rules import Money, check_cursor, check_names, check_page_limit, to_money
+from shared.telemetry import instruments, span, traced
 
 __all__ = [
     "BudgetStatus",
@@ -376,6 +377,7 @@ class CostTracker(LedgerRules):
         self._default = to_money(default_budget, field="default_budget")
         self._ttl = reservation_ttl
 
+    @traced("cost.track")
     async def track_cost(
         self,
         job_id: UUID,
@@ -433,6 +435,8 @@ class CostTracker(LedgerRules):
             if row is None:
                 raise JobNotFoundError(job_id=job_id)
         if row["newly_recorded"]:
+            if (metrics := instruments()) is not None:
+                metrics.record_cost(stage.value, api_name, amount)
             limit = row["budget_limit"] if row["budget_limit"] is not None else self._default
             if row["spent"] > limit:
                 warn_overshoot(job_id, row["spent"], limit, estimate=None, actual=amount)
@@ -524,17 +528,18 @@ class CostTracker(LedgerRules):
             self, reservation_id=uuid.uuid4(), job_id=job_id, stage=stage, api_name=api_name, estimate=estimate
         )
         try:
-            row = await self._db.fetchrow(
-                "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7, $8)",
-                reservation.id,
-                job_id,
-                stage.value,
-                api_name,
-                estimate,
-                override,
-                self._default,
-                self._ttl,
-            )
+            with span("cost.reserve"):
+                row = await self._db.fetchrow(
+                    "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7, $8)",
+                    reservation.id,
+                    job_id,
+                    stage.value,
+                    api_name,
+                    estimate,
+                    override,
+                    self._default,
+                    self._ttl,
+                )
         except (asyncio.CancelledError, DatabaseUnavailableError):
             # PostgreSQL may have made the reservation (or may still make it): release its id either way.
             await _to_the_end(self._abandon(reservation))
@@ -542,6 +547,8 @@ class CostTracker(LedgerRules):
         if row is None:
             raise JobNotFoundError(job_id=job_id)
         if row["reservation_id"] is None:
+            if (metrics := instruments()) is not None:
+                metrics.budget_refusals.add(1, {"stage": stage.value, "api": api_name.partition("/")[0]})
             raise BudgetExceededError(
                 job_id=job_id, spent=row["spent"], reserved=row["reserved"], limit=row["budget"], requested=estimate
             )
@@ -577,6 +584,7 @@ class CostTracker(LedgerRules):
         if reservation.committed is None:
             await self._release(reservation)
 
+    @traced("cost.commit")
     async def _commit(self, reservation: _DbReservation, actual: Decimal) -> JobCost:
         try:
             row = await self._db.fetchrow("select * from public.commit_job_reservation($1, $2)", reservation.id, actual)
@@ -589,6 +597,8 @@ class CostTracker(LedgerRules):
             raise
         if row is None:  # pragma: no cover - the row exists while the reservation object does
             raise InvalidStateError("the reservation no longer exists", job_id=reservation.job_id)
+        if row["newly_recorded"] and (metrics := instruments()) is not None:
+            metrics.record_cost(reservation.stage.value, reservation.api_name, actual)
         if row["newly_recorded"] and actual > reservation.estimated_cost:
             limit = row["budget_limit"] if row["budget_limit"] is not None else self._default
             warn_overrun(

@@ -41,6 +41,7 @@ from shared.errors import (
 )
 from shared.health import HealthStatus
 from shared.retry import retry_with_backoff
+from shared.telemetry import instruments, statement_span
 
 __all__ = ["Database", "DatabaseClient", "Record", "init_database", "translate_error"]
 
@@ -255,7 +256,8 @@ class DatabaseClient:
         limit = self._limit(timeout)
         try:
             async with asyncio.timeout(limit):
-                return await getattr(state.connection, method)(query, *args, timeout=limit)
+                with statement_span(method, query):
+                    return await getattr(state.connection, method)(query, *args, timeout=limit)
         except _DRIVER_ERRORS as exc:
             raise translate_error(exc, action=_action(method, limit)) from exc
 
@@ -300,9 +302,14 @@ class DatabaseClient:
         result: Any = _UNSET
         try:
             async with asyncio.timeout_at(deadline):
+                metrics = instruments()
+                waiting = time.perf_counter() if metrics is not None else 0.0
                 connection: PoolConnectionProxy = await self._pool.acquire()
+                if metrics is not None:
+                    metrics.pool_acquire_wait.record(time.perf_counter() - waiting)
                 try:
-                    result = await getattr(connection, method)(query, *args, timeout=timeout)
+                    with statement_span(method, query):
+                        result = await getattr(connection, method)(query, *args, timeout=timeout)
                 except BaseException:
                     self._release_later(connection)
                     raise

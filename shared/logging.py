@@ -68,6 +68,8 @@ REDACTED = "[REDACTED]"
 
 _job_id: ContextVar[str | None] = ContextVar("videogen_job_id", default=None)
 _stage: ContextVar[str | None] = ContextVar("videogen_stage", default=None)
+# Set by shared.telemetry while tracing runs: puts trace_id and span_id on a record (None: tracing is off).
+_trace_hook: Callable[[logging.LogRecord], None] | None = None
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
 _STANDARD_ATTRS = frozenset(
@@ -104,6 +106,12 @@ def job_context(*, job_id: UUID | str | None = None, stage: str | None = None) -
             _stage.reset(stage_token)
         if job_token is not None:
             _job_id.reset(job_token)
+
+
+def _set_trace_hook(hook: Callable[[logging.LogRecord], None] | None) -> None:
+    """Install (or remove, with None) the function that adds the current trace ids to each record."""
+    global _trace_hook  # noqa: PLW0603 - one hook per process, read on every record
+    _trace_hook = hook
 
 
 def current_job_id() -> str | None:
@@ -367,6 +375,8 @@ class _ContextQueueHandler(logging.handlers.QueueHandler):
             record.job_id = _job_id.get()
         if getattr(record, "stage", None) is None:
             record.stage = _stage.get()
+        if _trace_hook is not None:
+            _trace_hook(record)
         if record.exc_info and not record.exc_text:
             record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         record.exc_info = None

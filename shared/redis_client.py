@@ -66,6 +66,7 @@ from redis.exceptions import (
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
 from shared.health import HealthStatus
+from shared.telemetry import instruments
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
@@ -94,6 +95,10 @@ _MISS: Any = object()
 _FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 # Error replies that mean a cluster is missing a node or moving slots: an outage, unlike OOM or NOPERM.
 _CLUSTER_TROUBLE = (ClusterError, TryAgainError, AskError)
+
+
+_HIT = {"result": "hit"}
+_MISS = {"result": "miss"}
 
 
 def validate_key(key: str) -> str:
@@ -382,6 +387,8 @@ class RedisClient:
         """Return the value, or None on a miss (or an outage)."""
         name = self._key(key)
         result: bytes | None = await self._call(lambda: self._redis.get(name), fallback=None)
+        if (metrics := instruments()) is not None:
+            metrics.cache_requests.add(1, _MISS if result is None else _HIT)
         return result
 
     async def set(self, key: str, value: bytes | str, ttl: Ttl = None) -> bool:
@@ -439,6 +446,10 @@ class RedisClient:
         # A cluster's MGET refuses keys of different slots (CROSSSLOT): redis-py splits them by slot for us.
         fetch = self._redis.mget_nonatomic if isinstance(self._redis, RedisCluster) else self._redis.mget
         values: list[bytes | None] = await self._call(lambda: fetch(names), fallback=[None] * len(names))
+        if (metrics := instruments()) is not None:
+            misses = values.count(None)
+            metrics.cache_requests.add(misses, _MISS)
+            metrics.cache_requests.add(len(values) - misses, _HIT)
         return dict(zip(wanted, values, strict=True))
 
     async def set_many(self, mapping: Mapping[str, bytes | str], ttl: Ttl = None) -> bool:

@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 import tenacity
 
 from shared.errors import PipelineError, RetryableError, ValidationError
+from shared.telemetry import instruments
 
 __all__ = ["RetryPolicy", "retry_with_backoff"]
 
@@ -105,6 +106,8 @@ def _copyable(func: Callable[..., Any]) -> tuple[str, ...]:
 
 def _log_retry(logger: logging.Logger, name: str) -> Callable[[tenacity.RetryCallState], None]:
     def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+        if (metrics := instruments()) is not None:
+            metrics.retries.add(1, {"function": name})
         error = _error_of(retry_state)
         job_id = getattr(error, "job_id", None) if isinstance(error, PipelineError) else None
         extra: dict[str, Any] = {

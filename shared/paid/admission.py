@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -39,6 +40,7 @@ from shared.models import JobCost, StageName
 from shared.paid.errors import ProviderRateLimitedError, provider_error
 from shared.paid.limiter import Grant, RateLimiter, RateScope, key_id
 from shared.paid.pricing import OpenAIFlavor, PriceCatalogue, PricedUsage, Usage
+from shared.telemetry import PaidCallSpan, instruments, paid_call_span, span
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -83,6 +85,7 @@ class PaidCall:
         self._hardware = hardware
         self.priced: PricedUsage | None = None
         self.cost: JobCost | None = None
+        self.traced: PaidCallSpan | None = None  # the call's span (shared.telemetry), given the usage when settled
 
     @property
     def granted_at_ms(self) -> int:
@@ -108,6 +111,8 @@ class PaidCall:
         if self.cost is not None:
             return self.cost
         self.priced = priced
+        if self.traced is not None:
+            self.traced.usage(priced.units, priced.cost)
         cost = await self.reservation.commit(priced.cost)
         await _to_the_end(self._calls.record_usage(cost, priced))
         self.cost = cost
@@ -202,26 +207,38 @@ class PaidCalls:
             limits = self._limits[provider, model] = self._settings.rate_limits(provider, model)
         # The budget first, the rate slot last: the slot is taken right before the call is sent, so the delay
         # between the grant and the call's arrival at the provider (the window's jitter) is the smallest.
-        async with self.ledger.reserve(job_id, stage, f"{provider}/{model}", priced.cost) as reservation:
-            grant = await self.limiter.acquire(scope, request_id, priced.tokens, limits, max_wait=wait)
-            call = PaidCall(
-                self, grant=grant, reservation=reservation, provider=provider, model=model, hardware=hardware
-            )
-            renewal = _LeaseRenewal(self.limiter, grant)
-            try:
-                yield call
-            except Exception as exc:
-                mapped = provider_error(exc, provider=provider)
-                if mapped is None:
-                    raise
-                if isinstance(mapped, ProviderRateLimitedError):
-                    await self.limiter.slow_down(scope, mapped.retry_after)
-                raise mapped from exc
-            finally:
-                await _to_the_end(renewal.stop())
-                # The lease freed; the token weight reconciled with the real usage (the estimate if unsettled).
-                tokens = call.priced.tokens if call.priced is not None else None
-                await _to_the_end(self.limiter.release(grant, tokens=tokens))
+        with paid_call_span(provider=provider, model=model) as traced:
+            async with self.ledger.reserve(job_id, stage, f"{provider}/{model}", priced.cost) as reservation:
+                waiting = time.perf_counter()
+                with span("paid.rate_slot"):
+                    grant = await self.limiter.acquire(scope, request_id, priced.tokens, limits, max_wait=wait)
+                metrics = instruments()
+                labels = {"provider": provider, "model": model}
+                if metrics is not None:
+                    metrics.rate_limit_wait.record(time.perf_counter() - waiting, labels)
+                    if grant.concurrency:
+                        metrics.concurrency_in_use.add(1, labels)
+                call = PaidCall(
+                    self, grant=grant, reservation=reservation, provider=provider, model=model, hardware=hardware
+                )
+                call.traced = traced
+                renewal = _LeaseRenewal(self.limiter, grant)
+                try:
+                    yield call
+                except Exception as exc:
+                    mapped = provider_error(exc, provider=provider)
+                    if mapped is None:
+                        raise
+                    if isinstance(mapped, ProviderRateLimitedError):
+                        await self.limiter.slow_down(scope, mapped.retry_after)
+                    raise mapped from exc
+                finally:
+                    if metrics is not None and grant.concurrency:
+                        metrics.concurrency_in_use.add(-1, labels)
+                    await _to_the_end(renewal.stop())
+                    # The lease freed; the token weight reconciled with the real usage (the estimate if unsettled).
+                    tokens = call.priced.tokens if call.priced is not None else None
+                    await _to_the_end(self.limiter.release(grant, tokens=tokens))
 
     def _estimate(self, provider: str, model: str, estimate: Usage, hardware: str | None) -> PricedUsage:
         key = (provider, model, hardware, tuple(sorted(estimate.items())))

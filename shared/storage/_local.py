@@ -48,6 +48,7 @@ from shared.storage._common import (
 )
 from shared.storage._errors import from_os_error
 from shared.storage._signing import SignedObject, UrlSigner
+from shared.telemetry import traced
 
 __all__ = ["LocalStorage"]
 
@@ -109,6 +110,7 @@ class LocalStorage:
 
     # --- uploads ---
 
+    @traced("storage.upload")
     async def upload_file(
         self,
         bucket: str,
@@ -196,6 +198,7 @@ class LocalStorage:
 
     # --- downloads ---
 
+    @traced("storage.download")
     async def download_file(self, bucket: str, path: str) -> bytes:
         """Return the whole object (use :meth:`download_to` for large ones)."""
         segments = self._segments(bucket, path)
@@ -204,6 +207,7 @@ class LocalStorage:
         except OSError as exc:
             raise _translate(exc, bucket=bucket, path=path) from exc
 
+    @traced("storage.download")
     async def download_to(self, bucket: str, path: str, destination: os.PathLike[str]) -> int:
         """Copy the object to ``destination`` atomically (no partial file on failure); return its size."""
         segments = self._segments(bucket, path)
@@ -252,6 +256,7 @@ class LocalStorage:
         """Return the object a signed URL grants; raise StoragePermissionError if tampered with or expired."""
         return self._signer.verify(url)
 
+    @traced("storage.delete")
     async def delete_file(self, bucket: str, path: str) -> bool:
         """Delete the object; return False when there was none."""
         segments = self._segments(bucket, path)

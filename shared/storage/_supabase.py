@@ -68,6 +68,7 @@ from shared.storage._common import (
     validate_path,
 )
 from shared.storage._errors import error_from_response, translate
+from shared.telemetry import traced
 
 if TYPE_CHECKING:
     import httpx
@@ -302,6 +303,7 @@ class SupabaseStorage:
 
     # --- uploads ---
 
+    @traced("storage.upload")
     async def upload_file(
         self,
         bucket: str,
@@ -456,12 +458,14 @@ class SupabaseStorage:
 
     # --- downloads ---
 
+    @traced("storage.download")
     async def download_file(self, bucket: str, path: str) -> bytes:
         """Return the whole object (use :meth:`download_to` for large ones); ``path`` may be its URL."""
         validate_bucket(bucket)
         path = path_of(self._objects, bucket, path)
         return await self._reading(bucket, path, lambda: self._bucket(bucket).download(quote(path, safe="/")))
 
+    @traced("storage.download")
     async def download_to(self, bucket: str, path: str, destination: os.PathLike[str]) -> int:
         """Stream the object to ``destination`` atomically (no partial file on failure); return its size."""
         validate_bucket(bucket)
@@ -498,6 +502,7 @@ class SupabaseStorage:
 
         return await self._reading(bucket, path, sign)
 
+    @traced("storage.delete")
     async def delete_file(self, bucket: str, path: str) -> bool:
         """Delete the object; return False when there was none; a missing bucket raises StorageNotFoundError.
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import IO, Final
 
 from shared.errors import ValidationError
+from shared.telemetry import traced
 from shared.validation._common import ACCEPTED_AUDIO, MB, AudioFileInfo, AudioFormat, Limits, Reader, Stream, refuse
 from shared.validation._tags import audio_end, skip_id3v2
 from shared.validation.flac import parse_flac
@@ -38,6 +39,7 @@ DEFAULT_AUDIO_MAX_DURATION_SECONDS: Final = 900.0
 _MIME: Final[dict[AudioFormat, str]] = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
 
 
+@traced("validation.audio")
 def validate_audio_file(
     file: AudioInput,
     *,

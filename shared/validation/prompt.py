@@ -24,6 +24,7 @@ from typing import Final
 import regex
 
 from shared.errors import ValidationError
+from shared.telemetry import traced
 
 __all__ = [
     "DEFAULT_PROMPT_MAX_LENGTH",
@@ -73,6 +74,7 @@ def raw_limit(max_length: int) -> int:
     return max_length * 16 + 256
 
 
+@traced("validation.prompt")
 def validate_prompt(
     prompt: str,
     min_length: int = DEFAULT_PROMPT_MIN_LENGTH,
