@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="run again every SECONDS in this one process (SIGTERM stops it between runs; a failed run is logged)",
     )
+    worker = commands.add_parser("worker", help="run a module's stage handlers (SIGTERM drains, then exits)")
+    worker.add_argument("module", help="module[:attribute] holding a shared.stages.Stages (default attribute: stages)")
+    worker.add_argument("--concurrency", type=int, default=4, help="items this process runs at once (default 4)")
+    worker.add_argument("--ready-file", help="write the worker's name to this file once it takes work")
     return parser
 
 
@@ -106,6 +110,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             return asyncio.run(run_demo(settings, out=stream, offline=args.offline))
         if args.command in {"status", "job"}:
             return asyncio.run(_operator_view(settings, stream, args.job_id if args.command == "job" else None))
+        if args.command == "worker":
+            from shared.stages import run_worker  # noqa: PLC0415
+
+            asyncio.run(run_worker(settings, args.module, concurrency=args.concurrency, ready_file=args.ready_file))
+            return EXIT_OK
         if args.command == "maintain":
             return asyncio.run(_maintain(settings, stream, args.batch_size, every=args.every))
         return asyncio.run(_migrate(settings, stream, include_all=args.include_all))
