@@ -1,0 +1,557 @@
+"""Stages that survive their workers: handlers a worker runs from pgqueuer's queue, state in ``stage_runs``.
+
+A stage item is one unit of work with an identity, ``(job, stage, item)``: clip 17 of 30 is item ``"17"`` of
+``clip_generation``. A module declares handlers; ``python -m shared worker <module>`` runs them::
+
+    stages = Stages()
+
+    @stages.handler("clip_generation", concurrency=4, max_attempts=3)
+    async def clip(ctx: StageContext) -> dict[str, Any]:
+        prediction = await ctx.checkpoint("prediction", start_prediction)   # kept before it is awaited
+        ...
+        return {"url": url}                                                   # the item's result
+
+    await queue.submit(job_id, "clip_generation", items={str(n): {"scene": n} for n in range(30)},
+                       then="composition")                                   # composition once, after all 30
+
+pgqueuer (docs/decisions/queue-engine.md) delivers: a worker picks a queued delivery, and a delivery whose
+worker stopped beating is picked again by another after the heartbeat timeout. What a stage *is* lives in
+``stage_runs`` and moves forward by one statement per change, fenced on the attempt that holds it
+(``attempt_id``): a claim starts a new attempt only on a queued item or a running one whose heartbeat is stale,
+so of two deliveries one wins; a completed item is never run again; a paused worker that wakes after its item
+was taken over can no longer complete it, checkpoint it or requeue it.
+
+Failure policy: a handler's :class:`~shared.errors.RetryableError` (or an unexpected exception) runs the item
+again after ``retry_after`` or a doubling delay, until ``max_attempts`` claims are spent; a worker that dies
+counts as an attempt too. Any other :class:`~shared.errors.PipelineError` (a refused input, a budget that ran
+out) fails the item and the job at once with its message. A failed job stops its other items: queued ones are
+cancelled and a running one is cancelled by its heartbeat within ``STAGE_BEAT_SECONDS`` (0.5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import random
+import signal
+import socket
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+from uuid import UUID
+
+from shared.config import Settings
+from shared.database import DatabaseClient
+from shared.errors import ConfigError, InvalidStateError, PipelineError, RetryableError, StageConflictError
+
+__all__ = ["StageContext", "StageQueue", "StageWorker", "Stages", "load_stages"]
+
+_log = logging.getLogger("shared.stages")
+T = TypeVar("T")
+Handler = Callable[["StageContext"], Coroutine[Any, Any, Mapping[str, Any] | None]]
+STAGE_BEAT_SECONDS = 0.5
+_ACTIVE = ["queued", "processing"]
+
+# One statement: the items, their group (the fan-in count) and a pgqueuer delivery each, or nothing for items
+# already submitted (a resent submit adds nothing).
+_SUBMIT = """
+with g as (
+    insert into public.stage_groups (job_id, stage, expected, then_stage, then_payload, then_max_attempts)
+    values ($1, $2, cardinality($3::text[]), $5, $6, $8)
+    on conflict (job_id, stage) do nothing
+),
+runs as (
+    insert into public.stage_runs (job_id, stage, item, payload, max_attempts, trace_context)
+    select $1, $2, t.item, t.payload, $7, $9
+      from unnest($3::text[], $4::jsonb[]) as t(item, payload)
+    on conflict (job_id, stage, item) do nothing
+    returning id, stage
+),
+q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    select 0, stage, convert_to(id::text, 'UTF8'), now(), 'queued' from runs
+    returning id, entrypoint, priority
+),
+l as (
+    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+    select id, 'queued', entrypoint, priority from q
+)
+select id from runs
+"""
+_CLAIM = """
+update public.stage_runs r
+   set status = 'running', attempt = r.attempt + 1, attempt_id = gen_random_uuid(), worker = $2,
+       started_at = coalesce(r.started_at, now()), heartbeat_at = now(), error = null
+  from public.jobs j
+ where r.id = $1 and j.id = r.job_id and j.status = any($4::text[])
+   and (r.status = 'queued' or (r.status = 'running' and r.heartbeat_at < now() - $3::interval))
+returning r.*
+"""
+_BEAT = """
+update public.stage_runs r set heartbeat_at = now()
+ where r.id = $1 and r.attempt_id = $2 and r.status = 'running'
+   and exists (select from public.jobs j where j.id = r.job_id and j.status = any($3::text[]))
+"""
+_COMPLETE = """
+with done as (
+    update public.stage_runs
+       set status = 'completed', result = $3, finished_at = now(), heartbeat_at = now()
+     where id = $1 and attempt_id = $2 and status = 'running'
+    returning job_id, stage
+),
+g as (
+    update public.stage_groups g set done = g.done + 1
+      from done where g.job_id = done.job_id and g.stage = done.stage
+    returning g.done, g.expected, g.then_stage, g.then_payload, g.then_max_attempts
+)
+select (select count(*) from done) as won, g.* from (select 1) one left join g on true
+"""
+_REQUEUE = """
+with again as (
+    update public.stage_runs
+       set status = 'queued', error = $3, attempt = attempt - $5::integer, heartbeat_at = null
+     where id = $1 and attempt_id = $2 and status = 'running'
+    returning id, stage
+),
+q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    select 0, stage, convert_to(id::text, 'UTF8'), now() + $4::interval, 'queued' from again
+    returning id, entrypoint, priority
+)
+insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+select id, 'queued', entrypoint, priority from q
+"""
+_END = """
+update public.stage_runs set status = $3, error = $4, finished_at = now()
+ where id = $1 and (attempt_id = $2 or $2 is null) and status in ('queued', 'running')
+"""
+_CANCEL_QUEUED = """
+update public.stage_runs set status = 'cancelled', error = $2, finished_at = now()
+ where job_id = $1 and status = 'queued'
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Handler:
+    stage: str
+    run: Handler
+    concurrency: int
+    max_attempts: int
+
+
+class Stages:
+    """A module's stage handlers: ``@stages.handler("clip_generation")``; a worker runs them."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, _Handler] = {}
+
+    def handler(self, stage: str, *, concurrency: int = 0, max_attempts: int = 3) -> Callable[[Handler], Handler]:
+        """Register ``fn`` for ``stage``; ``concurrency`` caps it across all workers (0: no cap)."""
+        if not 1 <= max_attempts <= 100:
+            msg = f"max_attempts must be between 1 and 100, not {max_attempts}"
+            raise ConfigError(msg)
+
+        def register(fn: Handler) -> Handler:
+            if stage in self.handlers:
+                msg = f"stage {stage!r} has two handlers; give each stage one"
+                raise ConfigError(msg)
+            self.handlers[stage] = _Handler(stage, fn, concurrency, max_attempts)
+            return fn
+
+        return register
+
+
+@dataclass
+class _Next:
+    stage: str
+    items: dict[str, Mapping[str, Any]]
+    then: str | None
+    then_payload: Mapping[str, Any] | None
+
+
+class StageQueue:
+    """Submit stage items and stop a job's stages (``Container.stages``)."""
+
+    def __init__(self, db: DatabaseClient) -> None:
+        self._db = db
+
+    async def submit(
+        self,
+        job_id: UUID,
+        stage: str,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        items: Mapping[str, Mapping[str, Any]] | None = None,
+        then: str | None = None,
+        then_payload: Mapping[str, Any] | None = None,
+        max_attempts: int = 3,
+    ) -> list[UUID]:
+        """Queue ``stage`` for the job: one item (``payload``) or many (``items``); ``then`` runs once after all.
+
+        Submitting the same items again adds nothing (the ids returned are the new items only).
+        """
+        if items is not None and payload is not None:
+            msg = "give either payload (one item) or items (a fan-out), not both"
+            raise InvalidStateError(msg, job_id=job_id)
+        chosen = dict(items) if items is not None else {"": payload or {}}
+        if not chosen:
+            msg = f"stage {stage} was submitted with no items; give at least one"
+            raise InvalidStateError(msg, job_id=job_id)
+        from shared import telemetry  # noqa: PLC0415 - optional extra, imported when used
+
+        rows = await self._db.fetch(
+            _SUBMIT,
+            job_id,
+            stage,
+            list(chosen),
+            [dict(p) for p in chosen.values()],
+            then,
+            dict(then_payload) if then_payload is not None else None,
+            max_attempts,
+            max_attempts,
+            telemetry.inject_trace_context(),
+        )
+        return [row["id"] for row in rows]
+
+    async def cancel_job(self, job_id: UUID, reason: str) -> None:
+        """Fail the job with ``reason``: queued items are cancelled, running ones stop within a second."""
+        async with self._db.transaction():
+            await self._db.execute(
+                "update public.jobs set status = 'failed', error_message = $2, estimated_remaining = null"
+                " where id = $1 and status = any($3::text[])",
+                job_id,
+                reason,
+                _ACTIVE,
+            )
+            await self._db.execute(_CANCEL_QUEUED, job_id, reason)
+
+
+class StageContext:
+    """What a handler is given: the item's identity and payload, and its effects fenced on this attempt."""
+
+    def __init__(self, db: DatabaseClient, row: Mapping[str, Any]) -> None:
+        self._db = db
+        self.db = db  # the worker's pool, for the handler's own writes (key them with ctx.key)
+        self.run_id: UUID = row["id"]
+        self.job_id: UUID = row["job_id"]
+        self.stage: str = row["stage"]
+        self.item: str = row["item"]
+        self.attempt: int = row["attempt"]
+        self.attempt_id: UUID = row["attempt_id"]
+        self.payload: dict[str, Any] = row["payload"] or {}
+        self._next: list[_Next] = []
+
+    def key(self, name: str) -> str:
+        """Return the idempotency key of effect ``name``: the same on every attempt, so a re-run never doubles it."""
+        return f"{self.run_id}:{name}"[:200]
+
+    async def checkpoint(self, name: str, start: Callable[[], Awaitable[T]]) -> T:
+        """Return what ``start()`` gave on an earlier attempt, or call it once and keep its JSON result first.
+
+        Keep an external call's handle (a Replicate prediction id) before awaiting its result, so a re-run
+        resumes it instead of paying again.
+        """
+        kept = await self._db.fetchval(
+            "select value from public.stage_checkpoints where run_id = $1 and name = $2", self.run_id, name
+        )
+        if kept is not None:
+            return kept  # type: ignore[no-any-return]  # the pool decodes jsonb
+        value = await start()
+        stored = await self._db.fetchval(
+            """
+            insert into public.stage_checkpoints (run_id, name, value, attempt)
+            select id, $2, $3, attempt from public.stage_runs
+             where id = $1 and attempt_id = $4 and status = 'running'
+            on conflict (run_id, name) do nothing
+            returning value
+            """,
+            self.run_id,
+            name,
+            value,
+            self.attempt_id,
+        )
+        if stored is None:
+            raise StageConflictError(stage=self.stage, item=self.item, current="taken", job_id=self.job_id)
+        return value
+
+    async def progress(self, percent: int) -> None:
+        """Move the job's progress forward to ``percent`` (never back)."""
+        await self._db.execute(
+            "update public.jobs set progress = greatest(progress, $2) where id = $1 and status = any($3::text[])",
+            self.job_id,
+            percent,
+            _ACTIVE,
+        )
+
+    async def results(self, stage: str) -> dict[str, Any]:
+        """Return the results of ``stage``'s completed items by item (the fan-in's input)."""
+        rows = await self._db.fetch(
+            "select item, result from public.stage_runs where job_id = $1 and stage = $2 and status = 'completed'",
+            self.job_id,
+            stage,
+        )
+        return {row["item"]: row["result"] for row in rows}
+
+    def then(
+        self,
+        stage: str,
+        *,
+        payload: Mapping[str, Any] | None = None,
+        items: Mapping[str, Mapping[str, Any]] | None = None,
+        then: str | None = None,
+        then_payload: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue ``stage`` in the same transaction that completes this item (nothing is queued if it fails)."""
+        chosen = dict(items) if items is not None else {"": payload or {}}
+        self._next.append(_Next(stage, chosen, then, then_payload))
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task[Mapping[str, Any] | None]
+    reason: list[str] = field(default_factory=list)
+
+
+class StageWorker:
+    """Run a module's handlers from pgqueuer's queue with bounded concurrency, heartbeats and a SIGTERM drain."""
+
+    def __init__(
+        self,
+        stages: Stages,
+        *,
+        db: DatabaseClient,
+        dsn: str,
+        statement_cache_size: int,
+        heartbeat_interval: float,
+        concurrency: int = 4,
+        drain_seconds: float = 10.0,
+        retry_base_delay: float = 1.0,
+        name: str | None = None,
+    ) -> None:
+        self._stages = stages
+        self._db = db
+        self._queue = StageQueue(db)
+        self._dsn = dsn
+        self._cache = statement_cache_size
+        self._timeout = heartbeat_interval * 1.5
+        self._poll = min(1.0, heartbeat_interval / 4)
+        self._concurrency = concurrency
+        self._drain = drain_seconds
+        self._base = retry_base_delay
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._running: dict[UUID, _Running] = {}
+        self._manager: Any = None
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Take work until :meth:`stop`; then give in-flight items ``drain_seconds`` and requeue the rest."""
+        import asyncpg  # noqa: PLC0415
+        from pgqueuer import QueueManager  # noqa: PLC0415
+        from pgqueuer.adapters.persistence.qb import (  # noqa: PLC0415
+            DBSettings,
+            QueryBuilderEnvironment,
+            QueryQueueBuilder,
+            QuerySchedulerBuilder,
+        )
+        from pgqueuer.adapters.persistence.queries import Queries  # noqa: PLC0415
+        from pgqueuer.db import AsyncpgDriver  # noqa: PLC0415
+        from pgqueuer.models import Job  # noqa: PLC0415
+
+        connection = await asyncpg.connect(self._dsn, statement_cache_size=self._cache)
+        settings = DBSettings(db_schema="pgqueuer")
+        queries = Queries(
+            AsyncpgDriver(connection),
+            qbe=QueryBuilderEnvironment(settings),
+            qbq=QueryQueueBuilder(settings),
+            qbs=QuerySchedulerBuilder(settings),
+        )
+        manager = QueueManager(queries)
+        self._manager = manager
+        for spec in self._stages.handlers.values():
+
+            def bind(spec: _Handler) -> Callable[[Job], Awaitable[None]]:
+                async def deliver(job: Job) -> None:
+                    await self._deliver(spec, UUID((job.payload or b"").decode()))
+
+                return deliver
+
+            manager.entrypoint(spec.stage, concurrency_limit=spec.concurrency)(bind(spec))
+        if ready is not None:
+            ready()
+        try:
+            await manager.run(
+                dequeue_timeout=timedelta(seconds=self._poll),
+                # pgqueuer wants at least two batches of room: half the concurrency per batch.
+                batch_size=max(1, self._concurrency // 2),
+                max_concurrent_tasks=2 * max(1, self._concurrency // 2),
+                heartbeat_timeout=timedelta(seconds=self._timeout),
+            )
+        finally:
+            await connection.close()
+
+    def stop(self) -> None:
+        """Take no more work; in-flight items get ``drain_seconds``, then go back to the queue."""
+        if self._manager is not None:
+            self._manager.shutdown.set()
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._drain, self._requeue_in_flight)
+
+    def _requeue_in_flight(self) -> None:
+        for running in self._running.values():
+            running.reason.append("drain")
+            running.task.cancel()
+
+    async def _deliver(self, spec: _Handler, run_id: UUID) -> None:
+        row = await self._db.fetchrow(_CLAIM, run_id, self.name, timedelta(seconds=self._timeout), _ACTIVE)
+        if row is None:
+            await self._drop(run_id)
+            return
+        ctx = StageContext(self._db, dict(row))
+        if ctx.attempt > row["max_attempts"]:
+            await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={row['max_attempts']})")
+            return
+        await self._db.execute(
+            "update public.jobs set status = 'processing' where id = $1 and status = 'queued'", ctx.job_id
+        )
+        from shared import telemetry  # noqa: PLC0415
+
+        carried = row["trace_context"]
+        with telemetry.stage_span(
+            job_id=ctx.job_id, stage=ctx.stage, item=ctx.item, attempt=ctx.attempt, trace_context=carried
+        ):
+            await self._attempt(spec, ctx, row["max_attempts"])
+
+    async def _drop(self, run_id: UUID) -> None:
+        """A delivery that claimed nothing: done, held by a live worker, or its job ended (cancel what is left)."""
+        row = await self._db.fetchrow(
+            "select r.status, j.status as job_status, r.job_id from public.stage_runs r"
+            " join public.jobs j on j.id = r.job_id where r.id = $1",
+            run_id,
+        )
+        if row is not None and row["job_status"] not in _ACTIVE and row["status"] == "queued":
+            await self._db.execute(_END, run_id, None, "cancelled", "the job ended")
+
+    async def _attempt(self, spec: _Handler, ctx: StageContext, max_attempts: int) -> None:
+        task: asyncio.Task[Mapping[str, Any] | None] = asyncio.create_task(spec.run(ctx))
+        running = _Running(task)
+        self._running[ctx.run_id] = running
+        beat = asyncio.create_task(self._beat(ctx, running))
+        try:
+            result = await task
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # our own task is cancelled
+                raise
+            if "drain" in running.reason:
+                await self._db.execute(_REQUEUE, ctx.run_id, ctx.attempt_id, "the worker shut down", timedelta(0), 1)
+            else:
+                await self._db.execute(_END, ctx.run_id, ctx.attempt_id, "cancelled", "the job ended")
+            return
+        except RetryableError as exc:
+            await self._retry_or_fail(ctx, exc, max_attempts, exc.retry_after)
+            return
+        except PipelineError as exc:
+            await self._fail(ctx, str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - an unexpected error is retried, then fails the job
+            _log.warning("stage %s item %r raised", ctx.stage, ctx.item, exc_info=True)
+            await self._retry_or_fail(ctx, exc, max_attempts, None)
+            return
+        finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
+            self._running.pop(ctx.run_id, None)
+        await self._complete(ctx, result)
+
+    async def _beat(self, ctx: StageContext, running: _Running) -> None:
+        while True:
+            await asyncio.sleep(min(STAGE_BEAT_SECONDS, self._timeout / 3))
+            try:
+                moved = await self._db.execute(_BEAT, ctx.run_id, ctx.attempt_id, _ACTIVE)
+            except PipelineError:
+                _log.warning("stage %s heartbeat failed; trying again", ctx.stage, exc_info=True)
+                continue
+            if moved != "UPDATE 1":  # the job ended or another attempt took the item: stop
+                running.reason.append("stopped")
+                running.task.cancel()
+                return
+
+    async def _complete(self, ctx: StageContext, result: Mapping[str, Any] | None) -> None:
+        async with self._db.transaction():
+            row = await self._db.fetchrow(_COMPLETE, ctx.run_id, ctx.attempt_id, dict(result or {}))
+            if row is None or not row["won"]:
+                _log.warning("stage %s item %r was taken over; its result is dropped", ctx.stage, ctx.item)
+                return
+            for step in ctx._next:  # the worker reads what the handler queued
+                await self._queue.submit(
+                    ctx.job_id, step.stage, items=step.items, then=step.then, then_payload=step.then_payload
+                )
+            if row["then_stage"] is not None and row["done"] == row["expected"]:
+                await self._queue.submit(
+                    ctx.job_id,
+                    row["then_stage"],
+                    payload=row["then_payload"] or {},
+                    max_attempts=row["then_max_attempts"] or 3,
+                )
+
+    async def _retry_or_fail(
+        self, ctx: StageContext, exc: BaseException, max_attempts: int, retry_after: float | None
+    ) -> None:
+        if ctx.attempt >= max_attempts:
+            await self._fail(ctx, f"failed after {ctx.attempt} attempts: {exc}")
+            return
+        delay = retry_after if retry_after is not None else self._base * 2 ** (ctx.attempt - 1)
+        delay *= 1 + random.random() / 10  # noqa: S311 - jitter, not a secret
+        await self._db.execute(_REQUEUE, ctx.run_id, ctx.attempt_id, str(exc)[:1000], timedelta(seconds=delay), 0)
+
+    async def _fail(self, ctx: StageContext, reason: str) -> None:
+        message = f"stage {ctx.stage}" + (f" item {ctx.item}" if ctx.item else "") + f": {reason}"
+        async with self._db.transaction():
+            await self._db.execute(_END, ctx.run_id, ctx.attempt_id, "failed", message[:1000])
+            await self._queue.cancel_job(ctx.job_id, message[:1000])
+
+
+def load_stages(target: str) -> Stages:
+    """Import ``module[:attribute]`` (default attribute ``stages``) and return its :class:`Stages`."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"cannot import the stage module {module_name!r} ({exc}); check the name and PYTHONPATH"
+        raise ConfigError(msg) from exc
+    found = getattr(module, attribute or "stages", None)
+    if not isinstance(found, Stages):
+        msg = f"{target} has no Stages object named {attribute or 'stages'!r}; declare `stages = Stages()`"
+        raise ConfigError(msg)
+    return found
+
+
+async def run_worker(settings: Settings, target: str, *, concurrency: int = 4, ready_file: str | None = None) -> None:
+    """``python -m shared worker module[:attr]``: open the pool, run the handlers, drain on SIGTERM."""
+    from shared.database import init_database  # noqa: PLC0415
+
+    stages = load_stages(target)
+    async with contextlib.aclosing(init_database(settings)) as opened:
+        async for db in opened:
+            worker = StageWorker(
+                stages,
+                db=db,
+                dsn=settings.database_dsn,
+                statement_cache_size=settings.statement_cache_size,
+                heartbeat_interval=settings.stage_heartbeat_interval_seconds,
+                concurrency=concurrency,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, worker.stop)
+
+            def ready(worker: StageWorker = worker) -> None:
+                _log.info("worker %s ready: stages %s", worker.name, sorted(stages.handlers))
+                if ready_file:
+                    with open(ready_file, "w", encoding="utf-8") as out:
+                        out.write(worker.name)
+
+            await worker.run(ready)

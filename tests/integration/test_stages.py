@@ -1,0 +1,190 @@
+"""The stage engine against the real PostgreSQL, with workers as real processes (``python -m shared worker``).
+
+Fan-out and fan-in, retries, a refused input failing the job, a worker SIGKILLed mid-item whose item runs again
+elsewhere without paying twice (its checkpoint), and a cancelled job stopping its running item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+from uuid import UUID
+
+import pytest
+
+from shared.database import DatabaseClient
+from shared.errors import ConfigError
+from shared.jobs import JobRepository
+from shared.stages import StageQueue, Stages, load_stages
+from tests.fixtures.postgres import MakeUser
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+Start = Callable[[], subprocess.Popen[bytes]]
+
+
+@pytest.fixture
+async def effects(db: DatabaseClient) -> None:
+    await db.execute("create table stage_effects (run_id uuid, item text, name text, attempt int)")
+
+
+@pytest.fixture
+def start_worker(pg_dsn: str, tmp_path: Path) -> Iterator[Start]:
+    started: list[subprocess.Popen[bytes]] = []
+    logs: list[IO[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        ready = tmp_path / f"ready-{len(started)}"
+        logs.append((tmp_path / f"worker-{len(started)}.log").open("wb"))
+        env = {
+            **os.environ,
+            "DATABASE_URL": pg_dsn,
+            "STAGE_HEARTBEAT_INTERVAL_SECONDS": "1",
+            "ENVIRONMENT": "development",
+            "PYTHONPATH": str(ROOT),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shared", "worker", "tests.integration.stage_module", "--ready-file", str(ready)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=logs[-1],
+        )
+        started.append(process)
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert process.poll() is None, (tmp_path / f"worker-{len(started) - 1}.log").read_text()
+            assert time.monotonic() < deadline, "the worker did not become ready in 60 s"
+            time.sleep(0.05)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for out in logs:
+        out.close()
+    for log in sorted(tmp_path.glob("worker-*.log")):  # shown when the test fails
+        print(log.name, log.read_text()[-3000:])  # noqa: T201
+
+
+async def new_job(jobs: JobRepository, make_user: MakeUser) -> UUID:
+    job = await jobs.create_job(user_id=await make_user(), audio_url="a.mp3", user_prompt="neon city")
+    return job.id
+
+
+async def wait_for(db: DatabaseClient, query: str, *args: object, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not await db.fetchval(query, *args):
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {query}"
+        await asyncio.sleep(0.1)
+
+
+async def counts(db: DatabaseClient, job: UUID) -> dict[str, int]:
+    rows = await db.fetch(
+        "select e.name, count(*) as n from stage_effects e join stage_runs r on r.id = e.run_id"
+        " where r.job_id = $1 group by e.name",
+        job,
+    )
+    return {row["name"]: row["n"] for row in rows}
+
+
+@pytest.mark.usefixtures("effects")
+async def test_thirty_items_then_composition_once_across_two_workers(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    job = await new_job(jobs, make_user)
+    queue = StageQueue(db)
+    items = {str(n): {"mode": "ok"} for n in range(30)}
+    assert 30 == len(await queue.submit(job, "clip_generation", items=items, then="composition"))
+    assert [] == await queue.submit(job, "clip_generation", items=items, then="composition")  # resent: nothing
+    start_worker()
+    start_worker()
+    await wait_for(db, "select status = 'completed' from stage_runs where job_id = $1 and stage = 'composition'", job)
+    assert {"start": 30, "paid": 30, "compose": 1} == await counts(db, job)
+    result = await db.fetchval("select result from stage_runs where job_id = $1 and stage = 'composition'", job)
+    assert sorted(items) == result["clips"]
+    assert 50 == (await jobs.get_job(job)).progress
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_retryable_error_runs_the_item_again(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    job = await new_job(jobs, make_user)
+    await StageQueue(db).submit(job, "clip_generation", payload={"mode": "flaky"})
+    start_worker()
+    await wait_for(db, "select status = 'completed' from stage_runs where job_id = $1", job)
+    row = await db.fetchrow("select attempt, result from stage_runs where job_id = $1", job)
+    assert row is not None
+    assert (2, 2) == (row["attempt"], row["result"]["attempt"])
+    assert {"start": 2, "paid": 1} == await counts(db, job)  # the checkpoint kept the paid call
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_refused_input_fails_the_job_and_cancels_its_queued_items(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    job = await new_job(jobs, make_user)
+    queue = StageQueue(db)
+    await queue.submit(job, "clip_generation", items={"bad": {"mode": "refused"}})
+    start_worker()
+    await wait_for(db, "select status = 'failed' from jobs where id = $1", job)
+    failed = await jobs.get_job(job)
+    assert "the prompt was refused" in str(failed.error_message)
+    assert "failed" == await db.fetchval("select status from stage_runs where job_id = $1", job)
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_killed_workers_item_runs_again_elsewhere_without_paying_twice(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    job = await new_job(jobs, make_user)
+    await StageQueue(db).submit(job, "clip_generation", payload={"mode": "slow"})
+    first = start_worker()
+    await wait_for(db, "select status = 'running' from stage_runs where job_id = $1", job)
+    await wait_for(db, "select count(*) > 0 from stage_effects where name = 'paid'")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed = time.monotonic()
+    start_worker()
+    await wait_for(db, "select status = 'completed' from stage_runs where job_id = $1", job)
+    rerun = time.monotonic() - killed
+    assert {"start": 2, "paid": 1} == await counts(db, job)
+    assert 2 == await db.fetchval("select attempt from stage_runs where job_id = $1", job)
+    assert rerun < 30  # the heartbeat timeout is 1.5 s; the bound is loose for a loaded machine
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_cancelled_job_stops_its_running_item(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    job = await new_job(jobs, make_user)
+    queue = StageQueue(db)
+    await queue.submit(job, "clip_generation", items={"a": {"mode": "slow"}, "b": {"mode": "slow"}})
+    start_worker()
+    await wait_for(db, "select count(*) = 2 from stage_runs where job_id = $1 and status = 'running'", job)
+    await queue.cancel_job(job, "the user cancelled")
+    await wait_for(db, "select count(*) = 2 from stage_runs where job_id = $1 and status = 'cancelled'", job, timeout=5)
+    assert "failed" == (await jobs.get_job(job)).status.value
+
+
+def test_load_stages_names_what_is_missing() -> None:
+    assert isinstance(load_stages("tests.integration.stage_module"), Stages)
+    with pytest.raises(ConfigError, match="cannot import"):
+        load_stages("tests.integration.no_such_module")
+    with pytest.raises(ConfigError, match="no Stages object"):
+        load_stages("tests.integration.stage_module:clip")
