@@ -19,7 +19,7 @@ API_ROLES = ("anon", "authenticated")
 # them to their own rows). Nothing for anon; no function, no sequence.
 ALLOWED = {
     (kind, name, "authenticated", "SELECT")
-    for name in ("jobs", "job_stages", "job_costs")
+    for name in ("jobs", "job_stages", "job_costs", "stage_runs")
     for kind in ("table", "column")
 }
 
