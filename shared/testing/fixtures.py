@@ -1,7 +1,9 @@
 """Pytest fixtures for pipeline modules, loaded by pytest itself wherever videogen-shared[testing] is installed.
 
-Nothing goes in a module's conftest: this module is a pytest plugin (the ``pytest11`` entry point
-``videogen_shared``). Two ini options point the fixtures at the module's own container and modules::
+Nothing goes in a module's conftest: this module is a pytest plugin, loaded by the ``pytest11`` entry
+point ``videogen_shared`` (:mod:`shared.testing.plugin`) under its module's name, so a conftest's
+``pytest_plugins = ["shared.testing.fixtures"]`` is harmless. Two ini options point the fixtures at the
+module's own container and modules::
 
     [tool.pytest.ini_options]
     videogen_container = "my_stage.container:StageContainer"   # default: shared.container:Container
