@@ -1,0 +1,35 @@
+"""Names that moved keep working for one minor release, with a DeprecationWarning that names their new home."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from shared.container import Container
+
+_ALIAS = Path(__file__).parents[2] / "compat" / "containers_alias.py"
+
+
+def _installed_containers_module() -> ModuleType:
+    """Load the file the wheel installs as the top-level ``containers`` (this checkout's own shadows it)."""
+    spec = importlib.util.spec_from_file_location("_wheel_containers", _ALIAS)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_old_containers_import_warns_and_gives_the_shared_container() -> None:
+    module = _installed_containers_module()
+    with pytest.warns(DeprecationWarning, match=r"use 'from shared\.container import Container'"):
+        found = module.Container
+    assert Container is found
+
+
+def test_old_containers_module_refuses_names_it_never_had() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Settings'"):
+        _ = _installed_containers_module().Settings
