@@ -33,3 +33,12 @@ def test_old_containers_import_warns_and_gives_the_shared_container() -> None:
 def test_old_containers_module_refuses_names_it_never_had() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Settings'"):
         _ = _installed_containers_module().Settings
+
+
+def test_the_package_version_is_the_projects() -> None:
+    import tomllib  # noqa: PLC0415
+
+    import shared  # noqa: PLC0415
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    assert project["version"] == shared.__version__
