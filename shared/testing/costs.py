@@ -90,8 +90,23 @@ class FakeCostTracker(LedgerRules):
         self._held: dict[UUID, _Held] = {}
 
     def add_job(self, job_id: UUID, budget_limit: Decimal | None = None) -> None:
-        """Register a job (what creating its row does for the real tracker)."""
-        self._jobs.setdefault(job_id, _Job(budget_limit))
+        """Register a job (what creating its row does for the real tracker), or set a known job's budget.
+
+        An explicit ``budget_limit`` always takes effect, also on a job the world knows already (one that
+        ``fakes.add_job`` or a FakeJobStore created): it is that job's ``budget_limit`` from now on, as
+        ``update jobs set budget_limit = ...`` would be. None leaves a known job's budget as it is.
+        """
+        limit = to_money(budget_limit, field="budget_limit") if budget_limit is not None else None
+        if job_id in self.world.jobs:
+            if limit is not None:
+                self.world.set_budget_limit(job_id, limit)
+            self._job(job_id)
+            return
+        ledger = self._jobs.get(job_id)
+        if ledger is None:
+            self._jobs[job_id] = _Job(limit)
+        elif limit is not None:
+            ledger.budget_limit = limit
 
     def _job(self, job_id: UUID) -> _Job:
         ledger = self._jobs.get(job_id)

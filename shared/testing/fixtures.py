@@ -38,6 +38,7 @@ from shared.testing.cache import FakeCache
 from shared.testing.costs import FakeCostTracker
 from shared.testing.databases import database_for_test
 from shared.testing.jobs import FakeJobStore
+from shared.testing.no_database import NoDatabase
 from shared.testing.storage import FakeStorage
 from shared.testing.world import FakeWorld
 
@@ -103,9 +104,13 @@ class Fakes:
 
 
 def override_with_fakes(container: Container, fakes: Fakes) -> None:
-    """Override every service provider of ``container`` with its fake (``db`` with None: nothing opens a pool)."""
+    """Override every service provider of ``container`` with its fake.
+
+    ``db`` becomes a :class:`~shared.testing.no_database.NoDatabase` (nothing opens a pool): a query through it
+    raises :class:`~shared.errors.NoDatabaseError`, which says to use ``real_container`` or override ``db``.
+    """
     replacements: dict[str, object] = {
-        "db": None,
+        "db": NoDatabase(),
         "redis": fakes.cache,
         "jobs": fakes.jobs,
         "cost_tracker": fakes.costs,
