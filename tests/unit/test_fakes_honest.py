@@ -43,7 +43,7 @@ async def test_a_second_explicit_budget_on_a_tracker_only_job_takes_effect(fakes
 
 async def test_the_fakes_database_raises_a_pipeline_error_that_says_what_to_do(fake_container: Container) -> None:
     db = fake_container.db()
-    with pytest.raises(NoDatabaseError, match="use `real_container`.*override `db`") as raised:
+    with pytest.raises(NoDatabaseError, match=r"use `real_container`.*override `db`") as raised:
         await db.fetch("select 1")
     assert "no_database" == raised.value.code
     assert HealthStatus("db", "down", 0.0, "not configured") == await db.health_check()
