@@ -11,16 +11,17 @@ from dependency_injector import providers
 from shared.container import Container
 from shared.errors import BudgetExceededError, NoDatabaseError
 from shared.health import HealthStatus
+from shared.models import StageName
 from shared.testing.fixtures import Fakes
 
 
 async def test_explicit_budget_on_a_job_the_world_knows_takes_effect(fakes: Fakes) -> None:
     job = await fakes.add_job()  # the tracker's default budget ($50)
     fakes.costs.add_job(job.id, budget_limit=Decimal("0.03"))
-    async with fakes.costs.reserve(job.id, "clip_generation", "api", Decimal("0.02")) as first:
+    async with fakes.costs.reserve(job.id, StageName.CLIP_GENERATION, "api", Decimal("0.02")) as first:
         await first.commit(Decimal("0.02"))
     with pytest.raises(BudgetExceededError) as refused:  # the second $0.02 call is refused
-        async with fakes.costs.reserve(job.id, "clip_generation", "api", Decimal("0.02")):
+        async with fakes.costs.reserve(job.id, StageName.CLIP_GENERATION, "api", Decimal("0.02")):
             pass
     assert Decimal("0.03") == refused.value.limit
     assert Decimal("0.03") == (await fakes.jobs.get_job(job.id)).budget_limit
@@ -37,7 +38,7 @@ async def test_a_second_explicit_budget_on_a_tracker_only_job_takes_effect(fakes
     fakes.costs.add_job(job_id, budget_limit=Decimal(1))
     fakes.costs.add_job(job_id, budget_limit=Decimal("0.01"))
     with pytest.raises(BudgetExceededError):
-        async with fakes.costs.reserve(job_id, "clip_generation", "api", Decimal("0.02")):
+        async with fakes.costs.reserve(job_id, StageName.CLIP_GENERATION, "api", Decimal("0.02")):
             pass
 
 
