@@ -48,7 +48,7 @@ async def title_job(
     with job_context(job_id=job_id, stage=STAGE.value):
         job = await jobs.get_job(job_id)
         await jobs.start_stage(job_id, STAGE)
-        call = retry_with_backoff(max_attempts=3, base_delay=0.01, logger=_log)(api.suggest_title)
+        call = retry_with_backoff(max_attempts=3, logger=_log)(api.suggest_title)
         async with ledger.reserve(job_id, STAGE, "openai", PRICE_PER_CALL) as reservation:
             suggestion: TitleSuggestion = await call(job.user_prompt)
             await reservation.commit(suggestion.cost)
