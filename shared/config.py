@@ -31,6 +31,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared._connection_urls import host_kind, looks_like_url, mask_url, query_values, url_credentials, url_hosts
 from shared.errors import ConfigError
+from shared.validation import (
+    DEFAULT_AUDIO_MAX_DURATION_SECONDS,
+    DEFAULT_AUDIO_MAX_SIZE_MB,
+    DEFAULT_AUDIO_MIN_DURATION_SECONDS,
+    DEFAULT_PROMPT_MAX_LENGTH,
+    DEFAULT_PROMPT_MIN_LENGTH,
+)
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -221,11 +228,16 @@ class Settings(BaseSettings):
     )
     maintenance_batch_size: int = Field(default=500, ge=1, le=10_000)
 
-    audio_max_size_mb: int = Field(default=100, gt=0, le=10 * 1024)
-    audio_min_duration_seconds: float = Field(default=5.0, ge=0, le=24 * 3600, allow_inf_nan=False)
-    audio_max_duration_seconds: float = Field(default=15 * 60.0, gt=0, le=24 * 3600, allow_inf_nan=False)
-    prompt_min_length: int = Field(default=3, ge=1, le=100_000)
-    prompt_max_length: int = Field(default=2000, ge=1, le=100_000)
+    # The validators' own defaults (shared.validation), so a number is written once.
+    audio_max_size_mb: int = Field(default=DEFAULT_AUDIO_MAX_SIZE_MB, gt=0, le=10 * 1024)
+    audio_min_duration_seconds: float = Field(
+        default=DEFAULT_AUDIO_MIN_DURATION_SECONDS, ge=0, le=24 * 3600, allow_inf_nan=False
+    )
+    audio_max_duration_seconds: float = Field(
+        default=DEFAULT_AUDIO_MAX_DURATION_SECONDS, gt=0, le=24 * 3600, allow_inf_nan=False
+    )
+    prompt_min_length: int = Field(default=DEFAULT_PROMPT_MIN_LENGTH, ge=1, le=100_000)
+    prompt_max_length: int = Field(default=DEFAULT_PROMPT_MAX_LENGTH, ge=1, le=100_000)
 
     startup_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)

@@ -30,7 +30,7 @@ __all__ = [
     "validate_prompt",
 ]
 
-# The same defaults as Settings; pipeline modules pass their settings' values explicitly.
+# The one copy of these defaults: Settings takes them from here; pipeline modules pass their settings' values.
 DEFAULT_PROMPT_MIN_LENGTH: Final = 3
 DEFAULT_PROMPT_MAX_LENGTH: Final = 2000
 

@@ -9,7 +9,7 @@ from shared.validation._common import ACCEPTED_AUDIO, MB
 
 __all__ = ["DEFAULT_AUDIO_MAX_SIZE_MB", "format_bytes", "validate_file_size"]
 
-# The same default as Settings; pipeline modules pass their settings' value explicitly.
+# The one copy of this default: Settings takes it from here; pipeline modules pass their settings' value.
 DEFAULT_AUDIO_MAX_SIZE_MB: Final = 100
 
 
