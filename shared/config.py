@@ -388,6 +388,11 @@ class Settings(BaseSettings):
         return 0 if port == 6543 else 100
 
     @property
+    def stage_heartbeat_interval(self) -> timedelta:
+        """Return how often a running stage's worker renews its heartbeat (``stage_heartbeat(every=...)``)."""
+        return timedelta(seconds=self.stage_heartbeat_interval_seconds)
+
+    @property
     def reservation_ttl(self) -> timedelta:
         """Return how long an uncommitted budget reservation keeps counting."""
         return timedelta(seconds=self.reservation_ttl_seconds)
