@@ -31,7 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared._connection_urls import host_kind, looks_like_url, mask_url, query_values, url_credentials, url_hosts
 from shared.errors import ConfigError
-from shared.validation import (
+from shared.input_limits import (
     DEFAULT_AUDIO_MAX_DURATION_SECONDS,
     DEFAULT_AUDIO_MAX_SIZE_MB,
     DEFAULT_AUDIO_MIN_DURATION_SECONDS,
@@ -46,6 +46,7 @@ __all__ = [
     "PLACEHOLDER_VALUES",
     "Environment",
     "LogLevel",
+    "ModuleSettings",
     "RateLimits",
     "Settings",
     "StorageBackend",
@@ -558,3 +559,43 @@ def _plaintext(field: str, value: str) -> tuple[str | None, str]:
         if any(v.lower() in {"false", "no", "0", "n", "f"} for v in query_values(value, "ssl_check_hostname")):
             return "ssl_check_hostname=false turns off host name checks", fix
     return None, ""
+
+
+class ModuleSettings(BaseSettings):
+    """The base of a pipeline module's own settings, read like :class:`Settings` (environment, then ``.env``).
+
+    Subclass it with the module's fields and an ``env_prefix`` of its own, and add it to the module's container
+    subclass as a Singleton; ``lifespan`` builds it at start, so a bad value stops the start with the rest::
+
+        class TitleSettings(ModuleSettings):
+            model_config = SettingsConfigDict(env_prefix="TITLE_")  # merged with the base's
+            max_words: int = Field(default=8, ge=1)
+
+        class StageContainer(Container):
+            title_settings = providers.Singleton(TitleSettings)
+
+    Any invalid value raises :class:`~shared.errors.ConfigError`, one line per problem, as Settings does.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+        frozen=True,
+    )
+
+    @pydantic.model_validator(mode="wrap")
+    @classmethod
+    def _as_config_error(cls, data: Any, handler: pydantic.ValidatorFunctionWrapHandler) -> Any:
+        """Turn pydantic's error into a ConfigError that names each variable (with the prefix), never a value."""
+        try:
+            return handler(data)
+        except pydantic.ValidationError as exc:
+            prefix = str(cls.model_config.get("env_prefix", "")).upper()
+            problems = tuple(
+                f"{prefix}{str(error['loc'][0]).upper() if error['loc'] else 'SETTINGS'}: {error['msg']}"
+                for error in exc.errors(include_input=False, include_url=False)
+            )
+            raise ConfigError(problems=problems) from None

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import IO, Final, Protocol, cast
 
 from shared.errors import ValidationError
+from shared.input_limits import DEFAULT_AUDIO_MAX_DURATION_SECONDS, DEFAULT_AUDIO_MIN_DURATION_SECONDS
 from shared.validation._common import ACCEPTED_AUDIO, MB, AudioFileInfo, AudioFormat, Limits, Reader, Stream, refuse
 from shared.validation._tags import audio_end, skip_id3v2
 from shared.validation.flac import parse_flac
@@ -44,9 +45,6 @@ class UploadLike(Protocol):
 _Readable = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 AudioInput = _Readable | UploadLike
 
-# The one copy of these defaults: Settings takes them from here; pipeline modules pass their settings' values.
-DEFAULT_AUDIO_MIN_DURATION_SECONDS: Final = 5.0
-DEFAULT_AUDIO_MAX_DURATION_SECONDS: Final = 900.0
 
 _MIME: Final[dict[AudioFormat, str]] = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
 
