@@ -56,9 +56,7 @@ async def title_job(
             await reservation.commit(suggestion.cost)
         title = " ".join(suggestion.title.split()[: settings.max_words])
         _log.info("titled the video %r for %s", title, suggestion.cost)
-        url = await storage.upload_file(
-            BUCKET, f"{job_id}/title.txt", title.encode(), "text/plain", upsert=True
-        )
+        url = await storage.upload_file(BUCKET, f"{job_id}/title.txt", title.encode(), "text/plain", upsert=True)
         await cache.set(f"title:{job_id}", title, ttl=3600)
         await jobs.complete_stage(job_id, STAGE, {"title_url": url})
         return TitleResult(title, url)
