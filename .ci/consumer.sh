@@ -39,8 +39,11 @@ for module in tests examples benchmarks compat; do
 done
 (cd "$work" && "$work/venv/bin/python" -c "import shared.container, shared.testing.fixtures")
 # 0.1.0's import still works for one minor release, with a DeprecationWarning that names the new home.
-(cd "$work" && "$work/venv/bin/python" -W error::DeprecationWarning -c "from containers import Container" 2>&1 |
-  grep -q "use 'from shared.container import Container'")
+warned=$(cd "$work" && "$work/venv/bin/python" -W error::DeprecationWarning -c "from containers import Container" 2>&1 || true)
+if ! grep -q "use 'from shared.container import Container'" <<< "$warned"; then
+  echo "consumer: 'from containers import Container' does not warn with its new home: $warned" >&2
+  exit 1
+fi
 
 # A copy outside the checkout, as a module's own repository would be (inside it, mypy and pytest would
 # find this repository's sources beside the installed wheel).

@@ -14,7 +14,7 @@ from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import pydantic
@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared._connection_urls import host_kind, looks_like_url, mask_url, query_values, url_credentials, url_hosts
+from shared._container_only import container_only
 from shared.errors import ConfigError
 from shared.input_limits import (
     DEFAULT_AUDIO_MAX_DURATION_SECONDS,
@@ -599,3 +600,8 @@ class ModuleSettings(BaseSettings):
                 for error in exc.errors(include_input=False, include_url=False)
             )
             raise ConfigError(problems=problems) from None
+
+
+# `from shared.config import settings` (an older task list's name) names its provider.
+if not TYPE_CHECKING:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only("shared.config", {"settings": "settings"})

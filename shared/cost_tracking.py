@@ -32,9 +32,10 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
+from shared._container_only import container_only
 from shared.database import Database, Record
 from shared.errors import (
     BudgetExceededError,
@@ -642,3 +643,8 @@ _COST_FIELDS = tuple(JobCost.model_fields)
 
 def _cost(row: Record) -> JobCost:
     return JobCost.model_validate({name: row[name] for name in _COST_FIELDS})
+
+
+# `from shared.cost_tracking import cost_tracker` (an older task list's name) names its provider.
+if not TYPE_CHECKING:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only("shared.cost_tracking", {"cost_tracker": "cost_tracker"})

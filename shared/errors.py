@@ -7,6 +7,8 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
     │   └── NoDatabaseError              no_database           the fakes have no database: use the real
     │                                                          container or override `db`
     ├── LifecycleError                   lifecycle_error       the container could not start or stop in time
+    ├── ContainerOnlyError               container_only        (also an ImportError) a module-level object
+    │                                                          that does not exist: take it from the container
     ├── NotWiredError                    not_wired             wire the module before calling the function
     ├── AuthenticationError              authentication_failed sign in again (HTTP 401); `reason` says why
     ├── RequestTimeoutError              request_timeout       the client sent too slowly (HTTP 408)
@@ -69,6 +71,7 @@ __all__ = [
     "CacheError",
     "CompositionError",
     "ConfigError",
+    "ContainerOnlyError",
     "DatabaseError",
     "DatabaseTimeoutError",
     "DatabaseUnavailableError",
@@ -209,6 +212,27 @@ class NoDatabaseError(ConfigError):
             f"the fake container has no database (db.{self.attribute} was asked for): use `real_container` for "
             "a test that reads or writes the database, or override `db` on the fake container with your own "
             "fake, e.g. `fake_container.db.override(providers.Object(my_fake_db))`"
+        )
+
+
+class ContainerOnlyError(PipelineError, ImportError):
+    """``from shared.config import settings`` (or ``db``, ``redis``...): nothing is built at import.
+
+    It is also an ImportError, so that ``from ... import`` fails as Python's own would, with a message that names
+    the container provider to use instead.
+    """
+
+    default_code = "container_only"
+    module: str
+    name: str
+    provider: str
+
+    def _describe(self) -> str:
+        return (
+            f"'from {self.module} import {self.name}' does not exist: videogen-shared builds nothing at import. "
+            f"Take it from the container: container.{self.provider}() after `async with lifespan(container)`, "
+            f"or `{self.name}: ... = Provide[Container.{self.provider}]` in an @inject function "
+            "(shared.container.Container; the README's table maps each name)"
         )
 
 

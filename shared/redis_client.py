@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload, runtime_checkable
 from urllib.parse import urlsplit
 
 import orjson
@@ -43,6 +43,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import DataError, RedisClusterException, RedisError
 
+from shared._container_only import container_only
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
 from shared.health import HealthStatus
@@ -445,3 +446,8 @@ async def init_redis(settings: Settings) -> AsyncGenerator[RedisClient, None]:
         yield client
     finally:
         await client.aclose()
+
+
+# `from shared.redis_client import redis` (an older task list's name) names its provider.
+if not TYPE_CHECKING:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only("shared.redis_client", {"redis": "redis"})

@@ -55,6 +55,8 @@ def _sample(cls: type[PipelineError]) -> PipelineError:
         return UserNotFoundError(user_id=uuid4(), job_id=job_id)
     if cls is NotWiredError:
         return NotWiredError(function="stage.run", parameter="cache")
+    if cls is errors.ContainerOnlyError:
+        return errors.ContainerOnlyError(module="shared.config", name="settings", provider="settings", job_id=job_id)
     if cls is errors.NoDatabaseError:
         return errors.NoDatabaseError(attribute="fetch", job_id=job_id)
     if cls is TransactionTaskError:
