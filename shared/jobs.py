@@ -16,7 +16,7 @@ from uuid import UUID
 from shared.database import Database, Record
 from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
-from shared.rules import Money, check_cursor, check_job_input, check_page_limit, check_progress, check_text
+from shared.rules import MoneyLike, check_cursor, check_job_input, check_page_limit, check_progress, check_text
 
 __all__ = ["JobRepository", "JobStore"]
 
@@ -46,7 +46,7 @@ class JobStore(Protocol):  # pragma: no mutate block
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Money | None = None,
+        budget_limit: MoneyLike | None = None,
         job_id: UUID | None = None,
     ) -> Job: ...
     async def get_job(self, job_id: UUID) -> Job: ...
@@ -79,7 +79,7 @@ class JobRepository:
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Money | None = None,
+        budget_limit: MoneyLike | None = None,
         job_id: UUID | None = None,
     ) -> Job:
         """Create a queued job (``job_id`` makes a retried call return the first job, not a second one)."""

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from shared.errors import InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
-from shared.rules import Money, check_cursor, check_job_input, check_page_limit, check_progress, check_text
+from shared.rules import MoneyLike, check_cursor, check_job_input, check_page_limit, check_progress, check_text
 from shared.testing.world import FakeWorld
 
 __all__ = ["FakeJobStore"]
@@ -46,7 +46,7 @@ class FakeJobStore:
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Money | None = None,
+        budget_limit: MoneyLike | None = None,
         job_id: UUID | None = None,
     ) -> Job:
         budget = check_job_input(audio_url, user_prompt, budget_limit)

@@ -42,3 +42,14 @@ def test_the_package_version_is_the_projects() -> None:
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
     assert project["version"] == shared.__version__
+
+
+@pytest.mark.parametrize("module", ["shared.rules", "shared.cost_tracking"])
+def test_the_old_money_input_name_warns_and_is_money_like(module: str) -> None:
+    import importlib  # noqa: PLC0415
+
+    from shared.rules import MoneyLike  # noqa: PLC0415
+
+    with pytest.warns(DeprecationWarning, match=r"use shared\.rules\.MoneyLike"):
+        found = importlib.import_module(module).Money
+    assert MoneyLike == found
