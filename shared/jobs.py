@@ -20,7 +20,8 @@ from shared.rules import MoneyLike, check_cursor, check_job_input, check_page_li
 
 __all__ = ["JobRepository", "JobStore"]
 
-_ACTIVE = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
+# The statuses a job can still leave, as text for SQL's any($n::text[]) (JobStatus.is_final defines the others).
+_ACTIVE = tuple(status.value for status in JobStatus if not status.is_final)
 # A keyset page. The optional cursor is written as a row comparison against coalesce(), never as
 # `($2 is null or ...)`: under the generic plan asyncpg's cached statement switches to after five runs, that
 # form became a Filter over every earlier row (118-162 ms at 90 % depth of 100k jobs); this one stays an

@@ -15,7 +15,6 @@ from shared.testing.world import FakeWorld
 
 __all__ = ["FakeJobStore"]
 
-_ACTIVE = {JobStatus.QUEUED, JobStatus.PROCESSING}
 # The smallest id: a cursor with a time only takes the rows strictly before it, as PostgreSQL's coalesce does.
 _ZERO_ID = UUID(int=0)
 
@@ -110,7 +109,7 @@ class FakeJobStore:
     ) -> Job:
         check_progress(progress, estimated_remaining)
         job = await self.get_job(job_id)
-        if job.status not in _ACTIVE:
+        if job.status.is_final:
             self._refuse(job, JobStatus.PROCESSING)
         return self._update(
             job,
@@ -123,7 +122,7 @@ class FakeJobStore:
     async def start_stage(self, job_id: UUID, stage: StageName, metadata: dict[str, Any] | None = None) -> JobStage:
         name = StageName(stage)
         job = await self.get_job(job_id)
-        if job.status not in _ACTIVE:
+        if job.status.is_final:
             self._refuse(job, JobStatus.PROCESSING)
         self._update(job, status=JobStatus.PROCESSING, current_stage=name)
         now = self._clock()
@@ -199,7 +198,7 @@ class FakeJobStore:
         job = await self.get_job(job_id)
         if job.status is JobStatus.FAILED and job.error_message == error_message:
             return job
-        if job.status not in _ACTIVE:
+        if job.status.is_final:
             self._refuse(job, JobStatus.FAILED)
         return self._update(job, status=JobStatus.FAILED, error_message=error_message, estimated_remaining=None)
 
