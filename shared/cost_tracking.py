@@ -642,7 +642,10 @@ _COST_FIELDS = tuple(JobCost.model_fields)
 
 
 def _cost(row: Record) -> JobCost:
-    return JobCost.model_validate({name: row[name] for name in _COST_FIELDS})
+    # commit_job_reservation returns the cost row's columns as they were before job_costs.usage existed: a field
+    # the row lacks takes the model's default (usage is written afterwards, by PaidCalls.record_usage).
+    columns = set(row.keys())
+    return JobCost.model_validate({name: row[name] for name in _COST_FIELDS if name in columns})
 
 
 # `from shared.cost_tracking import cost_tracker` (an older task list's name) names its provider.
