@@ -13,10 +13,12 @@ started=$SECONDS
 rm -rf dist
 .venv/bin/python -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w dist .
 wheel=$(ls dist/videogen_shared-*.whl)
-if unzip -l "$wheel" | grep -E ' (tests|examples|benchmarks)/| containers\.py$'; then
+if unzip -l "$wheel" | grep -E ' (tests|examples|benchmarks|compat)/'; then
   echo "consumer: the wheel holds more than the library" >&2
   exit 1
 fi
+# Its top-level containers.py is 0.1.0's import as a deprecated alias (compat/containers_alias.py), not the root.
+unzip -p "$wheel" containers.py | cmp - compat/containers_alias.py
 
 # The lock without hashes, as constraints: the consumer's own package has no hash to pin.
 grep -E '^[A-Za-z0-9][A-Za-z0-9._-]*==' requirements-dev.lock | sed 's/ *\\$//' > "$work/constraints.txt"
@@ -29,13 +31,19 @@ $pip -c "$work/constraints.txt" --no-build-isolation "$wheel[api,testing]" "./ex
 echo "consumer: wheel and consumer installed in $((SECONDS - started)) s"
 
 # Outside any checkout, only the library imports.
-for module in tests examples benchmarks containers; do
+for module in tests examples benchmarks compat; do
   if (cd "$work" && "$work/venv/bin/python" -c "import $module" 2>/dev/null); then
     echo "consumer: 'import $module' works after installing the wheel" >&2
     exit 1
   fi
 done
 (cd "$work" && "$work/venv/bin/python" -c "import shared.container, shared.testing.fixtures")
+# 0.1.0's import still works for one minor release, with a DeprecationWarning that names the new home.
+warned=$(cd "$work" && "$work/venv/bin/python" -W error::DeprecationWarning -c "from containers import Container" 2>&1 || true)
+if ! grep -q "use 'from shared.container import Container'" <<< "$warned"; then
+  echo "consumer: 'from containers import Container' does not warn with its new home: $warned" >&2
+  exit 1
+fi
 
 # A copy outside the checkout, as a module's own repository would be (inside it, mypy and pytest would
 # find this repository's sources beside the installed wheel).

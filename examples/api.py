@@ -139,7 +139,7 @@ async def create_job(
         text = validate_prompt(prompt, min_length=settings.prompt_min_length, max_length=settings.prompt_max_length)
         info = await asyncio.to_thread(
             validate_audio_file,
-            audio.file,
+            audio,  # the UploadFile itself: its spooled file is read
             max_size_mb=settings.audio_max_size_mb,
             min_duration_seconds=settings.audio_min_duration_seconds,
             max_duration_seconds=settings.audio_max_duration_seconds,

@@ -79,7 +79,7 @@ async def plan_scenes(
     with job_context(job_id=job_id, stage=stage.value):
         job = await jobs.get_job(job_id)
         await jobs.start_stage(job_id, stage)
-        call = retry_with_backoff(max_attempts=4, base_delay=0.01, jitter=True, logger=_log)(model.plan)
+        call = retry_with_backoff(max_attempts=4, jitter=True, logger=_log)(model.plan)
         async with ledger.reserve(job_id, stage, "openai", PLAN_ESTIMATE) as reservation:
             _log.info("planning %d clips", len(analysis.clip_boundaries))
             plan, cost = await call(analysis, job.user_prompt)

@@ -6,4 +6,4 @@ wires them is ``shared.container.Container``. Nothing here runs at import.
 
 __all__ = ["__version__"]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

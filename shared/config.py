@@ -18,7 +18,7 @@ from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import pydantic
@@ -34,7 +34,15 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared._connection_urls import host_kind, looks_like_url, mask_url, query_values, url_credentials, url_hosts
+from shared._container_only import container_only
 from shared.errors import ConfigError
+from shared.input_limits import (
+    DEFAULT_AUDIO_MAX_DURATION_SECONDS,
+    DEFAULT_AUDIO_MAX_SIZE_MB,
+    DEFAULT_AUDIO_MIN_DURATION_SECONDS,
+    DEFAULT_PROMPT_MAX_LENGTH,
+    DEFAULT_PROMPT_MIN_LENGTH,
+)
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -45,6 +53,7 @@ __all__ = [
     "PLACEHOLDER_VALUES",
     "Environment",
     "LogLevel",
+    "ModuleSettings",
     "RateLimits",
     "Settings",
     "StorageBackend",
@@ -292,11 +301,16 @@ class Settings(BaseSettings):
     )
     maintenance_batch_size: int = Field(default=500, ge=1, le=10_000)
 
-    audio_max_size_mb: int = Field(default=100, gt=0, le=10 * 1024)
-    audio_min_duration_seconds: float = Field(default=5.0, ge=0, le=24 * 3600, allow_inf_nan=False)
-    audio_max_duration_seconds: float = Field(default=15 * 60.0, gt=0, le=24 * 3600, allow_inf_nan=False)
-    prompt_min_length: int = Field(default=3, ge=1, le=100_000)
-    prompt_max_length: int = Field(default=2000, ge=1, le=100_000)
+    # The validators' own defaults (shared.validation), so a number is written once.
+    audio_max_size_mb: int = Field(default=DEFAULT_AUDIO_MAX_SIZE_MB, gt=0, le=10 * 1024)
+    audio_min_duration_seconds: float = Field(
+        default=DEFAULT_AUDIO_MIN_DURATION_SECONDS, ge=0, le=24 * 3600, allow_inf_nan=False
+    )
+    audio_max_duration_seconds: float = Field(
+        default=DEFAULT_AUDIO_MAX_DURATION_SECONDS, gt=0, le=24 * 3600, allow_inf_nan=False
+    )
+    prompt_min_length: int = Field(default=DEFAULT_PROMPT_MIN_LENGTH, ge=1, le=100_000)
+    prompt_max_length: int = Field(default=DEFAULT_PROMPT_MAX_LENGTH, ge=1, le=100_000)
 
     startup_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
@@ -505,6 +519,11 @@ class Settings(BaseSettings):
         return 0 if port == 6543 else 100
 
     @property
+    def stage_heartbeat_interval(self) -> timedelta:
+        """Return how often a running stage's worker renews its heartbeat (``stage_heartbeat(every=...)``)."""
+        return timedelta(seconds=self.stage_heartbeat_interval_seconds)
+
+    @property
     def reservation_ttl(self) -> timedelta:
         """Return how long an uncommitted budget reservation keeps counting."""
         return timedelta(seconds=self.reservation_ttl_seconds)
@@ -694,3 +713,48 @@ def _plaintext(field: str, value: str) -> tuple[str | None, str]:
         if any(v.lower() in {"false", "no", "0", "n", "f"} for v in query_values(value, "ssl_check_hostname")):
             return "ssl_check_hostname=false turns off host name checks", fix
     return None, ""
+
+
+class ModuleSettings(BaseSettings):
+    """The base of a pipeline module's own settings, read like :class:`Settings` (environment, then ``.env``).
+
+    Subclass it with the module's fields and an ``env_prefix`` of its own, and add it to the module's container
+    subclass as a Singleton; ``lifespan`` builds it at start, so a bad value stops the start with the rest::
+
+        class TitleSettings(ModuleSettings):
+            model_config = SettingsConfigDict(env_prefix="TITLE_")  # merged with the base's
+            max_words: int = Field(default=8, ge=1)
+
+        class StageContainer(Container):
+            title_settings = providers.Singleton(TitleSettings)
+
+    Any invalid value raises :class:`~shared.errors.ConfigError`, one line per problem, as Settings does.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        validate_default=True,
+        frozen=True,
+    )
+
+    @pydantic.model_validator(mode="wrap")
+    @classmethod
+    def _as_config_error(cls, data: Any, handler: pydantic.ValidatorFunctionWrapHandler) -> Any:
+        """Turn pydantic's error into a ConfigError that names each variable (with the prefix), never a value."""
+        try:
+            return handler(data)
+        except pydantic.ValidationError as exc:
+            prefix = str(cls.model_config.get("env_prefix", "")).upper()
+            problems = tuple(
+                f"{prefix}{str(error['loc'][0]).upper() if error['loc'] else 'SETTINGS'}: {error['msg']}"
+                for error in exc.errors(include_input=False, include_url=False)
+            )
+            raise ConfigError(problems=problems) from None
+
+
+# `from shared.config import settings` (an older task list's name) names its provider.
+if not TYPE_CHECKING:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only("shared.config", {"settings": "settings"})

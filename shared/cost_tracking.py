@@ -32,9 +32,10 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
+from shared._container_only import container_only
 from shared.database import Database, Record
 from shared.errors import (
     BudgetExceededError,
@@ -44,7 +45,7 @@ from shared.errors import (
     JobNotFoundError,
 )
 from shared.models import JobCost, StageName
-from shared.rules import Money, check_cursor, check_names, check_page_limit, to_money
+from shared.rules import MoneyLike, check_cursor, check_names, check_page_limit, to_money
 from shared.telemetry import instruments, span, traced
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
     "CostSummary",
     "CostTracker",
     "LedgerRules",
-    "Money",
+    "MoneyLike",
     "Reservation",
     "to_money",
 ]
@@ -140,7 +141,7 @@ class Reservation(Protocol):  # pragma: no mutate block
     def estimated_cost(self) -> Decimal: ...
     @property
     def committed(self) -> JobCost | None: ...
-    async def commit(self, actual_cost: Money) -> JobCost: ...
+    async def commit(self, actual_cost: MoneyLike) -> JobCost: ...
 
 
 @runtime_checkable
@@ -152,14 +153,14 @@ class CostLedger(Protocol):  # pragma: no mutate block
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        cost: Money,
+        cost: MoneyLike,
         *,
         idempotency_key: str | None = None,
     ) -> JobCost: ...
     async def get_total_cost(self, job_id: UUID) -> Decimal: ...
-    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus: ...
-    async def check_budget(self, job_id: UUID, new_cost: Money, limit: Money | None = None) -> bool: ...
-    async def enforce_budget_limit(self, job_id: UUID, limit: Money | None = None) -> None: ...
+    async def get_budget(self, job_id: UUID, limit: MoneyLike | None = None) -> BudgetStatus: ...
+    async def check_budget(self, job_id: UUID, new_cost: MoneyLike, limit: MoneyLike | None = None) -> bool: ...
+    async def enforce_budget_limit(self, job_id: UUID, limit: MoneyLike | None = None) -> None: ...
     async def list_costs(
         self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
     ) -> list[JobCost]: ...
@@ -170,8 +171,8 @@ class CostLedger(Protocol):  # pragma: no mutate block
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        estimated_cost: Money,
-        limit: Money | None = None,
+        estimated_cost: MoneyLike,
+        limit: MoneyLike | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]: ...
 
 
@@ -267,7 +268,7 @@ class _DbReservation:
         """Return the cost row once committed."""
         return self._committed
 
-    async def commit(self, actual_cost: Money) -> JobCost:
+    async def commit(self, actual_cost: MoneyLike) -> JobCost:
         """Record the actual cost (once: a second commit returns the first row and counts nothing).
 
         The money was spent, so a commit in flight finishes even when the task is cancelled meanwhile.
@@ -337,7 +338,7 @@ class LedgerRules:
     cannot differ between the real ledger and its fake.
     """
 
-    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus:
+    async def get_budget(self, job_id: UUID, limit: MoneyLike | None = None) -> BudgetStatus:
         raise NotImplementedError
 
     async def list_costs(
@@ -345,12 +346,12 @@ class LedgerRules:
     ) -> list[JobCost]:
         raise NotImplementedError
 
-    async def check_budget(self, job_id: UUID, new_cost: Money, limit: Money | None = None) -> bool:
+    async def check_budget(self, job_id: UUID, new_cost: MoneyLike, limit: MoneyLike | None = None) -> bool:
         """Return whether spent + active reservations + ``new_cost`` stays within the limit."""
         amount = to_money(new_cost, field="new_cost")
         return (await self.get_budget(job_id, limit)).allows(amount)
 
-    async def enforce_budget_limit(self, job_id: UUID, limit: Money | None = None) -> None:
+    async def enforce_budget_limit(self, job_id: UUID, limit: MoneyLike | None = None) -> None:
         """Raise BudgetExceededError when spent + active reservations exceed the limit."""
         status = await self.get_budget(job_id, limit)
         if not status.allows(Decimal(0)):
@@ -372,7 +373,7 @@ class LedgerRules:
 class CostTracker(LedgerRules):
     """Costs, budgets and reservations in PostgreSQL (``Container.cost_tracker``)."""
 
-    def __init__(self, db: Database, *, default_budget: Money, reservation_ttl: timedelta) -> None:
+    def __init__(self, db: Database, *, default_budget: MoneyLike, reservation_ttl: timedelta) -> None:
         self._db = db
         self._default = to_money(default_budget, field="default_budget")
         self._ttl = reservation_ttl
@@ -383,7 +384,7 @@ class CostTracker(LedgerRules):
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        cost: Money,
+        cost: MoneyLike,
         *,
         idempotency_key: str | None = None,
     ) -> JobCost:
@@ -450,7 +451,7 @@ class CostTracker(LedgerRules):
         spent: Decimal = total
         return spent
 
-    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus:
+    async def get_budget(self, job_id: UUID, limit: MoneyLike | None = None) -> BudgetStatus:
         """Return what the job has spent, reserved and overrun, and its limit (``limit``, the job's, or the default)."""
         override = None if limit is None else to_money(limit, field="limit")
         row = await self._db.fetchrow(
@@ -511,8 +512,8 @@ class CostTracker(LedgerRules):
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        estimated_cost: Money,
-        limit: Money | None = None,
+        estimated_cost: MoneyLike,
+        limit: MoneyLike | None = None,
     ) -> AsyncIterator[Reservation]:
         """Hold ``estimated_cost`` against the budget for the block, or raise BudgetExceededError before it.
 
@@ -651,5 +652,18 @@ _COST_FIELDS = tuple(JobCost.model_fields)
 
 
 def _cost(row: Record) -> JobCost:
-    # `usage` is read where a statement returns it (the ledger functions of the first migrations do not).
-    return JobCost.model_validate({name: row.get(name) for name in _COST_FIELDS})
+    # commit_job_reservation returns the cost row's columns as they were before job_costs.usage existed: a field
+    # the row lacks takes the model's default (usage is written afterwards, by PaidCalls.record_usage).
+    columns = set(row.keys())
+    return JobCost.model_validate({name: row[name] for name in _COST_FIELDS if name in columns})
+
+
+# `from shared.cost_tracking import cost_tracker` (an older task list's name) names its provider.
+if TYPE_CHECKING:
+    Money = MoneyLike  # deprecated in 0.2.0: use shared.rules.MoneyLike
+else:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only(
+        "shared.cost_tracking",
+        {"cost_tracker": "cost_tracker"},
+        moved={"Money": ("shared.rules.MoneyLike", MoneyLike)},  # 0.1.0's re-export, under its new name
+    )

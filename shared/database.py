@@ -24,13 +24,14 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from shared._container_only import container_only
 from shared.config import Settings
 from shared.errors import (
     DatabaseError,
@@ -471,3 +472,8 @@ async def init_database(settings: Settings) -> AsyncGenerator[DatabaseClient, No
         yield client
     finally:
         await client.aclose()
+
+
+# `from shared.database import db` (an older task list's name) names its provider.
+if not TYPE_CHECKING:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only("shared.database", {"db": "db"})

@@ -4,7 +4,11 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
 
     PipelineError                        code                  what the caller does next
     ├── ConfigError                      config_error          fix the settings (lists every problem)
+    │   └── NoDatabaseError              no_database           the fakes have no database: use the real
+    │                                                          container or override `db`
     ├── LifecycleError                   lifecycle_error       the container could not start or stop in time
+    ├── ContainerOnlyError               container_only        (also an ImportError) a module-level object
+    │                                                          that does not exist: take it from the container
     ├── NotWiredError                    not_wired             wire the module before calling the function
     ├── AuthenticationError              authentication_failed sign in again (HTTP 401); `reason` says why
     ├── PermissionDeniedError            permission_denied     signed in, but not allowed here (HTTP 403):
@@ -46,9 +50,10 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
         ├── RateLimiterUnavailableError  rate_limiter_unavailable  the limiter's Redis is down (fail closed)
         └── StorageUnavailableError      storage_unavailable   (also a StorageError)
 
-Every class has the same shape: ``Error(message, *, job_id=None, code=None, **context)``, where the context
+Every class has the same shape: ``Error(message, *, job_id=None, code="", **context)``, where the context
 is the keyword-only, typed attributes the class declares (``limit``, ``spent``, ``retry_after``,
-``sqlstate``...), checked by mypy (``typing.dataclass_transform``) and at run time. A class that can say
+``sqlstate``...), whose types mypy checks (``typing.dataclass_transform``); at run time only their names are
+checked (an unknown or missing keyword is a TypeError), not their types. A class that can say
 what went wrong from its context alone builds its message from it when none is given (``JobNotFoundError(
 job_id=...)``), so nobody has to parse a string. Every error survives a pickle round trip, because workers
 hand them between processes. A message never contains a secret.
@@ -68,6 +73,7 @@ __all__ = [
     "CacheError",
     "CompositionError",
     "ConfigError",
+    "ContainerOnlyError",
     "DatabaseError",
     "DatabaseTimeoutError",
     "DatabaseUnavailableError",
@@ -78,6 +84,7 @@ __all__ = [
     "MigrationHistoryError",
     "MigrationsMissingLocallyError",
     "MigrationsOutOfOrderError",
+    "NoDatabaseError",
     "NotFoundError",
     "NotWiredError",
     "PayloadTooLargeError",
@@ -143,7 +150,7 @@ class PipelineError(Exception, metaclass=_ErrorShape):
 
     message: str = _positional(default="", kw_only=False)
     job_id: JobId | None = None
-    code: str | None = None
+    code: str = ""  # every instance has one: the class's default_code unless one is given
 
     def __init__(self, message: str = "", /, **context: Any) -> None:
         if not isinstance(message, str):
@@ -194,6 +201,41 @@ class ConfigError(PipelineError):
         return (
             f"Invalid configuration ({count} problem{'s' if count != 1 else ''}); "
             f"fix these environment variables (or .env) and start again:\n{lines}"
+        )
+
+
+class NoDatabaseError(ConfigError):
+    """A test on the fakes touched the database, which the fakes do not have; ``attribute`` is what it asked for."""
+
+    default_code = "no_database"
+    attribute: str
+
+    def _describe(self) -> str:
+        return (
+            f"the fake container has no database (db.{self.attribute} was asked for): use `real_container` for "
+            "a test that reads or writes the database, or override `db` on the fake container with your own "
+            "fake, e.g. `fake_container.db.override(providers.Object(my_fake_db))`"
+        )
+
+
+class ContainerOnlyError(PipelineError, ImportError):
+    """``from shared.config import settings`` (or ``db``, ``redis``...): nothing is built at import.
+
+    It is also an ImportError, so that ``from ... import`` fails as Python's own would, with a message that names
+    the container provider to use instead.
+    """
+
+    default_code = "container_only"
+    module: str
+    name: str
+    provider: str
+
+    def _describe(self) -> str:
+        return (
+            f"'from {self.module} import {self.name}' does not exist: videogen-shared builds nothing at import. "
+            f"Take it from the container: container.{self.provider}() after `async with lifespan(container)`, "
+            f"or `{self.name}: ... = Provide[Container.{self.provider}]` in an @inject function "
+            "(shared.container.Container; the README's table maps each name)"
         )
 
 

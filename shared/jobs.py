@@ -17,7 +17,7 @@ from shared.database import Database, Record
 from shared.errors import DatabaseError, InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
 from shared.rules import (
-    Money,
+    MoneyLike,
     call_token,
     check_cursor,
     check_job_input,
@@ -30,7 +30,8 @@ from shared.rules import (
 
 __all__ = ["JobRepository", "JobStore"]
 
-_ACTIVE = (JobStatus.QUEUED.value, JobStatus.PROCESSING.value)
+# The statuses a job can still leave, as text for SQL's any($n::text[]) (JobStatus.is_final defines the others).
+_ACTIVE = tuple(status.value for status in JobStatus if not status.is_final)
 # A keyset page. The optional cursor is written as a row comparison against coalesce(), never as
 # `($2 is null or ...)`: under the generic plan asyncpg's cached statement switches to after five runs, that
 # form became a Filter over every earlier row (118-162 ms at 90 % depth of 100k jobs); this one stays an
@@ -56,7 +57,7 @@ class JobStore(Protocol):  # pragma: no mutate block
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Money | None = None,
+        budget_limit: MoneyLike | None = None,
         job_id: UUID | None = None,
     ) -> Job: ...
     async def get_job(self, job_id: UUID) -> Job: ...
@@ -93,7 +94,7 @@ class JobRepository:
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Money | None = None,
+        budget_limit: MoneyLike | None = None,
         job_id: UUID | None = None,
     ) -> Job:
         """Create a queued job (``job_id`` makes a retried call return the first job, not a second one)."""

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
+from pydantic_settings import BaseSettings
 
 from shared._di import bind_loop, loop_of, pin_started, reset_resource, unbind_loop, unpin
 from shared.errors import LifecycleError, PipelineError
@@ -61,14 +62,27 @@ async def _settle(container: Any) -> None:
         await asyncio.wait(pending)
 
 
+def _build_settings(container: Any) -> None:
+    """Build every settings object the container provides (Settings, a module's ModuleSettings) before anything
+    opens, so that a bad value in any of them stops the start at once with its ConfigError."""
+    for provider in container.traverse(types=[providers.Singleton]):
+        provides = getattr(provider, "provides", None)
+        if isinstance(provides, type) and issubclass(provides, BaseSettings):
+            provider()
+
+
 async def start_resources(container: Any, *, timeout: float | None = None) -> None:
     """Open every resource within ``timeout`` seconds; on failure close what had opened, then raise.
 
+    Every settings provider is built first: an invalid module setting fails the start like a shared one.
+
     Raises:
+        ConfigError: a setting of the shared Settings or of a module's own settings is invalid.
         LifecycleError: the start took longer than the limit (nothing is left open).
         PipelineError: a resource failed to open (its own error, e.g. DatabaseUnavailableError).
     """
     startup, shutdown = _timeouts(container, timeout, None)
+    _build_settings(container)
     owner = loop_of(container)
     running = asyncio.get_running_loop()
     if owner is not None and owner is not running and not owner.is_closed():

@@ -250,14 +250,17 @@ class StageHeartbeats(Protocol):
 
 @contextlib.asynccontextmanager
 async def stage_heartbeat(
-    jobs: StageHeartbeats, job_id: UUID, stage: StageName, *, every: timedelta = timedelta(seconds=30)
+    jobs: StageHeartbeats, job_id: UUID, stage: StageName, *, every: timedelta | None = None
 ) -> AsyncIterator[None]:
     """Renew the running stage's heartbeat every ``every`` while the block runs; stop when it ends.
 
-    Use it around the work of a stage started with ``start_stage`` (``every`` from
-    ``STAGE_HEARTBEAT_INTERVAL_SECONDS``). A failed renewal is logged and tried again at the next beat; a stage
+    Use it around the work of a stage started with ``start_stage``, with
+    ``every=settings.stage_heartbeat_interval`` (``STAGE_HEARTBEAT_INTERVAL_SECONDS``); left out, it is that
+    setting's default. A failed renewal is logged and tried again at the next beat; a stage
     that is no longer running (it finished, or maintenance failed it) stops the beats.
     """
+    if every is None:
+        every = timedelta(seconds=Settings.model_fields["stage_heartbeat_interval_seconds"].default)
     interval = every.total_seconds()
     if interval <= 0:
         raise ValidationError("every must be longer than zero", field="every")

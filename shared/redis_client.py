@@ -44,7 +44,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mappi
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TypeVar, cast, overload, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, overload, runtime_checkable
 from urllib.parse import urlsplit
 
 import orjson
@@ -63,6 +63,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from shared._container_only import container_only
 from shared.config import Settings
 from shared.errors import CacheError, ValidationError
 from shared.health import HealthStatus
@@ -606,3 +607,8 @@ async def init_redis(settings: Settings) -> AsyncGenerator[RedisClient, None]:
         yield client
     finally:
         await client.aclose()
+
+
+# `from shared.redis_client import redis` (an older task list's name) names its provider.
+if not TYPE_CHECKING:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only("shared.redis_client", {"redis": "redis"})

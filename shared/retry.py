@@ -1,10 +1,15 @@
 """Retry sync and async calls with exponential backoff, built on tenacity.
 
-``delay = base_delay * 2**attempt`` (2, 4, 8 s by default), optionally with full jitter and a cap; a
+``delay = base_delay * 2**attempt`` (by default 3 calls in all: 2 s, then 4 s, between them), optionally with
+full jitter and a cap; a
 :class:`~shared.errors.RetryableError`'s ``retry_after`` is honoured; an optional total ``deadline`` is never
 passed, not even when a Retry-After asks for it. Every retry is logged with the attempt, the delay, the error
 and the job id, never with the function's arguments (they can hold keys or signed URLs). The last exception
 is re-raised unchanged, and an exception not named in ``retry_on`` is never retried.
+
+The defaults are written once, in :class:`RetryPolicy`'s signature; :func:`retry_with_backoff` passes on only
+the arguments it is given. :func:`set_testing` (after ``stamina.set_testing``) makes every wait zero for a test
+session, so code keeps its production delays and its tests stay fast.
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from enum import Enum
+from typing import Any, Final, Literal, ParamSpec, TypeVar, cast, overload
 
 import tenacity
 
 from shared.errors import PipelineError, RetryableError, ValidationError
 from shared.telemetry import instruments
 
-__all__ = ["RetryPolicy", "retry_with_backoff"]
+__all__ = ["RetryPolicy", "is_testing", "retry_with_backoff", "set_testing"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -32,12 +38,37 @@ SyncSleep = Callable[[float], None]
 AsyncSleep = Callable[[float], Awaitable[None]]
 
 
+class _Unset(Enum):
+    """The marker of an argument not given, so that its default stays RetryPolicy's."""
+
+    UNSET = "unset"
+
+
+UNSET: Final = _Unset.UNSET
+_testing = False
+
+
+def set_testing(testing: bool = True) -> None:
+    """Make every retry wait zero seconds (``True``), or the policy's delays again (``False``).
+
+    Call it in a test session (a fixture or conftest) instead of shortening the delays in the code under test:
+    the attempts, the ``retry_on`` filter and the logging stay as in production.
+    """
+    global _testing  # noqa: PLW0603 - one process-wide switch, read on every wait
+    _testing = testing
+
+
+def is_testing() -> bool:
+    """Return whether :func:`set_testing` has turned the waits off."""
+    return _testing
+
+
 class RetryPolicy:
     """Compute waits and decide when to stop; shared by the sync and async paths.
 
     Pass one to ``retry_with_backoff(policy=...)`` to share it between functions, or to seed its jitter
-    (``rng=random.Random(7)``) so a test sees the same waits every run. The defaults are those of
-    :func:`retry_with_backoff`.
+    (``rng=random.Random(7)``) so a test sees the same waits every run. Its signature holds the one copy of
+    the defaults (3 attempts, 2 s base delay, no cap, no jitter, no deadline).
     """
 
     __slots__ = ("base_delay", "deadline", "jitter", "max_attempts", "max_delay", "rng")
@@ -66,7 +97,9 @@ class RetryPolicy:
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
     def wait(self, retry_state: tenacity.RetryCallState) -> float:
-        """Return the seconds to wait before the next attempt."""
+        """Return the seconds to wait before the next attempt (zero under :func:`set_testing`)."""
+        if _testing:
+            return 0.0
         attempt = retry_state.attempt_number - 1  # 0 for the first retry
         delay: float = self.base_delay * 2.0**attempt
         if self.max_delay is not None:
@@ -88,9 +121,6 @@ class RetryPolicy:
         upcoming = retry_state.upcoming_sleep or 0.0
         elapsed = retry_state.seconds_since_start or 0.0
         return elapsed + upcoming > self.deadline
-
-
-_DEFAULTS = (3, 2.0, None, False, None)
 
 
 def _error_of(retry_state: tenacity.RetryCallState) -> BaseException | None:
@@ -140,12 +170,12 @@ def retry_with_backoff(
 @overload
 def retry_with_backoff(
     *,
-    max_attempts: int = 3,
-    base_delay: float = 2.0,
+    max_attempts: int | Literal[_Unset.UNSET] = UNSET,
+    base_delay: float | Literal[_Unset.UNSET] = UNSET,
     retry_on: tuple[type[BaseException], ...] = (RetryableError,),
-    max_delay: float | None = None,
-    jitter: bool = False,
-    deadline: float | None = None,
+    max_delay: float | Literal[_Unset.UNSET] | None = UNSET,
+    jitter: bool | Literal[_Unset.UNSET] = UNSET,
+    deadline: float | Literal[_Unset.UNSET] | None = UNSET,
     logger: logging.Logger | None = None,
     sleep: SyncSleep | AsyncSleep | None = None,
     policy: RetryPolicy | None = None,
@@ -155,17 +185,19 @@ def retry_with_backoff(
 def retry_with_backoff(
     __func: Callable[P, R] | None = None,
     *,
-    max_attempts: int = 3,
-    base_delay: float = 2.0,
+    max_attempts: int | Literal[_Unset.UNSET] = UNSET,
+    base_delay: float | Literal[_Unset.UNSET] = UNSET,
     retry_on: tuple[type[BaseException], ...] = (RetryableError,),
-    max_delay: float | None = None,
-    jitter: bool = False,
-    deadline: float | None = None,
+    max_delay: float | Literal[_Unset.UNSET] | None = UNSET,
+    jitter: bool | Literal[_Unset.UNSET] = UNSET,
+    deadline: float | Literal[_Unset.UNSET] | None = UNSET,
     logger: logging.Logger | None = None,
     sleep: SyncSleep | AsyncSleep | None = None,
     policy: RetryPolicy | None = None,
 ) -> Callable[P, R] | Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a sync or async function so that it retries with exponential backoff.
+
+    Each policy argument left out takes :class:`RetryPolicy`'s default (3 calls, 2 s then 4 s between them).
 
     Args:
         max_attempts: calls in all, the first included.
@@ -177,7 +209,8 @@ def retry_with_backoff(
         logger: where retries are logged (default: ``shared.retry``).
         sleep: the sleep to use (a coroutine function for async code); tests pass one that does not sleep.
         policy: a :class:`RetryPolicy` to use instead of ``max_attempts``, ``base_delay``, ``max_delay``,
-            ``jitter`` and ``deadline`` (passing both is refused); its ``rng`` seeds the jitter.
+            ``jitter`` and ``deadline``; passing it with any of them, even one equal to its default, is refused.
+            Its ``rng`` seeds the jitter.
 
     Returns:
         The decorated function, with the same signature.
@@ -186,13 +219,21 @@ def retry_with_backoff(
         ValidationError: a negative delay, fewer than one attempt, a deadline that is not positive, or a
             ``policy`` together with the arguments it replaces.
     """
-    given = (max_attempts, base_delay, max_delay, jitter, deadline)
+    arguments: dict[str, Any] = {
+        "max_attempts": max_attempts,
+        "base_delay": base_delay,
+        "max_delay": max_delay,
+        "jitter": jitter,
+        "deadline": deadline,
+    }
+    given = {name: value for name, value in arguments.items() if value is not UNSET}
     if policy is None:
-        policy = RetryPolicy(
-            max_attempts=max_attempts, base_delay=base_delay, max_delay=max_delay, jitter=jitter, deadline=deadline
+        policy = RetryPolicy(**given)
+    elif given:
+        msg = (
+            f"pass either policy= or {', '.join(sorted(given))}, not both: "
+            "build the RetryPolicy with every setting you want instead"
         )
-    elif given != _DEFAULTS:
-        msg = "pass either policy= or max_attempts/base_delay/max_delay/jitter/deadline, not both"
         raise ValidationError(msg, field="policy")
     log = logger or logging.getLogger("shared.retry")
 

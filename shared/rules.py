@@ -11,13 +11,15 @@ import math
 import uuid
 from datetime import datetime
 from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 from uuid import UUID
 
+from shared._container_only import container_only
 from shared.errors import StageConflictError, ValidationError
 from shared.models import JobStage, StageName, StageStatus
 
 __all__ = [
-    "Money",
+    "MoneyLike",
     "call_token",
     "check_cursor",
     "check_job_input",
@@ -30,8 +32,15 @@ __all__ = [
     "to_money",
 ]
 
-Money = Decimal | int | str | float
-"""What an amount may be passed as; :func:`to_money` turns it into the ledger's Decimal or refuses it."""
+MoneyLike = Decimal | int | str | float
+"""What an amount may be passed as; :func:`to_money` turns it into the ledger's Decimal or refuses it.
+
+Not the money a model holds: that is :data:`shared.models.Money`-typed fields, always ``Decimal``."""
+
+if TYPE_CHECKING:
+    Money = MoneyLike  # deprecated in 0.2.0 (it shared a name with the models' Money): use MoneyLike
+else:
+    __getattr__ = container_only("shared.rules", {}, moved={"Money": ("shared.rules.MoneyLike", MoneyLike)})
 
 _CENT_FRACTION = Decimal("0.0001")
 _MAX_MONEY = Decimal("99999999.9999")  # numeric(12, 4)

@@ -9,5 +9,6 @@ pytest_plugins = [
     "tests.fixtures.jwks",
     "tests.fixtures.proxy",
     "tests.fixtures.latency",
+    "tests.fixtures.hygiene",
 ]
 # shared.testing.fixtures (the kit module authors use) comes from its pytest11 entry point, as in a consumer.

@@ -28,8 +28,8 @@ class JobStatus(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        """Return whether nothing can follow this status."""
-        return self in {JobStatus.COMPLETED, JobStatus.FAILED}
+        """Return whether nothing can follow this status (the one definition of the final statuses)."""
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
 
 
 class StageStatus(StrEnum):

@@ -163,7 +163,8 @@ class PaidCalls:
         self.limiter = limiter
         self.ledger = ledger
         self.catalogue = catalogue
-        self._db = db
+        # None, or a stand-in that is falsy (the fakes' NoDatabase): the priced usage is then not recorded.
+        self._db = db or None
         self._settings = settings
         # Per process: the limits of each provider/model and the price of each estimate do not change while it runs.
         self._limits: dict[tuple[str, str], RateLimits] = {}

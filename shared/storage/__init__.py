@@ -22,8 +22,9 @@ The in-memory :class:`shared.testing.storage.FakeStorage` honours the same contr
 from __future__ import annotations
 
 import os
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from shared._container_only import container_only
 from shared.health import HealthStatus
 from shared.storage._common import (
     DEFAULT_CONTENT_TYPE,
@@ -102,3 +103,8 @@ class Storage(Protocol):
     async def health_check(self) -> HealthStatus:
         """Report whether the storage answers, with the latency; never raises."""
         ...
+
+
+# `from shared.storage import storage` (an older task list's name) names its provider.
+if not TYPE_CHECKING:  # to mypy a module __getattr__ would make every misspelt name importable
+    __getattr__ = container_only("shared.storage", {"storage": "storage"})

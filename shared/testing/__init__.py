@@ -4,8 +4,9 @@ a check of ``@inject`` annotations.
 - :class:`FakeJobStore`, :class:`FakeCostTracker`, :class:`FakeCache`, :class:`FakeStorage`: in memory, one
   process, the same answers and errors as JobRepository, CostTracker, RedisClient and the storage backends.
   The job store and the cost tracker share one :class:`FakeWorld`, as the real pair shares one database.
-- ``pytest_plugins = ["shared.testing.fixtures"]`` in a module's conftest gives ``fake_container`` and
-  ``real_container`` (see :mod:`shared.testing.fixtures`).
+- ``fake_container``, ``real_container`` and ``fakes`` are pytest fixtures that need no conftest line: installing
+  ``videogen-shared[testing]`` registers them (see :mod:`shared.testing.fixtures`); a conftest that also names
+  ``pytest_plugins = ["shared.testing.fixtures"]`` still works (the fixtures load once).
 - :func:`assert_injections` fails when an ``@inject`` parameter is annotated with a type its provider does
   not produce (``Provide[...]`` is ``Any`` to mypy, so mypy cannot).
 """

@@ -21,7 +21,7 @@ from shared.cost_tracking import (
 )
 from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError
 from shared.models import JobCost, StageName
-from shared.rules import Money, check_cursor, check_names, check_page_limit, to_money
+from shared.rules import MoneyLike, check_cursor, check_names, check_page_limit, to_money
 from shared.testing.world import FakeWorld
 
 # The largest id: a cursor with a time only takes the rows strictly after it, as PostgreSQL's coalesce does.
@@ -60,7 +60,7 @@ class _FakeReservation:
     def committed(self) -> JobCost | None:
         return self._committed
 
-    async def commit(self, actual_cost: Money) -> JobCost:
+    async def commit(self, actual_cost: MoneyLike) -> JobCost:
         if self._committed is None:
             self._committed = self._tracker._commit(self.id, self._held, to_money(actual_cost, field="actual_cost"))
         return self._committed
@@ -90,8 +90,23 @@ class FakeCostTracker(LedgerRules):
         self._held: dict[UUID, _Held] = {}
 
     def add_job(self, job_id: UUID, budget_limit: Decimal | None = None) -> None:
-        """Register a job (what creating its row does for the real tracker)."""
-        self._jobs.setdefault(job_id, _Job(budget_limit))
+        """Register a job (what creating its row does for the real tracker), or set a known job's budget.
+
+        An explicit ``budget_limit`` always takes effect, also on a job the world knows already (one that
+        ``fakes.add_job`` or a FakeJobStore created): it is that job's ``budget_limit`` from now on, as
+        ``update jobs set budget_limit = ...`` would be. None leaves a known job's budget as it is.
+        """
+        limit = to_money(budget_limit, field="budget_limit") if budget_limit is not None else None
+        if job_id in self.world.jobs:
+            if limit is not None:
+                self.world.set_budget_limit(job_id, limit)
+            self._job(job_id)
+            return
+        ledger = self._jobs.get(job_id)
+        if ledger is None:
+            self._jobs[job_id] = _Job(limit)
+        elif limit is not None:
+            ledger.budget_limit = limit
 
     def _job(self, job_id: UUID) -> _Job:
         ledger = self._jobs.get(job_id)
@@ -131,7 +146,7 @@ class FakeCostTracker(LedgerRules):
         self.world.set_total_cost(job_id, job.spent)
         return row, True
 
-    def _limit(self, job: _Job, limit: Money | None) -> Decimal:
+    def _limit(self, job: _Job, limit: MoneyLike | None) -> Decimal:
         if limit is not None:
             return to_money(limit, field="limit")
         return job.budget_limit if job.budget_limit is not None else self._default
@@ -141,7 +156,7 @@ class FakeCostTracker(LedgerRules):
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        cost: Money,
+        cost: MoneyLike,
         *,
         idempotency_key: str | None = None,
     ) -> JobCost:
@@ -156,7 +171,7 @@ class FakeCostTracker(LedgerRules):
     async def get_total_cost(self, job_id: UUID) -> Decimal:
         return self._job(job_id).spent
 
-    async def get_budget(self, job_id: UUID, limit: Money | None = None) -> BudgetStatus:
+    async def get_budget(self, job_id: UUID, limit: MoneyLike | None = None) -> BudgetStatus:
         job = self._job(job_id)
         now = self._clock()
         reserved = sum(
@@ -207,8 +222,8 @@ class FakeCostTracker(LedgerRules):
         job_id: UUID,
         stage_name: StageName,
         api_name: str,
-        estimated_cost: Money,
-        limit: Money | None = None,
+        estimated_cost: MoneyLike,
+        limit: MoneyLike | None = None,
     ) -> AsyncIterator[Reservation]:
         stage = check_names(stage_name, api_name)
         estimate = to_money(estimated_cost, field="estimated_cost")

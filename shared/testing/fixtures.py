@@ -1,11 +1,14 @@
 """Pytest fixtures for pipeline modules, loaded by pytest itself wherever videogen-shared[testing] is installed.
 
-Nothing goes in a module's conftest: this module is a pytest plugin (the ``pytest11`` entry point
-``videogen_shared``). Two ini options point the fixtures at the module's own container and modules::
+Nothing goes in a module's conftest: this module is a pytest plugin, loaded by the ``pytest11`` entry
+point ``videogen_shared`` (:mod:`shared.testing.plugin`) under its module's name, so a conftest's
+``pytest_plugins = ["shared.testing.fixtures"]`` is harmless. Two ini options point the fixtures at the
+module's own container and modules::
 
     [tool.pytest.ini_options]
     videogen_container = "my_stage.container:StageContainer"   # default: shared.container:Container
     videogen_wire = ["my_stage.stage"]                         # modules wired for the test, unwired after
+    videogen_retry_testing = true                              # retries wait 0 s (shared.retry.set_testing)
 
 ``fake_container``: the Container with every collaborator replaced by its in-memory fake (no service needed),
 opened and closed around the test; the fakes are also the ``fakes`` fixture, to arrange and inspect.
@@ -28,6 +31,7 @@ import pytest
 from dependency_injector import providers
 from pydantic import SecretStr
 
+from shared import retry
 from shared.config import Settings
 from shared.container import Container
 from shared.lifecycle import lifespan
@@ -36,6 +40,7 @@ from shared.testing.cache import FakeCache
 from shared.testing.costs import FakeCostTracker
 from shared.testing.databases import database_for_test
 from shared.testing.jobs import FakeJobStore
+from shared.testing.no_database import NoDatabase
 from shared.testing.storage import FakeStorage
 from shared.testing.world import FakeWorld
 
@@ -48,12 +53,14 @@ __all__ = [
     "pytest_addoption",
     "pytest_configure",
     "real_container",
+    "retry_testing",
     "test_settings",
     "wired_modules",
 ]
 
 _CONTAINER_OPTION = "videogen_container"
 _WIRE_OPTION = "videogen_wire"
+_RETRY_OPTION = "videogen_retry_testing"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,6 +71,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="shared.container:Container",
     )
     parser.addini(_WIRE_OPTION, "modules the videogen fixtures wire to the container for each test", type="linelist")
+    parser.addini(
+        _RETRY_OPTION,
+        "retry_with_backoff waits zero seconds in this test session (shared.retry.set_testing); default false",
+        type="bool",
+        default=False,
+    )
 
 
 @pytest.fixture
@@ -101,9 +114,13 @@ class Fakes:
 
 
 def override_with_fakes(container: Container, fakes: Fakes) -> None:
-    """Override every service provider of ``container`` with its fake (``db`` with None: nothing opens a pool)."""
+    """Override every service provider of ``container`` with its fake.
+
+    ``db`` becomes a :class:`~shared.testing.no_database.NoDatabase` (nothing opens a pool): a query through it
+    raises :class:`~shared.errors.NoDatabaseError`, which says to use ``real_container`` or override ``db``.
+    """
     replacements: dict[str, object] = {
-        "db": None,
+        "db": NoDatabase(),
         "redis": fakes.cache,
         "jobs": fakes.jobs,
         "cost_tracker": fakes.costs,
@@ -114,9 +131,21 @@ def override_with_fakes(container: Container, fakes: Fakes) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Load the HTTP fixtures (``shared.api.testing``) too where the ``[api]`` extra is installed."""
+    """Load the HTTP fixtures (``shared.api.testing``) too where the ``[api]`` extra is installed, and turn the
+    retry waits off for the session when the ini option ``videogen_retry_testing`` is true."""
     if importlib.util.find_spec("fastapi") is not None:  # PyJWT, which they use too, is a core dependency
         config.pluginmanager.import_plugin("shared.api.testing")
+    if config.getini(_RETRY_OPTION):
+        retry.set_testing(True)
+
+
+@pytest.fixture
+def retry_testing() -> Iterator[None]:
+    """Make ``retry_with_backoff`` wait zero seconds during the test (the attempts stay as in production)."""
+    before = retry.is_testing()
+    retry.set_testing(True)
+    yield
+    retry.set_testing(before)
 
 
 @pytest.fixture

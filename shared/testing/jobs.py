@@ -11,7 +11,7 @@ from uuid import UUID
 from shared.errors import InvalidStateError, JobNotFoundError, UserNotFoundError
 from shared.models import Job, JobStage, JobStatus, StageName, StageStatus
 from shared.rules import (
-    Money,
+    MoneyLike,
     call_token,
     check_cursor,
     check_job_input,
@@ -25,7 +25,6 @@ from shared.testing.world import FakeWorld
 
 __all__ = ["FakeJobStore"]
 
-_ACTIVE = {JobStatus.QUEUED, JobStatus.PROCESSING}
 # The smallest id: a cursor with a time only takes the rows strictly before it, as PostgreSQL's coalesce does.
 _ZERO_ID = UUID(int=0)
 
@@ -56,7 +55,7 @@ class FakeJobStore:
         user_id: UUID,
         audio_url: str,
         user_prompt: str,
-        budget_limit: Money | None = None,
+        budget_limit: MoneyLike | None = None,
         job_id: UUID | None = None,
     ) -> Job:
         budget = check_job_input(audio_url, user_prompt, budget_limit)
@@ -109,7 +108,7 @@ class FakeJobStore:
             return False
         if worker is not None and current.worker != worker:
             return False
-        if self._jobs[job_id].status not in _ACTIVE:
+        if self._jobs[job_id].status.is_final:
             return False
         self._stages[job_id, current.stage_name] = current.model_copy(update={"heartbeat_at": self._clock()})
         return True
@@ -124,7 +123,7 @@ class FakeJobStore:
     ) -> Job:
         check_progress(progress, estimated_remaining)
         job = await self.get_job(job_id)
-        if job.status not in _ACTIVE:
+        if job.status.is_final:
             self._refuse(job, JobStatus.PROCESSING)
         return self._update(
             job,
@@ -140,7 +139,7 @@ class FakeJobStore:
         worker = worker or call_token()  # a resent call carries the same token; another call does not
         name = StageName(stage)
         job = await self.get_job(job_id)
-        if job.status not in _ACTIVE:
+        if job.status.is_final:
             self._refuse(job, JobStatus.PROCESSING)
         previous = self._stages.get((job_id, name))
         if not check_stage_start(previous, worker) and previous is not None:
@@ -188,7 +187,7 @@ class FakeJobStore:
         mine = worker is None or current.worker == worker
         if current.status is not StageStatus.RUNNING or not mine:
             return check_stage_finish(current, status, metadata, worker)
-        if self._jobs[job_id].status not in _ACTIVE:
+        if self._jobs[job_id].status.is_final:
             self._refuse(self._jobs[job_id], JobStatus.PROCESSING)
         now = max(self._clock(), current.started_at)
         row = current.model_copy(
@@ -228,7 +227,7 @@ class FakeJobStore:
         job = await self.get_job(job_id)
         if job.status is JobStatus.FAILED and job.error_message == error_message:
             return job
-        if job.status not in _ACTIVE:
+        if job.status.is_final:
             self._refuse(job, JobStatus.FAILED)
         failed = self._update(job, status=JobStatus.FAILED, error_message=error_message, estimated_remaining=None)
         now = self._clock()

@@ -36,6 +36,13 @@ class FakeWorld:
         job = self.jobs.get(job_id)
         return (job is not None, job.budget_limit if job is not None else None)
 
+    def set_budget_limit(self, job_id: UUID, limit: Decimal) -> None:
+        """Give a known job a new budget limit (what ``update jobs set budget_limit`` does)."""
+        job = self.jobs[job_id]
+        self.jobs[job_id] = job.model_copy(
+            update={"budget_limit": limit, "updated_at": max(self.clock(), job.updated_at)}
+        )
+
     def set_total_cost(self, job_id: UUID, total: Decimal) -> None:
         """Record the job's total cost, as ``commit_job_reservation`` updates ``jobs.total_cost``."""
         job = self.jobs.get(job_id)

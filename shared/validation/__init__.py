@@ -15,6 +15,7 @@ from shared.validation.audio import (
     DEFAULT_AUDIO_MAX_DURATION_SECONDS,
     DEFAULT_AUDIO_MIN_DURATION_SECONDS,
     AudioInput,
+    UploadLike,
     validate_audio_file,
 )
 from shared.validation.prompt import DEFAULT_PROMPT_MAX_LENGTH, DEFAULT_PROMPT_MIN_LENGTH, validate_prompt
@@ -30,6 +31,7 @@ __all__ = [
     "AudioFileInfo",
     "AudioFormat",
     "AudioInput",
+    "UploadLike",
     "validate_audio_file",
     "validate_file_size",
     "validate_prompt",

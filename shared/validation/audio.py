@@ -9,12 +9,14 @@ of 1 MiB (memory stays bounded), and a walk stops as soon as the audio is known 
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Final
+from typing import IO, Final, Protocol, cast
 
 from shared.errors import ValidationError
+from shared.input_limits import DEFAULT_AUDIO_MAX_DURATION_SECONDS, DEFAULT_AUDIO_MIN_DURATION_SECONDS
 from shared.telemetry import traced
 from shared.validation._common import ACCEPTED_AUDIO, MB, AudioFileInfo, AudioFormat, Limits, Reader, Stream, refuse
 from shared.validation._tags import audio_end, skip_id3v2
@@ -27,14 +29,23 @@ __all__ = [
     "DEFAULT_AUDIO_MAX_DURATION_SECONDS",
     "DEFAULT_AUDIO_MIN_DURATION_SECONDS",
     "AudioInput",
+    "UploadLike",
     "validate_audio_file",
 ]
 
-AudioInput = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
 
-# The same defaults as Settings; pipeline modules pass their settings' values explicitly.
-DEFAULT_AUDIO_MIN_DURATION_SECONDS: Final = 5.0
-DEFAULT_AUDIO_MAX_DURATION_SECONDS: Final = 900.0
+class UploadLike(Protocol):
+    """An upload that holds its body in a binary file object: FastAPI's and Starlette's ``UploadFile``."""
+
+    @property
+    def file(self) -> IO[bytes]:
+        """The spooled body (read synchronously; ``UploadFile.read`` itself is a coroutine)."""
+        ...
+
+
+_Readable = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes]
+AudioInput = _Readable | UploadLike
+
 
 _MIME: Final[dict[AudioFormat, str]] = {"mp3": "audio/mpeg", "wav": "audio/wav", "flac": "audio/flac"}
 
@@ -50,9 +61,10 @@ def validate_audio_file(
     """Decide from its content whether ``file`` is acceptable audio, and describe it.
 
     Args:
-        file: a path (``str`` or path-like), the bytes themselves, or a seekable binary file object
-            (``UploadFile.file``, a ``SpooledTemporaryFile``, ``BytesIO``). A file object is read from its
-            start and its position is put back afterwards.
+        file: a path (``str`` or path-like), the bytes themselves, a seekable binary file object
+            (a ``SpooledTemporaryFile``, ``BytesIO``), or FastAPI's/Starlette's ``UploadFile`` as a route holds
+            it (its ``.file`` is read; call this in a thread, ``asyncio.to_thread``, as it reads synchronously).
+            A file object is read from its start and its position is put back afterwards.
         max_size_mb: the size limit in MiB; ``None`` uses the Settings default (100).
         min_duration_seconds: the shortest audio accepted.
         max_duration_seconds: the longest audio accepted.
@@ -90,9 +102,24 @@ def _accepted(limits: Limits) -> str:
     return f"{ACCEPTED_AUDIO}, {limits.min_duration_seconds:g} to {limits.max_duration_seconds:g} s long"
 
 
+def _unwrap_upload(upload: AudioInput) -> _Readable:
+    """Return an UploadFile's spooled binary file (its own methods are coroutines); anything else as it is."""
+    if not inspect.iscoroutinefunction(getattr(upload, "read", None)):
+        return cast("_Readable", upload)
+    inner = getattr(upload, "file", None)
+    if inner is None or inspect.iscoroutinefunction(getattr(inner, "read", None)):
+        raise ValidationError(
+            f"validate_audio_file reads synchronously and {type(upload).__name__}.read is a coroutine; "
+            "pass the upload's binary file object (for an UploadFile, upload.file)",
+            field="audio",
+        )
+    return cast("IO[bytes]", inner)
+
+
 @contextmanager
-def _opened(file: AudioInput) -> Iterator[Reader]:
+def _opened(upload: AudioInput) -> Iterator[Reader]:
     """Yield a one-pass reader over ``file``, and put a caller's file object back where it was."""
+    file = _unwrap_upload(upload)
     if isinstance(file, bytes | bytearray | memoryview):
         data = file if isinstance(file, bytes) else bytes(file)
         yield Reader(None, data, len(data))

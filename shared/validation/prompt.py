@@ -24,6 +24,7 @@ from typing import Final
 import regex
 
 from shared.errors import ValidationError
+from shared.input_limits import DEFAULT_PROMPT_MAX_LENGTH, DEFAULT_PROMPT_MIN_LENGTH
 from shared.telemetry import traced
 
 __all__ = [
@@ -34,9 +35,6 @@ __all__ = [
     "validate_prompt",
 ]
 
-# The same defaults as Settings; pipeline modules pass their settings' values explicitly.
-DEFAULT_PROMPT_MIN_LENGTH: Final = 3
-DEFAULT_PROMPT_MAX_LENGTH: Final = 2000
 
 # The longest emoji ZWJ sequences are 10 code points; a character built of more is a stack of marks ("zalgo").
 MAX_CODE_POINTS_PER_CHARACTER: Final = 32

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Final
-
 from shared.errors import ValidationError
+from shared.input_limits import DEFAULT_AUDIO_MAX_SIZE_MB
 from shared.validation._common import ACCEPTED_AUDIO, MB
 
 __all__ = ["DEFAULT_AUDIO_MAX_SIZE_MB", "format_bytes", "validate_file_size"]
-
-# The same default as Settings; pipeline modules pass their settings' value explicitly.
-DEFAULT_AUDIO_MAX_SIZE_MB: Final = 100
 
 
 def format_bytes(count: float) -> str:

@@ -18,6 +18,9 @@ from shared.models import AudioAnalysis, ClipBoundary, Mood, ScenePlan, StageNam
 from shared.testing import assert_injections
 from shared.testing.fixtures import Fakes
 
+# The example keeps its production retry delays (2 s, 4 s); its tests turn the waits off.
+pytestmark = pytest.mark.usefixtures("retry_testing")
+
 
 def analysis(job_id: uuid.UUID) -> AudioAnalysis:
     return AudioAnalysis(

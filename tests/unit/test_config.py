@@ -265,7 +265,13 @@ def test_reservation_ttl_is_a_timedelta() -> None:
     assert 900 == make().reservation_ttl.total_seconds()
 
 
+def test_stage_heartbeat_interval_is_the_timedelta_stage_heartbeat_takes() -> None:
+    assert timedelta(seconds=30) == make().stage_heartbeat_interval
+    assert timedelta(seconds=2.5) == make(stage_heartbeat_interval_seconds=2.5).stage_heartbeat_interval
+
+
 @given(st.text(max_size=200))
+@settings_profile(deadline=None)  # builds a whole Settings per example: its time depends on the machine's load
 def test_any_database_url_is_accepted_or_refused_with_a_config_error(value: str) -> None:
     problems: tuple[str, ...] = ()
     try:

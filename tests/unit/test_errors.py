@@ -7,6 +7,7 @@ import inspect
 import pickle
 import pkgutil
 from decimal import Decimal
+from typing import assert_type
 from uuid import uuid4
 
 import pytest
@@ -54,6 +55,10 @@ def _sample(cls: type[PipelineError]) -> PipelineError:
         return UserNotFoundError(user_id=uuid4(), job_id=job_id)
     if cls is NotWiredError:
         return NotWiredError(function="stage.run", parameter="cache")
+    if cls is errors.ContainerOnlyError:
+        return errors.ContainerOnlyError(module="shared.config", name="settings", provider="settings", job_id=job_id)
+    if cls is errors.NoDatabaseError:
+        return errors.NoDatabaseError(attribute="fetch", job_id=job_id)
     if cls is TransactionTaskError:
         return TransactionTaskError()
     if cls is errors.PayloadTooLargeError:
@@ -114,6 +119,12 @@ def test_config_error_lists_one_line_per_problem() -> None:
     assert ("A: one", "B: two") == error.problems
     assert ["  - A: one", "  - B: two"] == error.message.splitlines()[1:]
     assert error.message.startswith("Invalid configuration (2 problems)")
+
+
+def test_code_is_typed_str_and_always_set() -> None:
+    error = ValidationError("too long")
+    assert_type(error.code, str)
+    assert "validation_error" == error.code
 
 
 def test_code_can_be_overridden_per_instance() -> None:

@@ -25,6 +25,7 @@ from shared.models import (
     Job,
     JobCost,
     JobStage,
+    JobStatus,
     Lyric,
     Mood,
     ReferenceImage,
@@ -333,3 +334,11 @@ def test_sorted_cut_points_make_valid_boundaries(points: list[float]) -> None:
     )
     assert boundaries == result.clip_boundaries
     assert result == AudioAnalysis.model_validate_json(result.model_dump_json())
+
+
+def test_the_final_statuses_are_completed_and_failed_and_the_stores_agree() -> None:
+    """JobStatus.is_final is the one definition; the repository's SQL list of active statuses derives from it."""
+    from shared import jobs  # noqa: PLC0415
+
+    assert {JobStatus.COMPLETED, JobStatus.FAILED} == {status for status in JobStatus if status.is_final}
+    assert ("queued", "processing") == jobs._ACTIVE

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from shared.errors import RetryableError, ValidationError
-from shared.retry import RetryPolicy, retry_with_backoff
+from shared.retry import RetryPolicy, is_testing, retry_with_backoff, set_testing
 
 
 class Sleeps:
@@ -200,3 +200,40 @@ async def test_a_mock_of_a_paid_api_can_be_wrapped_and_retried() -> None:
     wrapped = retry_with_backoff(base_delay=0, sleep=no_sleep)(api.call)
     assert "answer" == await wrapped()
     assert 2 == api.call.call_count
+
+
+def test_the_defaults_are_three_calls_two_then_four_seconds() -> None:
+    waits: list[float] = []
+    call = retry_with_backoff(sleep=waits.append)(Flaky(RetryableError("a"), RetryableError("b"), RetryableError("c")))
+    with pytest.raises(RetryableError, match="c"):
+        call()
+    assert [2.0, 4.0] == waits
+
+
+@pytest.mark.parametrize("argument", ["max_attempts", "base_delay", "max_delay", "jitter", "deadline"])
+def test_a_policy_with_any_other_setting_is_refused_even_one_equal_to_its_default(argument: str) -> None:
+    defaults = {"max_attempts": 3, "base_delay": 2.0, "max_delay": None, "jitter": False, "deadline": None}
+    with pytest.raises(ValidationError, match=f"either policy= or {argument}"):
+        retry_with_backoff(policy=RetryPolicy(), **{argument: defaults[argument]})  # type: ignore[call-overload]  # the mix under test
+
+
+def test_set_testing_makes_every_wait_zero_and_keeps_the_attempts() -> None:
+    waits: list[float] = []
+    call = retry_with_backoff(max_attempts=3, base_delay=5.0, sleep=waits.append)(
+        Flaky(RetryableError("a", retry_after=9.0), RetryableError("b"))
+    )
+    set_testing()
+    try:
+        assert is_testing()
+        call()
+    finally:
+        set_testing(False)
+    assert [0.0, 0.0] == waits
+    assert not is_testing()
+
+
+def test_the_retry_testing_fixture_turns_the_waits_off(retry_testing: None) -> None:
+    del retry_testing
+    waits: list[float] = []
+    retry_with_backoff(sleep=waits.append)(Flaky(RetryableError("a")))()
+    assert [0.0] == waits

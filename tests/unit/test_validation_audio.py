@@ -142,6 +142,29 @@ def test_upload_file_object_is_read_from_its_start_and_put_back(audio_corpus: Au
     assert ("wav", len(data)) == (info.format, info.size_bytes)
 
 
+def test_a_starlette_upload_file_is_accepted_as_a_route_holds_it(audio_corpus: AudioCorpus) -> None:
+    """FastAPI's UploadFile has coroutine methods; its spooled ``.file`` is what gets read."""
+    from starlette.datastructures import UploadFile  # noqa: PLC0415 - the [api] extra
+
+    data = audio_corpus.good["wav_pcm24"].path.read_bytes()
+    upload = UploadFile(io.BytesIO(data), filename="song.mp3")
+    info = validate_audio_file(upload)
+    assert ("wav", len(data)) == (info.format, info.size_bytes)
+    assert 0 == upload.file.tell()
+
+
+def test_an_async_reader_without_a_file_is_refused_with_what_to_pass() -> None:
+    class AsyncOnly:
+        async def read(self, size: int = -1) -> bytes:
+            return b""
+
+        async def seek(self, offset: int) -> None:
+            return None
+
+    with pytest.raises(ValidationError, match=r"upload\.file"):
+        validate_audio_file(AsyncOnly())  # type: ignore[arg-type]  # proving the runtime check
+
+
 def test_position_is_put_back_when_the_file_is_refused(audio_corpus: AudioCorpus) -> None:
     upload = io.BytesIO(audio_corpus.bad["wav_truncated"][0].read_bytes())
     upload.seek(7)

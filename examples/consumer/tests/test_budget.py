@@ -48,3 +48,17 @@ async def test_the_third_call_is_refused_and_charged_nothing(setup: tuple[StageC
     assert Decimal("0.04") == refused.value.spent
     assert Decimal("0.0400") == await container.cost_tracker().get_total_cost(job_id)
     assert Decimal("0.0400") == (await container.jobs().get_job(job_id)).total_cost
+
+
+async def test_a_budget_set_on_the_fakes_for_a_known_job_is_the_one_that_holds(
+    fake_container: StageContainer, fakes: Fakes
+) -> None:
+    """0.1.0's fakes ignored it (the job was known already), and this test stopped guarding the spending."""
+    job = await fakes.add_job()
+    fakes.costs.add_job(job.id, budget_limit=Decimal("0.03"))
+    api = fake_container.title_api()
+    await title_job(job.id)
+    calls = api.calls
+    with pytest.raises(BudgetExceededError):
+        await title_job(job.id)  # the second $0.02 call
+    assert calls == api.calls

@@ -9,6 +9,7 @@ from shared.config import Settings
 from shared.container import Container
 
 from title_stage.api import SimulatedTitleApi
+from title_stage.settings import TitleSettings
 
 __all__ = ["StageContainer", "init_title_api"]
 
@@ -23,6 +24,7 @@ async def init_title_api(settings: Settings) -> AsyncIterator[SimulatedTitleApi]
 
 
 class StageContainer(Container):
-    """The shared Container with the stage's paid-API client as one more Resource."""
+    """The shared Container with the stage's own settings and its paid-API client."""
 
+    title_settings = providers.Singleton(TitleSettings)  # built and checked by lifespan, with Settings
     title_api = providers.Resource(init_title_api, settings=Container.settings)

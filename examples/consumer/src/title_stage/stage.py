@@ -16,6 +16,7 @@ from shared.wiring import Provide, inject
 
 from title_stage.api import PRICE_PER_CALL, TitleApi, TitleSuggestion
 from title_stage.container import StageContainer
+from title_stage.settings import TitleSettings
 
 __all__ = ["BUCKET", "STAGE", "TitleResult", "title_job"]
 
@@ -43,19 +44,19 @@ async def title_job(
     cache: Cache = Provide[StageContainer.redis],
     storage: Storage = Provide[StageContainer.storage],
     api: TitleApi = Provide[StageContainer.title_api],
+    settings: TitleSettings = Provide[StageContainer.title_settings],
 ) -> TitleResult:
     """Title the job's video; raises BudgetExceededError, before any call, when the budget cannot pay for one."""
     with job_context(job_id=job_id, stage=STAGE.value):
         job = await jobs.get_job(job_id)
         await jobs.start_stage(job_id, STAGE)
-        call = retry_with_backoff(max_attempts=3, base_delay=0.01, logger=_log)(api.suggest_title)
+        call = retry_with_backoff(max_attempts=3, logger=_log)(api.suggest_title)
         async with ledger.reserve(job_id, STAGE, "openai", PRICE_PER_CALL) as reservation:
             suggestion: TitleSuggestion = await call(job.user_prompt)
             await reservation.commit(suggestion.cost)
-        _log.info("titled the video %r for %s", suggestion.title, suggestion.cost)
-        url = await storage.upload_file(
-            BUCKET, f"{job_id}/title.txt", suggestion.title.encode(), "text/plain", upsert=True
-        )
-        await cache.set(f"title:{job_id}", suggestion.title, ttl=3600)
+        title = " ".join(suggestion.title.split()[: settings.max_words])
+        _log.info("titled the video %r for %s", title, suggestion.cost)
+        url = await storage.upload_file(BUCKET, f"{job_id}/title.txt", title.encode(), "text/plain", upsert=True)
+        await cache.set(f"title:{job_id}", title, ttl=3600)
         await jobs.complete_stage(job_id, STAGE, {"title_url": url})
-        return TitleResult(suggestion.title, url)
+        return TitleResult(title, url)
