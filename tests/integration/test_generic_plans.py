@@ -47,6 +47,10 @@ class Captured:
     job: uuid.UUID
 
 
+def _asyncpg_introspection(query: str) -> bool:
+    return "typeinfo_tree" in query or "set_config('jit'" in query
+
+
 @pytest.fixture
 async def captured(pg_dsn: str) -> AsyncIterator[Captured]:
     sent: list[Sent] = []
@@ -212,7 +216,9 @@ async def test_each_maintenance_batch_reads_only_its_rows_through_an_index(captu
     """A batch's cutoff is an Index Cond (a volatile clock_timestamp() there made it a Filter over every row)."""
     policy = MaintenancePolicy(timedelta(minutes=10), timedelta(minutes=5), timedelta(days=30), batch_size=10)
     await maintain(captured.db, policy)
-    plans = [await generic_plan(captured.db, sent) for sent in captured.sent if sent.args]
+    # asyncpg introspects a type it meets first (the id arrays maintain returns): its own statements, not ours.
+    ours = [sent for sent in captured.sent if sent.args and not _asyncpg_introspection(sent.query)]
+    plans = [await generic_plan(captured.db, sent) for sent in ours]
 
     assert 3 == len(plans)
     for plan in plans:

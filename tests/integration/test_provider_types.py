@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import types
 import typing
 from typing import Any
 
@@ -18,12 +19,13 @@ from shared.auth import TokenVerifier
 from shared.config import Settings
 from shared.container import Container
 from shared.cost_tracking import CostTracker
-from shared.database import DatabaseClient
+from shared.database import Database, DatabaseClient
 from shared.errors import ConfigError
 from shared.jobs import JobRepository
 from shared.lifecycle import lifespan
 from shared.paid import PaidCalls, PriceCatalogue, RateLimiter
 from shared.redis_client import RedisClient
+from shared.telemetry import Telemetry
 
 # The names the Container's annotations use only under TYPE_CHECKING.
 _ANNOTATION_NAMES = {
@@ -37,7 +39,12 @@ _ANNOTATION_NAMES = {
     "PaidCalls": PaidCalls,
     "PriceCatalogue": PriceCatalogue,
     "RateLimiter": RateLimiter,
+    "Database": Database,
+    "Telemetry": Telemetry,
+    "AsyncIterator": collections.abc.AsyncIterator,
 }
+# Providers that yield None when their feature is off (telemetry without OTEL_ENABLED).
+_OPTIONAL = {"telemetry"}
 
 
 def shared_providers() -> dict[str, providers.Provider[Any]]:
@@ -57,6 +64,8 @@ def declared_type(provider: providers.Provider[Any]) -> type[Any]:
     origin = typing.get_origin(declared)
     if origin in {collections.abc.AsyncGenerator, collections.abc.Iterator, collections.abc.AsyncIterator}:
         declared = typing.get_args(declared)[0]
+    if isinstance(declared, types.UnionType):  # `X | None`: a feature that may be off
+        (declared,) = [arg for arg in typing.get_args(declared) if arg is not type(None)]
     assert isinstance(declared, type), f"{target.__name__} declares {declared!r}"
     return declared
 
@@ -92,6 +101,9 @@ async def test_after_start_every_provider_returns_its_declared_type_not_a_future
             expected = declared_type(Container.providers[f"storage_{backend}"])
         else:
             expected = declared_type(provider)
+        if value is None and name in _OPTIONAL:
+            checked.append(name)
+            continue
         assert isinstance(value, expected), f"container.{name}() is {type(value).__name__}, not {expected.__name__}"
         checked.append(name)
     assert {"db", "redis", "jobs", "cost_tracker", "storage", "token_verifier"} <= set(checked)
