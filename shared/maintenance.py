@@ -54,6 +54,10 @@ with stale as (
                 where s.job_id = j.id and s.status = 'running'
                   and greatest(s.started_at, s.heartbeat_at) >= now() - $1::interval
            )
+           -- a job the stage engine holds is run again by it, never failed here (shared.stages)
+           and not exists (
+               select 1 from public.stage_runs r where r.job_id = j.id and r.status in ('queued', 'running')
+           )
          order by j.updated_at
          limit $2
            for update of j skip locked

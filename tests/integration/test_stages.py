@@ -188,3 +188,20 @@ def test_load_stages_names_what_is_missing() -> None:
         load_stages("tests.integration.no_such_module")
     with pytest.raises(ConfigError, match="no Stages object"):
         load_stages("tests.integration.stage_module:clip")
+
+
+async def test_maintain_leaves_a_job_the_engine_holds_to_the_engine(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser
+) -> None:
+    from datetime import timedelta  # noqa: PLC0415
+
+    from shared.maintenance import MaintenancePolicy, maintain  # noqa: PLC0415
+
+    held, plain = await new_job(jobs, make_user), await new_job(jobs, make_user)
+    await StageQueue(db).submit(held, "clip_generation", payload={})
+    await db.execute("update jobs set status = 'processing' where id = any($1::uuid[])", [held, plain])
+    await asyncio.sleep(0.05)  # both are now silent for longer than the policy's timeout
+    silent = timedelta(milliseconds=1)
+    await maintain(db, MaintenancePolicy(silent, timedelta(minutes=5), timedelta(days=30)))
+    statuses = [(await jobs.get_job(job)).status.value for job in (held, plain)]
+    assert ["processing", "failed"] == statuses
