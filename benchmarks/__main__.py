@@ -15,6 +15,7 @@ BENCHMARKS = (
     "validation",
     "startup",
     "pgqueuer_baseline",
+    "stages",
     "maintain",
     "paid",
     "operator",
