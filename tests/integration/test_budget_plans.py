@@ -10,7 +10,6 @@ force_generic_plan``. What is checked is the buffers each run touches (a count, 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -39,7 +38,7 @@ async def buffers(connection: asyncpg.Connection, job: uuid.UUID) -> int:
 
 
 @pytest.fixture
-async def skewed(db: DatabaseClient) -> AsyncIterator[tuple[uuid.UUID, list[uuid.UUID]]]:
+async def skewed(db: DatabaseClient) -> tuple[uuid.UUID, list[uuid.UUID]]:
     user = uuid.uuid4()
     await db.execute("insert into auth.users (id) values ($1)", user)
     rows = await db.fetch(
@@ -60,7 +59,7 @@ async def skewed(db: DatabaseClient) -> AsyncIterator[tuple[uuid.UUID, list[uuid
         HOT_RESERVATIONS,
     )
     await db.execute("analyze public.jobs, public.job_cost_reservations, public.job_budget_totals")
-    yield hot, empty
+    return hot, empty
 
 
 async def test_budget_reads_the_same_few_buffers_for_a_hot_job_and_an_empty_one_under_the_generic_plan(
