@@ -13,6 +13,18 @@ that cannot be made so runs inside ``async with db.no_resend():``: after a lost 
 again, and the caller gets a retryable error saying that its outcome is unknown. Inside
 ``async with db.transaction():`` nothing is re-sent: the error reaches the caller, who re-runs the whole
 transaction. Behind a transaction pooler (Supavisor on port 6543, pgbouncer) set the statement cache to 0.
+
+One round trip per statement, directly and through a pooler (issue 24):
+
+- A connection this client gave back after its own statements or transaction is not reset (asyncpg's default
+  reset, ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, is a round trip of its own per
+  statement). Nothing here leaves session state behind: use ``SET LOCAL`` / ``set_config(..., true)`` and
+  transaction advisory locks inside ``db.transaction()``. A connection taken with ``db.pool.acquire()`` (for
+  LISTEN, COPY, session settings) still gets the full reset when it goes back.
+- With the statement cache off (a transaction pooler), asyncpg prepares each statement unnamed and describes it
+  (one round trip), then parses it again with its Bind and Execute (a second). The description is kept per
+  connection here, so from the second run on a statement is one Parse/Bind/Execute/Sync: one round trip, and
+  still nothing named on the server, so any pooled server connection can run it.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -306,6 +319,7 @@ class DatabaseClient:
                 except BaseException:
                     self._release_later(connection)
                     raise
+                _keep_session(connection)
                 await self._pool.release(connection)
         except _DRIVER_ERRORS as exc:
             if result is _UNSET:
@@ -391,6 +405,7 @@ class DatabaseClient:
             clean = True
         finally:
             if clean:
+                _keep_session(connection)
                 await self._give_back(connection, limit)
             else:
                 self._release_later(connection)
@@ -408,6 +423,96 @@ class DatabaseClient:
         """Close the pool, waiting for connections in use (safe to call twice)."""
         if not self._pool.is_closing():
             await self._pool.close()
+
+
+# Descriptions of unnamed statements kept per connection (as many as asyncpg's own cache holds by default).
+_DESCRIBED_MAX = 100
+
+
+class _Connection(asyncpg.Connection):
+    """asyncpg's connection without the round trips this package never needs (see the module docstring).
+
+    It relies on two private asyncpg methods (``_get_statement``, ``_do_execute``, asyncpg 0.32), pinned in the
+    lock; tests/integration/test_round_trips.py counts the messages on the wire, so a change there fails it.
+    """
+
+    __slots__ = ("_described", "_session_kept")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._described: OrderedDict[tuple[str, object, bool], Any] = OrderedDict()
+        self._session_kept = False
+
+    def keep_session(self) -> None:
+        """Mark that only this client's statements ran since the connection was taken: release without a reset."""
+        self._session_kept = True
+
+    def take_session_kept(self) -> bool:
+        """Return whether the next release may skip the reset (once)."""
+        kept, self._session_kept = self._session_kept, False
+        return kept
+
+    async def _get_statement(
+        self,
+        query: str,
+        timeout: float | None,
+        *,
+        named: str | bool | None = False,
+        use_cache: bool = True,
+        ignore_custom_codec: bool = False,
+        record_class: Any = None,
+    ) -> Any:
+        """Return asyncpg's statement; with the cache off, keep an unnamed one's description for the next run."""
+        if self._stmt_cache_enabled or named or not use_cache:  # type: ignore[attr-defined] # asyncpg's own
+            return await super()._get_statement(  # type: ignore[misc] # asyncpg's private method
+                query,
+                timeout,
+                named=named,
+                use_cache=use_cache,
+                ignore_custom_codec=ignore_custom_codec,
+                record_class=record_class,
+            )
+        key = (query, record_class, ignore_custom_codec)
+        statement = self._described.get(key)
+        if statement is not None and not statement.closed:
+            self._described.move_to_end(key)
+            return statement
+        statement = await super()._get_statement(  # type: ignore[misc] # asyncpg's private method
+            query, timeout, ignore_custom_codec=ignore_custom_codec, record_class=record_class
+        )
+        if not statement.name:  # unnamed and marked unprepared: every run sends its Parse with the Bind
+            self._described[key] = statement
+            if len(self._described) > _DESCRIBED_MAX:
+                self._described.popitem(last=False)
+        return statement
+
+    async def _do_execute(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a statement; forget every kept description when a result no longer matches one (a migration)."""
+        try:
+            return await super()._do_execute(*args, **kwargs)  # type: ignore[misc] # asyncpg's private method
+        except asyncpg.InternalClientError:
+            self._described.clear()
+            raise
+
+    def _drop_local_statement_cache(self) -> None:
+        self._described.clear()
+        super()._drop_local_statement_cache()  # type: ignore[misc] # asyncpg's private method
+
+
+def _keep_session(connection: PoolConnectionProxy) -> None:
+    """Let the connection go back without a reset (a pool opened elsewhere, without _Connection, resets it)."""
+    keep = getattr(connection, "keep_session", None)  # the proxy forwards to the connection
+    if keep is not None:
+        keep()
+
+
+async def _reset(connection: asyncpg.Connection) -> None:
+    """Reset a connection going back to the pool, unless only this client's statements ran on it."""
+    if isinstance(connection, _Connection) and connection.take_session_kept():
+        return  # asyncpg has already rolled back a transaction left open, and dropped its listeners
+    query = connection.get_reset_query()
+    if query:
+        await connection.execute(query)
 
 
 def _dumps(value: Any) -> str:
@@ -430,6 +535,8 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
             command_timeout=settings.db_command_timeout_seconds,
             statement_cache_size=settings.statement_cache_size,
             init=_init_connection,
+            reset=_reset,
+            connection_class=_Connection,
         )
     except _DRIVER_ERRORS as exc:
         parts = urlsplit(settings.database_dsn)
