@@ -38,7 +38,7 @@ class WireCounter:
 
     def dsn(self, upstream_dsn: str) -> str:
         """Return ``upstream_dsn``'s database reached through this proxy (no TLS, so that it can read)."""
-        database = upstream_dsn.rsplit("/", 1)[1].split("?")[0]
+        database = upstream_dsn.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
     def reset(self) -> None:
