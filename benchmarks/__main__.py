@@ -10,6 +10,7 @@ BENCHMARKS = (
     "logging",
     "database",
     "cost_tracking",
+    "stage_step",
     "redis",
     "storage",
     "validation",
