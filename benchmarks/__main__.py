@@ -13,6 +13,7 @@ BENCHMARKS = (
     "stage_step",
     "redis",
     "storage",
+    "local_storage",
     "validation",
     "startup",
     "pgqueuer_baseline",

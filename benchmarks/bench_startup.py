@@ -222,7 +222,7 @@ async def _measure_providers() -> dict[str, dict[str, list[float]]]:
 def main() -> str:
     """Run the start-up measurements and return a Markdown report."""
     imports = _imports()
-    alone = _container_alone()
+    container_alone = _container_alone()
     providers = asyncio.run(_measure_providers())
     rows = [
         f"| Import in a fresh interpreter (median of {ROUNDS}) | baseline s | then the project's module s "
@@ -235,7 +235,7 @@ def main() -> str:
             f"| {label} | {baseline:.3f} | {ours:.3f} | {ours / baseline:.2f} | {(baseline + ours) / baseline:.2f} "
             f"| {build * 1000:.1f} | {'yes' if ours <= SHARE_TARGET_SECONDS else 'NO'} |"
         )
-    installed, hidden = statistics.median(alone["installed"]), statistics.median(alone["hidden"])
+    installed, hidden = statistics.median(container_alone["installed"]), statistics.median(container_alone["hidden"])
     rows += [
         "",
         f"| `import shared.container` first, fresh interpreter (median of {ROUNDS}, interleaved) | s | / hidden |",
