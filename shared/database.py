@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -147,6 +147,14 @@ class _Transaction:
     task: asyncio.Task[Any] | None
 
 
+@dataclass(slots=True)
+class _Held:
+    """The connection a ``hold_connection()`` block runs its statements on, while it is usable."""
+
+    connection: PoolConnectionProxy | None
+    busy: bool = False
+
+
 class DatabaseClient:
     """Run queries on an asyncpg pool; ``async with db.transaction():`` makes the calls inside one transaction."""
 
@@ -155,6 +163,7 @@ class DatabaseClient:
         self._timeout = command_timeout
         self._attempts = attempts
         self._current: ContextVar[_Transaction | None] = ContextVar(f"db_transaction_{id(self)}", default=None)
+        self._held: ContextVar[_Held | None] = ContextVar(f"db_held_{id(self)}", default=None)
         self._resend_allowed: ContextVar[bool] = ContextVar(f"db_resend_{id(self)}", default=True)
         self._retry = retry_with_backoff(
             max_attempts=max(attempts - 1, 1),
@@ -310,6 +319,9 @@ class DatabaseClient:
         """
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + timeout
+        held = self._held.get()
+        if held is not None and held.connection is not None and not held.busy:
+            return await self._run_held(held, method, query, args, timeout=timeout, deadline=deadline)
         result: Any = _UNSET
         try:
             async with asyncio.timeout_at(deadline):
@@ -326,6 +338,62 @@ class DatabaseClient:
             # The statement ran; asyncpg closes a connection whose reset failed, and the pool opens another.
             _log.debug("a connection was not given back cleanly after its statement", exc_info=True)
         return result
+
+    async def _run_held(
+        self, held: _Held, method: str, query: str, args: tuple[object, ...], *, timeout: float, deadline: float
+    ) -> Any:
+        """Run on the held connection; after any failure but PostgreSQL's own answer, stop using it."""
+        connection = held.connection
+        assert connection is not None  # noqa: S101 - checked by the caller
+        held.busy = True
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await getattr(connection, method)(query, *args, timeout=timeout)
+        except asyncpg.PostgresError as exc:
+            if translate_error(exc).__class__ is DatabaseError:  # refused by PostgreSQL: the connection is fine
+                raise translate_error(exc, action=_action(method, timeout)) from exc
+            held.connection = None
+            self._release_later(connection)
+            raise translate_error(exc, action=_action(method, timeout)) from exc
+        except BaseException as exc:
+            # Lost, timed out or cancelled midway: the rest of the block goes through the pool.
+            held.connection = None
+            self._release_later(connection)
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise translate_error(exc, action=_action(method, timeout)) from exc
+            raise
+        finally:
+            held.busy = False
+
+    @contextlib.asynccontextmanager
+    async def hold_connection(self) -> AsyncIterator[None]:
+        """Run the block's statements on one pooled connection: a stage step without an acquire and release each.
+
+        Outside a transaction, as the block's statements would run anyway: each commits on its own, and one
+        whose connection was lost is sent again (on a connection from the pool, which the rest of the block
+        then uses too). A statement another task sends while the held one is busy (a lease renewal) takes its
+        own pooled connection. Nested blocks share the outer one's connection.
+        """
+        if self._held.get() is not None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                connection: PoolConnectionProxy = await self._pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise translate_error(exc, action=_action("hold_connection", self._timeout)) from exc
+        held = _Held(connection)
+        token = self._held.set(held)
+        try:
+            yield
+        finally:
+            self._held.reset(token)
+            kept, held.connection = held.connection, None
+            if kept is not None:
+                if held.busy:  # a statement of another task still runs on it
+                    self._release_later(kept)
+                else:
+                    await _to_completion(_release_kept(self._pool, kept))
 
     async def _give_back(self, connection: PoolConnectionProxy, budget: float) -> None:
         """Release within ``budget`` seconds; a release that cannot (a frozen server) finishes in the background."""
@@ -513,6 +581,16 @@ async def _release_kept(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> 
     raw._on_release()  # type: ignore[attr-defined] # what Pool.release does first
     holder = connection._holder  # Pool.release without its shield
     await holder.release(holder._timeout)  # type: ignore[attr-defined] # the acquire's timeout
+
+
+async def _to_completion(release: Coroutine[Any, Any, None]) -> None:
+    """Finish a release even when the caller is cancelled meanwhile (a kept release never waits, in practice)."""
+    task = asyncio.ensure_future(release)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 def _keep_session(connection: PoolConnectionProxy) -> None:

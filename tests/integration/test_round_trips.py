@@ -7,6 +7,7 @@ in front of the server counts the client's Sync, Flush and Query messages: the r
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -18,6 +19,7 @@ import pytest
 from benchmarks._wire import WireCounter, wire_counter
 from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient, init_database
+from shared.errors import DatabaseError
 from shared.jobs import JobRepository
 from shared.models import StageName
 from tests.fixtures.core import MakeSettings
@@ -113,3 +115,21 @@ async def test_a_connection_taken_from_the_pool_directly_is_still_reset_on_relea
         )
         assert state is not None
         assert (0, "", 0) == (state["channels"], state["name"], state["locks"])
+
+
+async def test_hold_connection_runs_the_block_on_one_connection_and_survives_its_loss(
+    make_settings: MakeSettings, pg_dsn: str
+) -> None:
+    settings = make_settings(database_url=pg_dsn, db_pool_min_size=1, db_pool_max_size=3)
+    async for db in init_database(settings):
+        async with db.hold_connection():
+            pids = {await db.fetchval("select pg_backend_pid()") for _ in range(3)}
+            with pytest.raises(DatabaseError):
+                await db.execute("select 1 / 0")  # PostgreSQL's refusal: the connection stays in use
+            pids.add(await db.fetchval("select pg_backend_pid()"))
+            assert 1 == len(pids)
+            both = await asyncio.gather(db.fetchval("select 1 from pg_sleep(0.05)"), db.fetchval("select 2"))
+            assert [1, 2] == list(both)  # the second task took a pooled connection of its own
+            await db.execute("select pg_terminate_backend($1)", *pids)  # from another connection of the pool
+            assert 7 == await db.fetchval("select 7")  # lost, sent again on a pooled connection
+            assert pids.isdisjoint({await db.fetchval("select pg_backend_pid()")})
