@@ -372,6 +372,10 @@ class Sink:
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
 
+    def write_many(self, chunks: list[bytes]) -> None:
+        """Write the pieces in order (in a worker thread: one hop for many pieces)."""
+        self._file.writelines(chunks)
+
     def fileno(self) -> int:
         """Return the temporary file's descriptor (nothing written through ``write`` yet: nothing buffered)."""
         return self._file.fileno()
