@@ -17,6 +17,12 @@ TTL (a lease), so only a worker that died loses its hold. Cancellation never str
 in flight runs to its end (a second cancel included) before the cancellation goes on, and a cancelled reserve
 releases the id it chose, whether or not PostgreSQL had made the reservation yet.
 
+A worker paused past the TTL and ``maintain``'s grace (a GC pause, a frozen VM) finds its reservation released
+(lapsed); its commit is still recorded, the whole cost counted as overrun, since the money was spent. Only a
+reservation released by its own block refuses a commit. ``get_budget`` reads the reservations in flight and the
+job's running overrun total (``job_budget_totals``), never the reservations a job keeps: its cost does not grow
+with them, under any plan.
+
 Every amount the API takes goes through :func:`to_money`: a ValidationError or the right Decimal, nothing else.
 
 Round trips: 1 for ``track_cost``, 2 for a reserve + commit pair, 2 for a reservation that is released.
