@@ -229,8 +229,14 @@ async def test_commit_after_maintain_released_a_paused_workers_hold_is_recorded_
     assert (Decimal("1.40"), Decimal("0.70"), Decimal("0.40")) == (status.spent, status.overrun, status.over_limit)
     assert Decimal("1.40") == sum(cost.cost for cost in await ledger.tracker.list_costs(job))
     (record,) = [r for r in caplog.records if getattr(r, "reservation_id", None) == str(paused.id)]
-    assert ("0.7000", "1.4000") == (record.overrun, record.spent)  # type: ignore[attr-defined] # log extras
+    fields = ("actual_cost", "overrun", "spent", "limit")
+    assert str(job) == record.job_id  # type: ignore[attr-defined] # a log extra
+    assert (Decimal("0.70"), Decimal("0.70"), Decimal("1.40"), Decimal(1)) == tuple(
+        Decimal(getattr(record, name)) for name in fields
+    )
+    assert not hasattr(record, "estimated_cost")  # nothing was held any more: no estimate to compare with
     assert "lapsed" in record.getMessage()
+    assert "over its budget" in record.getMessage()
 
 
 async def test_commit_after_its_own_block_released_it_is_refused(ledger: Ledger) -> None:
