@@ -452,9 +452,10 @@ async def test_only_a_commit_above_its_estimate_warns_and_the_default_budget_is_
         async with tracker.reserve(job, CLIPS, "replicate", 1) as above:
             await above.commit(3)
     (record,) = caplog.records
-    assert (str(job), str(above.id), "50.0000", "5.5000") == tuple(
-        getattr(record, name) for name in ("job_id", "reservation_id", "limit", "spent")
+    assert (str(job), str(above.id), "50.0000", "5.5000", "1.0000", "2.0000") == tuple(
+        getattr(record, name) for name in ("job_id", "reservation_id", "limit", "spent", "estimated_cost", "overrun")
     )
+    assert "lapsed" not in record.getMessage()
 
 
 async def test_track_cost_warns_only_past_the_budget_with_its_figures(
