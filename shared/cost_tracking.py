@@ -17,6 +17,12 @@ TTL (a lease), so only a worker that died loses its hold. Cancellation never str
 in flight runs to its end (a second cancel included) before the cancellation goes on, and a cancelled reserve
 releases the id it chose, whether or not PostgreSQL had made the reservation yet.
 
+A worker paused past the TTL and ``maintain``'s grace (a GC pause, a frozen VM) finds its reservation released
+(lapsed); its commit is still recorded, the whole cost counted as overrun, since the money was spent. Only a
+reservation released by its own block refuses a commit. ``get_budget`` reads the reservations in flight and the
+job's running overrun total (``job_budget_totals``), never the reservations a job keeps: its cost does not grow
+with them, under any plan.
+
 Every amount the API takes goes through :func:`to_money`: a ValidationError or the right Decimal, nothing else.
 
 Round trips: 1 for ``track_cost``, 2 for a reserve + commit pair, 2 for a reservation that is released.
@@ -75,6 +81,20 @@ select * from public.job_costs
 """
 # grouping(stage_name, api_name): 1 when grouped by the stage alone, 2 by the API alone, 3 the grand total.
 _BY_STAGE, _BY_API, _GRAND_TOTAL = 1, 2, 3
+# What is reserved is summed over job_cost_reservations_active_held_idx, which holds only active rows (the
+# estimate rides in the index), and the overrun is the job's running total: the statement reads the rows in
+# flight, never the job's retained committed ones, under the custom and the generic plan alike (a plan made for
+# a job with 100k reservations is the plan for an empty one too: tests/integration/test_budget_plans.py).
+_BUDGET = """
+select j.total_cost,
+       coalesce($2, j.budget_limit, $3) as budget,
+       (select coalesce(sum(r.estimated_cost), 0)
+          from public.job_cost_reservations r
+         where r.job_id = j.id and r.status = 'active' and r.expires_at > clock_timestamp()) as reserved,
+       coalesce((select t.overrun from public.job_budget_totals t where t.job_id = j.id), 0) as overrun
+  from public.jobs j
+ where j.id = $1
+"""
 _COST_SUMMARY = """
 select grouping(c.stage_name, c.api_name) as grouping, c.stage_name, c.api_name,
        count(c.id) as calls, coalesce(sum(c.cost), 0) as cost, count(j.id) as joined
@@ -173,6 +193,8 @@ class CostLedger(Protocol):  # pragma: no mutate block
         api_name: str,
         estimated_cost: MoneyLike,
         limit: MoneyLike | None = None,
+        *,
+        attempt_id: UUID | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]: ...
 
 
@@ -213,6 +235,32 @@ def warn_overrun(
             "estimated_cost": str(estimate),
             "actual_cost": str(actual),
             "overrun": str(actual - estimate),
+            "spent": str(spent),
+            "limit": str(limit),
+        },
+    )
+
+
+def warn_lapsed(job_id: UUID, reservation_id: UUID, *, actual: Decimal, spent: Decimal, limit: Decimal) -> None:
+    """Log that a commit came after housekeeping had released its reservation (its worker paused past the TTL).
+
+    The cost is recorded all the same, the whole of it as an overrun, since nothing held it any more.
+    """
+    over = "; over its budget, further reservations are refused" if spent > limit else ""
+    _log.warning(
+        "job %s: reservation %s had lapsed (its worker stopped renewing it past the TTL and maintain released "
+        "it); its actual cost %s is recorded as an overrun; spent %s of its budget %s%s",
+        job_id,
+        reservation_id,
+        actual,
+        spent,
+        limit,
+        over,
+        extra={
+            "job_id": str(job_id),
+            "reservation_id": str(reservation_id),
+            "actual_cost": str(actual),
+            "overrun": str(actual),
             "spent": str(spent),
             "limit": str(limit),
         },
@@ -454,23 +502,7 @@ class CostTracker(LedgerRules):
     async def get_budget(self, job_id: UUID, limit: MoneyLike | None = None) -> BudgetStatus:
         """Return what the job has spent, reserved and overrun, and its limit (``limit``, the job's, or the default)."""
         override = None if limit is None else to_money(limit, field="limit")
-        row = await self._db.fetchrow(
-            """
-            select j.total_cost,
-                   coalesce($2, j.budget_limit, $3) as budget,
-                   coalesce(sum(r.estimated_cost) filter (
-                       where r.status = 'active' and r.expires_at > clock_timestamp()), 0) as reserved,
-                   coalesce(sum(r.actual_cost - r.estimated_cost) filter (
-                       where r.status = 'committed' and r.actual_cost > r.estimated_cost), 0) as overrun
-              from public.jobs j
-              left join public.job_cost_reservations r on r.job_id = j.id
-             where j.id = $1
-             group by j.id
-            """,
-            job_id,
-            override,
-            self._default,
-        )
+        row = await self._db.fetchrow(_BUDGET, job_id, override, self._default)
         if row is None:
             raise JobNotFoundError(job_id=job_id)
         return BudgetStatus(job_id, row["total_cost"], row["reserved"], row["budget"], row["overrun"])
@@ -514,13 +546,19 @@ class CostTracker(LedgerRules):
         api_name: str,
         estimated_cost: MoneyLike,
         limit: MoneyLike | None = None,
+        *,
+        attempt_id: UUID | None = None,
     ) -> AsyncIterator[Reservation]:
         """Hold ``estimated_cost`` against the budget for the block, or raise BudgetExceededError before it.
 
         Inside, ``await reservation.commit(actual)`` records the cost. Leaving without a commit, or by an
         exception or a cancellation, releases the reservation before the block is left. While the block runs
         the hold is renewed every third of the TTL, so a long paid call keeps it; a worker that dies loses it
-        at the TTL.
+        at the TTL. A worker that was only paused past the TTL (and whose hold ``maintain`` released) still
+        gets its commit recorded, all of it as an overrun: the money was spent.
+
+        ``attempt_id`` names the stage attempt the reservation belongs to (the stage engine's), so that
+        housekeeping can tell a live attempt's hold from a dead one's.
         """
         stage = check_names(stage_name, api_name)
         estimate = to_money(estimated_cost, field="estimated_cost")
@@ -531,7 +569,7 @@ class CostTracker(LedgerRules):
         try:
             with span("cost.reserve"):
                 row = await self._db.fetchrow(
-                    "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "select * from public.reserve_job_budget($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     reservation.id,
                     job_id,
                     stage.value,
@@ -540,6 +578,7 @@ class CostTracker(LedgerRules):
                     override,
                     self._default,
                     self._ttl,
+                    attempt_id,
                 )
         except (asyncio.CancelledError, DatabaseUnavailableError):
             # PostgreSQL may have made the reservation (or may still make it): release its id either way.
@@ -591,25 +630,26 @@ class CostTracker(LedgerRules):
             row = await self._db.fetchrow("select * from public.commit_job_reservation($1, $2)", reservation.id, actual)
         except DatabaseError as error:
             if error.sqlstate == _RAISED:
-                msg = "this reservation was released; reserve again before spending"
+                msg = "this reservation was released when its block was left; reserve again before spending"
                 raise InvalidStateError(
                     msg, current="released", requested="committed", job_id=reservation.job_id
                 ) from error
             raise
         if row is None:  # pragma: no cover - the row exists while the reservation object does
             raise InvalidStateError("the reservation no longer exists", job_id=reservation.job_id)
-        if row["newly_recorded"] and (metrics := instruments()) is not None:
-            metrics.record_cost(reservation.stage.value, reservation.api_name, actual)
-        if row["newly_recorded"] and actual > reservation.estimated_cost:
+        if row["newly_recorded"] and row["overrun"] > 0:
             limit = row["budget_limit"] if row["budget_limit"] is not None else self._default
-            warn_overrun(
-                reservation.job_id,
-                reservation.id,
-                estimate=reservation.estimated_cost,
-                actual=actual,
-                spent=row["spent"],
-                limit=limit,
-            )
+            if row["held"] < reservation.estimated_cost:
+                warn_lapsed(reservation.job_id, reservation.id, actual=actual, spent=row["spent"], limit=limit)
+            else:
+                warn_overrun(
+                    reservation.job_id,
+                    reservation.id,
+                    estimate=reservation.estimated_cost,
+                    actual=actual,
+                    spent=row["spent"],
+                    limit=limit,
+                )
         return _cost(row)
 
     async def _release(self, reservation: _DbReservation) -> None:

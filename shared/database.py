@@ -13,6 +13,18 @@ that cannot be made so runs inside ``async with db.no_resend():``: after a lost 
 again, and the caller gets a retryable error saying that its outcome is unknown. Inside
 ``async with db.transaction():`` nothing is re-sent: the error reaches the caller, who re-runs the whole
 transaction. Behind a transaction pooler (Supavisor on port 6543, pgbouncer) set the statement cache to 0.
+
+One round trip per statement, directly and through a pooler (issue 24):
+
+- A connection this client gave back after its own statements or transaction is not reset (asyncpg's default
+  reset, ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``, is a round trip of its own per
+  statement). Nothing here leaves session state behind: use ``SET LOCAL`` / ``set_config(..., true)`` and
+  transaction advisory locks inside ``db.transaction()``. A connection taken with ``db.pool.acquire()`` (for
+  LISTEN, COPY, session settings) still gets the full reset when it goes back.
+- With the statement cache off (a transaction pooler), asyncpg prepares each statement unnamed and describes it
+  (one round trip), then parses it again with its Bind and Execute (a second). The description is kept per
+  connection here, so from the second run on a statement is one Parse/Bind/Execute/Sync: one round trip, and
+  still nothing named on the server, so any pooled server connection can run it.
 """
 
 from __future__ import annotations
@@ -21,7 +33,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -136,6 +149,14 @@ class _Transaction:
     task: asyncio.Task[Any] | None
 
 
+@dataclass(slots=True)
+class _Held:
+    """The connection a ``hold_connection()`` block runs its statements on, while it is usable."""
+
+    connection: PoolConnectionProxy | None
+    busy: bool = False
+
+
 class DatabaseClient:
     """Run queries on an asyncpg pool; ``async with db.transaction():`` makes the calls inside one transaction."""
 
@@ -144,6 +165,7 @@ class DatabaseClient:
         self._timeout = command_timeout
         self._attempts = attempts
         self._current: ContextVar[_Transaction | None] = ContextVar(f"db_transaction_{id(self)}", default=None)
+        self._held: ContextVar[_Held | None] = ContextVar(f"db_held_{id(self)}", default=None)
         self._resend_allowed: ContextVar[bool] = ContextVar(f"db_resend_{id(self)}", default=True)
         self._retry = retry_with_backoff(
             max_attempts=max(attempts - 1, 1),
@@ -300,6 +322,9 @@ class DatabaseClient:
         """
         if deadline is None:
             deadline = asyncio.get_running_loop().time() + timeout
+        held = self._held.get()
+        if held is not None and held.connection is not None and not held.busy:
+            return await self._run_held(held, method, query, args, timeout=timeout, deadline=deadline)
         result: Any = _UNSET
         try:
             async with asyncio.timeout_at(deadline):
@@ -314,13 +339,69 @@ class DatabaseClient:
                 except BaseException:
                     self._release_later(connection)
                     raise
-                await self._pool.release(connection)
+                await _release_kept(self._pool, connection)
         except _DRIVER_ERRORS as exc:
             if result is _UNSET:
                 raise translate_error(exc, action=_action(method, timeout)) from exc
             # The statement ran; asyncpg closes a connection whose reset failed, and the pool opens another.
             _log.debug("a connection was not given back cleanly after its statement", exc_info=True)
         return result
+
+    async def _run_held(
+        self, held: _Held, method: str, query: str, args: tuple[object, ...], *, timeout: float, deadline: float
+    ) -> Any:
+        """Run on the held connection; after any failure but PostgreSQL's own answer, stop using it."""
+        connection = held.connection
+        assert connection is not None  # noqa: S101 - checked by the caller
+        held.busy = True
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await getattr(connection, method)(query, *args, timeout=timeout)
+        except asyncpg.PostgresError as exc:
+            if translate_error(exc).__class__ is DatabaseError:  # refused by PostgreSQL: the connection is fine
+                raise translate_error(exc, action=_action(method, timeout)) from exc
+            held.connection = None
+            self._release_later(connection)
+            raise translate_error(exc, action=_action(method, timeout)) from exc
+        except BaseException as exc:
+            # Lost, timed out or cancelled midway: the rest of the block goes through the pool.
+            held.connection = None
+            self._release_later(connection)
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise translate_error(exc, action=_action(method, timeout)) from exc
+            raise
+        finally:
+            held.busy = False
+
+    @contextlib.asynccontextmanager
+    async def hold_connection(self) -> AsyncIterator[None]:
+        """Run the block's statements on one pooled connection: a stage step without an acquire and release each.
+
+        Outside a transaction, as the block's statements would run anyway: each commits on its own, and one
+        whose connection was lost is sent again (on a connection from the pool, which the rest of the block
+        then uses too). A statement another task sends while the held one is busy (a lease renewal) takes its
+        own pooled connection. Nested blocks share the outer one's connection.
+        """
+        if self._held.get() is not None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                connection: PoolConnectionProxy = await self._pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise translate_error(exc, action=_action("hold_connection", self._timeout)) from exc
+        held = _Held(connection)
+        token = self._held.set(held)
+        try:
+            yield
+        finally:
+            self._held.reset(token)
+            kept, held.connection = held.connection, None
+            if kept is not None:
+                if held.busy:  # a statement of another task still runs on it
+                    self._release_later(kept)
+                else:
+                    await _to_completion(_release_kept(self._pool, kept))
 
     async def _give_back(self, connection: PoolConnectionProxy, budget: float) -> None:
         """Release within ``budget`` seconds; a release that cannot (a frozen server) finishes in the background."""
@@ -399,6 +480,7 @@ class DatabaseClient:
             clean = True
         finally:
             if clean:
+                _keep_session(connection)
                 await self._give_back(connection, limit)
             else:
                 self._release_later(connection)
@@ -416,6 +498,123 @@ class DatabaseClient:
         """Close the pool, waiting for connections in use (safe to call twice)."""
         if not self._pool.is_closing():
             await self._pool.close()
+
+
+# Descriptions of unnamed statements kept per connection (as many as asyncpg's own cache holds by default).
+_DESCRIBED_MAX = 100
+
+
+class _Connection(asyncpg.Connection):
+    """asyncpg's connection without the round trips this package never needs (see the module docstring).
+
+    It relies on two private asyncpg methods (``_get_statement``, ``_do_execute``, asyncpg 0.32), pinned in the
+    lock; tests/integration/test_round_trips.py counts the messages on the wire, so a change there fails it.
+    """
+
+    __slots__ = ("_described", "_session_kept")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._described: OrderedDict[tuple[str, object, bool], Any] = OrderedDict()
+        self._session_kept = False
+
+    def keep_session(self) -> None:
+        """Mark that only this client's statements ran since the connection was taken: release without a reset."""
+        self._session_kept = True
+
+    def take_session_kept(self) -> bool:
+        """Return whether the next release may skip the reset (once)."""
+        kept, self._session_kept = self._session_kept, False
+        return kept
+
+    async def _get_statement(
+        self,
+        query: str,
+        timeout: float | None,
+        *,
+        named: str | bool | None = False,
+        use_cache: bool = True,
+        ignore_custom_codec: bool = False,
+        record_class: Any = None,
+    ) -> Any:
+        """Return asyncpg's statement; with the cache off, keep an unnamed one's description for the next run."""
+        if self._stmt_cache_enabled or named or not use_cache:  # type: ignore[attr-defined] # asyncpg's own
+            return await super()._get_statement(  # type: ignore[misc] # asyncpg's private method
+                query,
+                timeout,
+                named=named,
+                use_cache=use_cache,
+                ignore_custom_codec=ignore_custom_codec,
+                record_class=record_class,
+            )
+        key = (query, record_class, ignore_custom_codec)
+        statement = self._described.get(key)
+        if statement is not None and not statement.closed:
+            self._described.move_to_end(key)
+            return statement
+        statement = await super()._get_statement(  # type: ignore[misc] # asyncpg's private method
+            query, timeout, ignore_custom_codec=ignore_custom_codec, record_class=record_class
+        )
+        if not statement.name:  # unnamed and marked unprepared: every run sends its Parse with the Bind
+            self._described[key] = statement
+            if len(self._described) > _DESCRIBED_MAX:
+                self._described.popitem(last=False)
+        return statement
+
+    async def _do_execute(self, *args: Any, **kwargs: Any) -> Any:
+        """Run a statement; forget every kept description when a result no longer matches one (a migration)."""
+        try:
+            return await super()._do_execute(*args, **kwargs)  # type: ignore[misc] # asyncpg's private method
+        except asyncpg.InternalClientError:
+            self._described.clear()
+            raise
+
+    def _drop_local_statement_cache(self) -> None:
+        self._described.clear()
+        super()._drop_local_statement_cache()  # type: ignore[misc] # asyncpg's private method
+
+
+async def _release_kept(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> None:
+    """Give back a connection that ran only this client's statements, outside a transaction.
+
+    With nothing to reset, the release completes without waiting on anything, so asyncpg's ``asyncio.shield``
+    around it (a task per statement: a fifth of the client's CPU on the stage step) buys nothing; a cancellation
+    cannot land in the middle. On a pool opened elsewhere (without _Connection) asyncpg's release runs as is.
+    """
+    raw = connection._con  # type: ignore[attr-defined] # asyncpg's proxied connection, not in the stubs
+    if not isinstance(raw, _Connection) or raw.is_in_transaction():
+        await pool.release(connection)
+        return
+    raw.keep_session()
+    raw._on_release()  # type: ignore[attr-defined] # what Pool.release does first
+    holder = connection._holder  # Pool.release without its shield
+    await holder.release(holder._timeout)  # type: ignore[attr-defined] # the acquire's timeout
+
+
+async def _to_completion(release: Coroutine[Any, Any, None]) -> None:
+    """Finish a release even when the caller is cancelled meanwhile (a kept release never waits, in practice)."""
+    task = asyncio.ensure_future(release)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
+
+
+def _keep_session(connection: PoolConnectionProxy) -> None:
+    """Let the connection go back without a reset (a pool opened elsewhere, without _Connection, resets it)."""
+    keep = getattr(connection, "keep_session", None)  # the proxy forwards to the connection
+    if keep is not None:
+        keep()
+
+
+async def _reset(connection: asyncpg.Connection) -> None:
+    """Reset a connection going back to the pool, unless only this client's statements ran on it."""
+    if isinstance(connection, _Connection) and connection.take_session_kept():
+        return  # asyncpg has already rolled back a transaction left open, and dropped its listeners
+    query = connection.get_reset_query()
+    if query:
+        await connection.execute(query)
 
 
 def _dumps(value: Any) -> str:
@@ -438,6 +637,8 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
             command_timeout=settings.db_command_timeout_seconds,
             statement_cache_size=settings.statement_cache_size,
             init=_init_connection,
+            reset=_reset,
+            connection_class=_Connection,
         )
     except _DRIVER_ERRORS as exc:
         parts = urlsplit(settings.database_dsn)

@@ -6,7 +6,8 @@ A running stage's worker keeps a heartbeat (``async with stage_heartbeat(jobs, j
 1. fails every processing job with no sign of life (its job row's last update, its running stage's start or
    heartbeat) for longer than ``STAGE_HEARTBEAT_TIMEOUT_SECONDS``, its running stage with it, saying why;
 2. releases active reservations that expired more than ``RESERVATION_RELEASE_GRACE_SECONDS`` ago (their
-   worker stopped renewing them: it died), so they stop being rows anyone has to skip;
+   worker stopped renewing them: it died, or is paused), so they stop being rows anyone has to skip; each is
+   marked lapsed, and a paused worker's later commit is still recorded (as an overrun);
 3. deletes committed and released reservation rows older than ``RESERVATION_RETENTION_DAYS``. The cost
    history is untouched: what a committed reservation spent is its ``job_costs`` row, which no reservation
    row is needed for.
@@ -81,7 +82,7 @@ select (select count(*) from failed) as jobs, (select count(*) from stages) as s
 _RELEASE_EXPIRED = """
 with released as (
     update public.job_cost_reservations r
-       set status = 'released'
+       set status = 'released', lapsed_at = now()
      where r.id = any(array(
          select e.id
            from public.job_cost_reservations e

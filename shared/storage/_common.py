@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import mimetypes
 import os
@@ -236,6 +237,13 @@ class Body:
             position += len(chunk)
             yield chunk
 
+    def source_descriptor(self) -> tuple[int, int] | None:
+        """Return the body file's descriptor and start offset, for a copy in the kernel; None for other bodies."""
+        if self._file is None:
+            return None
+        fd = _fileno(self._file)
+        return None if fd is None else (fd, self._start)
+
     def _read_cached(self, offset: int, length: int) -> bytes | None:
         """Return the piece at ``offset`` when it is in memory already (content, or the page cache), else None."""
         if self._content is not None:
@@ -364,6 +372,14 @@ class Sink:
     def write(self, chunk: bytes) -> None:
         self._file.write(chunk)
 
+    def write_many(self, chunks: list[bytes]) -> None:
+        """Write the pieces in order (in a worker thread: one hop for many pieces)."""
+        self._file.writelines(chunks)
+
+    def fileno(self) -> int:
+        """Return the temporary file's descriptor (nothing written through ``write`` yet: nothing buffered)."""
+        return self._file.fileno()
+
 
 @contextlib.asynccontextmanager
 async def atomic_destination(target: Path) -> AsyncIterator[Sink]:
@@ -382,6 +398,46 @@ async def atomic_destination(target: Path) -> AsyncIterator[Sink]:
         file.close()
         remove_quietly(temp)
         raise
+
+
+def copy_range(source: int, offset: int, destination: int, length: int) -> int:
+    """Copy up to ``length`` bytes from ``source`` at ``offset`` to ``destination``'s position; return the count.
+
+    In the kernel (``copy_file_range``, or ``sendfile``) when the two are files it can copy between, else
+    through a buffer. Runs in a worker thread: one hop per piece of many MiB, not two per MiB. 0 means the
+    source ended.
+    """
+    # Descriptors of the thread's own: a caller cancelled meanwhile closes its files, and a number it closed may
+    # be given to another file before this thread's next call.
+    source, destination = os.dup(source), os.dup(destination)
+    try:
+        return _copy_range(source, offset, destination, length)
+    finally:
+        os.close(source)
+        os.close(destination)
+
+
+def _copy_range(source: int, offset: int, destination: int, length: int) -> int:
+    copied = 0
+    while copied < length:
+        try:
+            count = os.copy_file_range(source, destination, length - copied, offset + copied)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            data = os.pread(source, min(length - copied, 1024 * 1024), offset + copied)
+            count = len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(destination, view) :]
+        if count == 0:
+            break
+        copied += count
+    return copied
+
+
+# copy_file_range refuses some pairs of files (another file system on older kernels, special files).
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF})
 
 
 def remove_quietly(path: Path) -> None:

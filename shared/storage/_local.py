@@ -34,9 +34,9 @@ from shared.errors import (
 )
 from shared.health import HealthStatus
 from shared.storage._common import (
-    READ_SIZE,
     UploadData,
     atomic_destination,
+    copy_range,
     detect_content_type,
     object_url,
     open_body,
@@ -52,6 +52,9 @@ from shared.telemetry import traced
 
 __all__ = ["LocalStorage"]
 
+# A piece per thread hop between files: a hop per MiB (two, read and write) was most of the cost of a copy
+# (0.42-0.44 x a file copy, issue 24), and a piece is still small enough for a cancellation to land soon.
+_PIECE = 32 * 1024 * 1024
 _PARTIAL = ".partial"  # bucket names cannot start with '.', so this never collides with a bucket
 NAME_MAX = 255  # bytes in one file name on Linux and macOS file systems (a smaller limit reads as ENAMETOOLONG)
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -130,8 +133,12 @@ class LocalStorage:
             try:
                 name, file = await asyncio.to_thread(self._create_temp)
                 try:
-                    async for chunk in body.chunks(READ_SIZE):
-                        await asyncio.to_thread(file.write, chunk)
+                    source = body.source_descriptor()
+                    if source is not None:
+                        await _copy_all(source[0], source[1], file.fileno(), body.size)
+                    else:
+                        async for chunk in body.chunks(_PIECE):
+                            await asyncio.to_thread(file.write, chunk)
                     await asyncio.to_thread(_flush_and_close, file)
                     await asyncio.to_thread(self._commit, name, segments, upsert=upsert, bucket=bucket, path=path)
                 finally:
@@ -218,9 +225,8 @@ class LocalStorage:
         written = 0
         try:
             async with atomic_destination(Path(destination)) as sink:
-                while chunk := await asyncio.to_thread(source.read, READ_SIZE):
-                    await asyncio.to_thread(sink.write, chunk)
-                    written += len(chunk)
+                while count := await asyncio.to_thread(copy_range, source.fileno(), written, sink.fileno(), _PIECE):
+                    written += count
         except OSError as exc:
             raise _translate(exc, bucket=bucket, path=path) from exc
         finally:
@@ -424,6 +430,17 @@ def _translate(exc: OSError, *, bucket: str, path: str) -> PipelineError:
     if exc.errno == errno.ENAMETOOLONG:
         return _name_too_long(bucket, path)
     return from_os_error(exc, bucket=bucket, path=path)
+
+
+async def _copy_all(source: int, start: int, destination: int, size: int) -> None:
+    """Copy ``size`` bytes of an upload body's file into the temporary file, a piece per thread hop."""
+    done = 0
+    while done < size:
+        count = await asyncio.to_thread(copy_range, source, start + done, destination, min(_PIECE, size - done))
+        if count == 0:
+            msg = f"The upload source ended at byte {done} of {size}; it changed while being uploaded"
+            raise ValidationError(msg, field="data")
+        done += count
 
 
 def _flush_and_close(file: BufferedWriter) -> None:

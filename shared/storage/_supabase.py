@@ -85,6 +85,9 @@ __all__ = [
     "tus_chunk_size",
 ]
 
+# Bytes of a download written per thread hop (held in memory meanwhile).
+_WRITE_BATCH = 8 * 1024 * 1024
+
 R = TypeVar("R")
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -479,10 +482,21 @@ class SupabaseStorage:
             if response.status_code != 200:
                 await response.aread()
                 _expect(response, 200, bucket=bucket, path=path)
+            # The pieces as they arrive (no re-chunking copy), written a batch per thread hop: a hop per MiB was
+            # the gap to a raw streamed httpx GET (0.76 x, issue 24).
             written = 0
-            async for chunk in response.aiter_bytes(READ_SIZE):
-                await asyncio.to_thread(sink.write, chunk)
-                written += len(chunk)
+            batch: list[bytes] = []
+            batched = 0
+            async for chunk in response.aiter_bytes():
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= _WRITE_BATCH:
+                    await asyncio.to_thread(sink.write_many, batch)
+                    written += batched
+                    batch, batched = [], 0
+            if batch:
+                await asyncio.to_thread(sink.write_many, batch)
+                written += batched
             return written
 
     # --- the rest ---

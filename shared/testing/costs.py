@@ -16,6 +16,7 @@ from shared.cost_tracking import (
     CostSummary,
     LedgerRules,
     Reservation,
+    warn_lapsed,
     warn_overrun,
     warn_overshoot,
 )
@@ -39,6 +40,8 @@ class _Held:
     expires_at: datetime
     status: str = "active"
     actual: Decimal | None = None
+    attempt_id: UUID | None = None
+    lapsed: bool = False
 
 
 @dataclass
@@ -88,6 +91,17 @@ class FakeCostTracker(LedgerRules):
         self._clock = clock or self.world.clock
         self._jobs: dict[UUID, _Job] = {}
         self._held: dict[UUID, _Held] = {}
+
+    def release_expired(self, grace: timedelta = timedelta(0)) -> int:
+        """Release the active reservations expired more than ``grace`` ago, as ``maintain`` does; return how many.
+
+        Their worker may only be paused: a later commit is still recorded, all of it as an overrun.
+        """
+        now = self._clock()
+        lapsed = [h for h in self._held.values() if h.status == "active" and h.expires_at < now - grace]
+        for held in lapsed:
+            held.status, held.lapsed = "released", True
+        return len(lapsed)
 
     def add_job(self, job_id: UUID, budget_limit: Decimal | None = None) -> None:
         """Register a job (what creating its row does for the real tracker), or set a known job's budget.
@@ -184,9 +198,9 @@ class FakeCostTracker(LedgerRules):
         )
         overrun = sum(
             (
-                h.actual - h.estimate
+                _overrun(h)
                 for h in self._held.values()
-                if h.job_id == job_id and h.status == "committed" and h.actual is not None and h.actual > h.estimate
+                if h.job_id == job_id and h.status == "committed" and h.actual is not None
             ),
             start=Decimal(0),
         )
@@ -224,6 +238,8 @@ class FakeCostTracker(LedgerRules):
         api_name: str,
         estimated_cost: MoneyLike,
         limit: MoneyLike | None = None,
+        *,
+        attempt_id: UUID | None = None,
     ) -> AsyncIterator[Reservation]:
         stage = check_names(stage_name, api_name)
         estimate = to_money(estimated_cost, field="estimated_cost")
@@ -233,7 +249,7 @@ class FakeCostTracker(LedgerRules):
                 job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit, requested=estimate
             )
         reservation_id = uuid.uuid4()
-        held = _Held(job_id, stage, api_name, estimate, self._clock() + self._ttl)
+        held = _Held(job_id, stage, api_name, estimate, self._clock() + self._ttl, attempt_id=attempt_id)
         self._held[reservation_id] = held
         reservation = _FakeReservation(self, reservation_id, held)
         try:
@@ -243,19 +259,24 @@ class FakeCostTracker(LedgerRules):
                 held.status = "released"
 
     def _commit(self, reservation_id: UUID, held: _Held, actual: Decimal) -> JobCost:
-        if held.status == "released":
-            msg = "this reservation was released; reserve again before spending"
+        if held.status == "released" and not held.lapsed:
+            msg = "this reservation was released when its block was left; reserve again before spending"
             raise InvalidStateError(msg, current="released", requested="committed", job_id=held.job_id)
         row, new = self._record(held.job_id, held.stage, held.api_name, actual, f"reservation:{reservation_id}")
         held.status, held.actual = "committed", actual
         job = self._jobs[held.job_id]
-        if new and actual > held.estimate:
-            warn_overrun(
-                held.job_id,
-                reservation_id,
-                estimate=held.estimate,
-                actual=actual,
-                spent=job.spent,
-                limit=self._limit(job, None),
-            )
+        if new and _overrun(held) > 0:
+            limit = self._limit(job, None)
+            if held.lapsed:
+                warn_lapsed(held.job_id, reservation_id, actual=actual, spent=job.spent, limit=limit)
+            else:
+                warn_overrun(
+                    held.job_id, reservation_id, estimate=held.estimate, actual=actual, spent=job.spent, limit=limit
+                )
         return row
+
+
+def _overrun(held: _Held) -> Decimal:
+    """Return what a committed reservation cost above what it held (all of it once it had lapsed)."""
+    assert held.actual is not None  # noqa: S101 - only asked of committed reservations
+    return max(held.actual - (Decimal(0) if held.lapsed else held.estimate), Decimal(0))

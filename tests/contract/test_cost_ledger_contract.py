@@ -15,6 +15,7 @@ from shared.cost_tracking import CostLedger, CostTracker, to_money
 from shared.database import DatabaseClient, init_database
 from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError, ValidationError
 from shared.jobs import JobRepository
+from shared.maintenance import MaintenancePolicy, maintain
 from shared.models import StageName
 from shared.testing.costs import FakeCostTracker
 
@@ -28,6 +29,8 @@ class Ledger:
     tracker: CostLedger
     make_job: Callable[[Decimal | None], Awaitable[uuid.UUID]]
     expire_reservations: Callable[[], Awaitable[None]]
+    # Expire every active reservation and run maintain's release over them (their workers paused past the TTL).
+    lapse_reservations: Callable[[], Awaitable[None]]
 
 
 class Clock:
@@ -52,7 +55,11 @@ async def ledger(request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
         async def advance() -> None:
             clock.now += timedelta(minutes=16)
 
-        yield Ledger(fake, make_fake_job, advance)
+        async def lapse() -> None:
+            await advance()
+            fake.release_expired()
+
+        yield Ledger(fake, make_fake_job, advance, lapse)
         return
     settings = request.getfixturevalue("make_settings")(database_url=request.getfixturevalue("pg_dsn"))
     async for db in init_database(settings):
@@ -72,7 +79,14 @@ def postgres_ledger(db: DatabaseClient) -> Ledger:
     async def expire() -> None:
         await db.execute("update job_cost_reservations set expires_at = now() - interval '1 second'")
 
-    return Ledger(tracker, make_job, expire)
+    async def lapse() -> None:
+        await expire()
+        policy = MaintenancePolicy(
+            stage_timeout=timedelta(days=1), release_grace=timedelta(0), retention=timedelta(days=30)
+        )
+        await maintain(db, policy)
+
+    return Ledger(tracker, make_job, expire, lapse)
 
 
 async def test_implements_the_protocol(ledger: Ledger) -> None:
@@ -198,7 +212,34 @@ async def test_reservation_released_when_block_raises(ledger: Ledger) -> None:
     assert Decimal(8) == await ledger.tracker.get_total_cost(job)
 
 
-async def test_commit_after_release_is_refused(ledger: Ledger) -> None:
+async def test_commit_after_maintain_released_a_paused_workers_hold_is_recorded_as_an_overrun(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19: 1.40 really spent on a 1.00 budget shows 1.40 in the ledger, the lapsed 0.70 as overrun."""
+    job = await ledger.make_job(Decimal("1.00"))
+    with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", "0.70") as paused:
+            await ledger.lapse_reservations()  # the worker was paused past TTL + grace; maintain released it
+            assert Decimal(0) == (await ledger.tracker.get_budget(job)).reserved
+            async with ledger.tracker.reserve(job, CLIPS, "replicate", "0.70") as other:
+                await other.commit("0.70")
+            first = await paused.commit("0.70")  # the worker wakes up: the money was spent
+            assert first == await paused.commit("0.70")  # once
+    status = await ledger.tracker.get_budget(job)
+    assert (Decimal("1.40"), Decimal("0.70"), Decimal("0.40")) == (status.spent, status.overrun, status.over_limit)
+    assert Decimal("1.40") == sum(cost.cost for cost in await ledger.tracker.list_costs(job))
+    (record,) = [r for r in caplog.records if getattr(r, "reservation_id", None) == str(paused.id)]
+    fields = ("actual_cost", "overrun", "spent", "limit")
+    assert str(job) == record.job_id  # type: ignore[attr-defined] # a log extra
+    assert (Decimal("0.70"), Decimal("0.70"), Decimal("1.40"), Decimal(1)) == tuple(
+        Decimal(getattr(record, name)) for name in fields
+    )
+    assert not hasattr(record, "estimated_cost")  # nothing was held any more: no estimate to compare with
+    assert "lapsed" in record.getMessage()
+    assert "over its budget" in record.getMessage()
+
+
+async def test_commit_after_its_own_block_released_it_is_refused(ledger: Ledger) -> None:
     job = await ledger.make_job(None)
     async with ledger.tracker.reserve(job, CLIPS, "replicate", 1) as reservation:
         pass

@@ -78,5 +78,28 @@ def hold_until_killed() -> None:
     asyncio.run(_hold(dsn, uuid.UUID(job_id), Decimal(estimate), float(ttl)))
 
 
+async def _hold_then_commit(dsn: str, job_id: uuid.UUID, estimate: Decimal, ttl_seconds: float) -> None:
+    attempt_id = uuid.uuid4()
+    async for db in init_database(_settings(dsn)):
+        tracker = CostTracker(db, default_budget=Decimal(50), reservation_ttl=timedelta(seconds=ttl_seconds))
+        async with tracker.reserve(
+            job_id, StageName.CLIP_GENERATION, "replicate", estimate, attempt_id=attempt_id
+        ) as reservation:
+            print("held", reservation.id, attempt_id, flush=True)  # noqa: T201 - the parent reads this line
+            # The paid call: the parent stops this process (SIGSTOP) meanwhile, and says when it has answered.
+            await asyncio.to_thread(sys.stdin.readline)
+            cost = await reservation.commit(estimate)
+            print("committed", cost.cost, flush=True)  # noqa: T201 - the parent reads this line
+
+
+def hold_then_commit() -> None:
+    """Reserve (argv: dsn, job id, estimate, TTL seconds, "commit"), say "held", commit once stdin has a line."""
+    dsn, job_id, estimate, ttl = sys.argv[1:5]
+    asyncio.run(_hold_then_commit(dsn, uuid.UUID(job_id), Decimal(estimate), float(ttl)))
+
+
 if __name__ == "__main__":
-    hold_until_killed()
+    if sys.argv[5:] == ["commit"]:
+        hold_then_commit()
+    else:
+        hold_until_killed()

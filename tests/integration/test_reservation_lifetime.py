@@ -28,6 +28,7 @@ from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient, init_database
 from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError, ValidationError
 from shared.jobs import JobRepository
+from shared.maintenance import MaintenancePolicy, maintain
 from shared.models import StageName
 from tests.fixtures.core import MakeSettings
 from tests.fixtures.postgres import MakeUser
@@ -259,6 +260,72 @@ async def test_killed_workers_hold_expires(money: Money) -> None:
     )  # the dead worker's, expired
 
 
+async def test_paused_workers_commit_after_maintain_released_its_hold_is_recorded_as_an_overrun(money: Money) -> None:
+    """Issue 19: a worker SIGSTOPped past TTL + grace loses its hold to maintain, and its commit still lands.
+
+    1.40 really spent on a 1.00 budget shows 1.40 in the ledger, with the lapsed reservation's 0.70 as overrun.
+    """
+    job = await money.new_job(Decimal("1.00"))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.cost_workers", money.dsn, str(job), "0.70", "0.6", "commit"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert worker.stdin is not None
+    assert worker.stdout is not None
+    try:
+        held, reservation_id, attempt_id = (await asyncio.to_thread(worker.stdout.readline)).split()
+        assert b"held" == held
+        worker.send_signal(signal.SIGSTOP)  # a GC pause, a frozen VM
+        grace = timedelta(seconds=0.3)
+        policy = MaintenancePolicy(stage_timeout=timedelta(days=1), release_grace=grace, retention=timedelta(days=30))
+        released = 0
+        for _ in range(400):  # bounded, not timed: until the hold is past its TTL + grace and maintain takes it
+            released += (await maintain(money.db, policy)).released_reservations
+            if released:
+                break
+            await asyncio.sleep(0.05)
+        assert 1 == released
+        tracker = money.tracker()
+        async with tracker.reserve(job, CLIPS, "replicate", "0.70") as other:  # the money is free again
+            await other.commit("0.70")
+        worker.send_signal(signal.SIGCONT)
+        worker.stdin.write(b"answered\n")
+        worker.stdin.flush()
+        committed = await asyncio.to_thread(worker.stdout.readline)
+        assert 0 == await asyncio.to_thread(worker.wait)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        worker.stdin.close()
+        worker.stdout.close()
+    assert b"committed 0.7000\n" == committed
+    status = await tracker.get_budget(job)
+    assert (Decimal("1.40"), Decimal("0.70"), Decimal("0.40")) == (status.spent, status.overrun, status.over_limit)
+    row = await money.db.fetchrow(
+        "select status, actual_cost, attempt_id, lapsed_at is not null as lapsed from job_cost_reservations "
+        "where id = $1",
+        uuid.UUID(reservation_id.decode()),
+    )
+    assert row is not None
+    assert ("committed", Decimal("0.70"), uuid.UUID(attempt_id.decode()), True) == tuple(row.values())
+
+
+async def test_reservation_records_its_stage_attempt(money: Money) -> None:
+    job = await money.new_job(Decimal(1))
+    attempt = uuid.uuid4()
+    tracker = money.tracker()
+    async with tracker.reserve(job, CLIPS, "replicate", "0.10", attempt_id=attempt) as with_attempt:
+        await with_attempt.commit("0.10")
+    async with tracker.reserve(job, CLIPS, "replicate", "0.10") as without:
+        await without.commit("0.10")
+    rows = await money.db.fetch("select id, attempt_id from job_cost_reservations where job_id = $1", job)
+    assert {with_attempt.id: attempt, without.id: None} == {row["id"]: row["attempt_id"] for row in rows}
+
+
 async def eventually(check: Callable[[], Awaitable[bool]]) -> bool:
     """Return True once ``check`` does (bounded: about 20 s), else False."""
     for _ in range(400):
@@ -385,9 +452,10 @@ async def test_only_a_commit_above_its_estimate_warns_and_the_default_budget_is_
         async with tracker.reserve(job, CLIPS, "replicate", 1) as above:
             await above.commit(3)
     (record,) = caplog.records
-    assert (str(job), str(above.id), "50.0000", "5.5000") == tuple(
-        getattr(record, name) for name in ("job_id", "reservation_id", "limit", "spent")
+    assert (str(job), str(above.id), "50.0000", "5.5000", "1.0000", "2.0000") == tuple(
+        getattr(record, name) for name in ("job_id", "reservation_id", "limit", "spent", "estimated_cost", "overrun")
     )
+    assert "lapsed" not in record.getMessage()
 
 
 async def test_track_cost_warns_only_past_the_budget_with_its_figures(
