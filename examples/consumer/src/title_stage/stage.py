@@ -6,6 +6,7 @@ import logging
 from uuid import UUID
 
 from shared.cost_tracking import CostLedger
+from shared.errors import StageConflictError
 from shared.jobs import JobStore
 from shared.logging import job_context
 from shared.models import StageName
@@ -49,7 +50,10 @@ async def title_job(
     """Title the job's video; raises BudgetExceededError, before any call, when the budget cannot pay for one."""
     with job_context(job_id=job_id, stage=STAGE.value):
         job = await jobs.get_job(job_id)
-        await jobs.start_stage(job_id, STAGE)
+        try:
+            await jobs.start_stage(job_id, STAGE)
+        except StageConflictError:  # 0.2.0: a completed stage is never reopened; a new title is one more paid call
+            _log.info("the job was titled before; titling it again")
         call = retry_with_backoff(max_attempts=3, logger=_log)(api.suggest_title)
         async with ledger.reserve(job_id, STAGE, "openai", PRICE_PER_CALL) as reservation:
             suggestion: TitleSuggestion = await call(job.user_prompt)
