@@ -582,11 +582,12 @@ async def _release_kept(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> 
     cannot land in the middle. On a pool opened elsewhere (without _Connection) asyncpg's release runs as is.
     """
     raw = connection._con  # type: ignore[attr-defined] # asyncpg's proxied connection, not in the stubs
-    if not isinstance(raw, _Connection) or raw.is_in_transaction():
+    keep = getattr(raw, "keep_session", None)  # only our _Connection has it (a pool opened elsewhere does not)
+    if keep is None or raw.is_in_transaction():
         await pool.release(connection)
         return
-    raw.keep_session()
-    raw._on_release()  # type: ignore[attr-defined] # what Pool.release does first
+    keep()
+    raw._on_release()  # what Pool.release does first (asyncpg private)
     holder = connection._holder  # Pool.release without its shield
     await holder.release(holder._timeout)  # type: ignore[attr-defined] # the acquire's timeout
 
