@@ -129,6 +129,22 @@ _END = """
 update public.stage_runs set status = $3, error = $4, finished_at = now()
  where id = $1 and (attempt_id = $2 or $2 is null) and status in ('queued', 'running')
 """
+# A delivery that found its item held by another attempt whose heartbeat is still fresh: pgqueuer re-picks a
+# delivery on its own, coarser heartbeat, often before the holder's stage heartbeat is stale, and acknowledges it
+# when the handler returns. Without a delivery of its own the item would never run again if its holder then died,
+# so one more is queued for when the holder's heartbeat would be stale.
+_LOOK_AGAIN = """
+with held as (
+    select id, stage, heartbeat_at from public.stage_runs where id = $1 and status = 'running'
+),
+q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    select 0, stage, convert_to(id::text, 'UTF8'), greatest(now(), heartbeat_at + $2::interval), 'queued' from held
+    returning id, entrypoint, priority
+)
+insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+select id, 'queued', entrypoint, priority from q
+"""
 _CANCEL_QUEUED = """
 update public.stage_runs set status = 'cancelled', error = $2, finished_at = now()
  where job_id = $1 and status = 'queued'
@@ -410,8 +426,11 @@ class StageWorker:
             await self._drop(run_id)
             return
         ctx = StageContext(self._db, dict(row))
-        if ctx.attempt > row["max_attempts"]:
-            await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={row['max_attempts']})")
+        # The handler's declared bound (``@stages.handler(max_attempts=...)``); the submitter's default of 3 in
+        # the row would otherwise override every handler's own.
+        max_attempts = spec.max_attempts
+        if ctx.attempt > max_attempts:
+            await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={max_attempts})")
             return
         await self._db.execute(
             "update public.jobs set status = 'processing' where id = $1 and status = 'queued'", ctx.job_id
@@ -422,17 +441,24 @@ class StageWorker:
         with telemetry.stage_span(
             job_id=ctx.job_id, stage=ctx.stage, item=ctx.item, attempt=ctx.attempt, trace_context=carried
         ):
-            await self._attempt(spec, ctx, row["max_attempts"])
+            await self._attempt(spec, ctx, max_attempts)
 
     async def _drop(self, run_id: UUID) -> None:
         """A delivery that claimed nothing: done, held by a live worker, or its job ended (cancel what is left)."""
         row = await self._db.fetchrow(
-            "select r.status, j.status as job_status, r.job_id from public.stage_runs r"
-            " join public.jobs j on j.id = r.job_id where r.id = $1",
+            "select r.status, j.status as job_status, r.heartbeat_at < now() - $2::interval as stale"
+            " from public.stage_runs r join public.jobs j on j.id = r.job_id where r.id = $1",
             run_id,
+            timedelta(seconds=self._timeout),
         )
-        if row is not None and row["job_status"] not in _ACTIVE and row["status"] == "queued":
+        if row is None:
+            return
+        if row["job_status"] not in _ACTIVE and (
+            row["status"] == "queued" or (row["status"] == "running" and row["stale"])
+        ):
             await self._db.execute(_END, run_id, None, "cancelled", "the job ended")
+        elif row["status"] == "running":  # held by another attempt: look again once it could be stale
+            await self._db.execute(_LOOK_AGAIN, run_id, timedelta(seconds=self._timeout))
 
     async def _attempt(self, spec: _Handler, ctx: StageContext, max_attempts: int) -> None:
         task: asyncio.Task[Mapping[str, Any] | None] = asyncio.create_task(spec.run(ctx))
@@ -510,7 +536,10 @@ class StageWorker:
     async def _fail(self, ctx: StageContext, reason: str) -> None:
         message = f"stage {ctx.stage}" + (f" item {ctx.item}" if ctx.item else "") + f": {reason}"
         async with self._db.transaction():
-            await self._db.execute(_END, ctx.run_id, ctx.attempt_id, "failed", message[:1000])
+            ended = await self._db.execute(_END, ctx.run_id, ctx.attempt_id, "failed", message[:1000])
+            if ended != "UPDATE 1":  # another attempt took the item over: this one's failure is not the job's
+                _log.warning("stage %s item %r was taken over; its failure is dropped: %s", ctx.stage, ctx.item, reason)
+                return
             await self._queue.cancel_job(ctx.job_id, message[:1000])
 
 
