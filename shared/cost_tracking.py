@@ -195,7 +195,16 @@ class CostLedger(Protocol):  # pragma: no mutate block
         limit: MoneyLike | None = None,
         *,
         attempt_id: UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Reservation]: ...
+
+
+_RESERVATION_KEYS = uuid.UUID("6f1d7a52-3c0e-4f4b-9a57-2a1c9b0e7d31")
+
+
+def _reservation_id(job_id: UUID, idempotency_key: str) -> UUID:
+    """Return the reservation id of a job's effect ``idempotency_key``: the same on every attempt."""
+    return uuid.uuid5(_RESERVATION_KEYS, f"{job_id}:{idempotency_key}")
 
 
 def warn_overshoot(job_id: UUID, spent: Decimal, limit: Decimal, *, estimate: Decimal | None, actual: Decimal) -> None:
@@ -291,7 +300,7 @@ async def _to_the_end(work: Coroutine[Any, Any, _T]) -> _T:
 class _DbReservation:
     """A reservation row in PostgreSQL under the id chosen here; commit records the cost once."""
 
-    __slots__ = ("_committed", "_tracker", "api_name", "estimated_cost", "id", "job_id", "stage")
+    __slots__ = ("_committed", "_tracker", "api_name", "attempt_id", "estimated_cost", "id", "job_id", "stage")
 
     def __init__(
         self,
@@ -302,9 +311,11 @@ class _DbReservation:
         stage: StageName,
         api_name: str,
         estimate: Decimal,
+        attempt_id: UUID | None = None,
     ) -> None:
         self._tracker = tracker
         self.id = reservation_id
+        self.attempt_id = attempt_id
         self.job_id = job_id
         self.stage = stage
         self.api_name = api_name
@@ -548,6 +559,7 @@ class CostTracker(LedgerRules):
         limit: MoneyLike | None = None,
         *,
         attempt_id: UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncIterator[Reservation]:
         """Hold ``estimated_cost`` against the budget for the block, or raise BudgetExceededError before it.
 
@@ -559,12 +571,24 @@ class CostTracker(LedgerRules):
 
         ``attempt_id`` names the stage attempt the reservation belongs to (the stage engine's), so that
         housekeeping can tell a live attempt's hold from a dead one's.
+
+        ``idempotency_key`` (with ``attempt_id``; a stage passes ``ctx.key(name)``) makes the reservation one
+        across every attempt of the same effect, so that a re-run never records the cost twice: a later attempt
+        takes over a hold an earlier one left active (it died or is paused), gets a reservation already committed
+        by an earlier one back holding nothing (``commit`` returns the first row, counting nothing), and holds
+        a released one again if the budget allows.
         """
-        stage = check_names(stage_name, api_name)
+        stage = check_names(stage_name, api_name, idempotency_key)
         estimate = to_money(estimated_cost, field="estimated_cost")
         override = None if limit is None else to_money(limit, field="limit")
         reservation = _DbReservation(
-            self, reservation_id=uuid.uuid4(), job_id=job_id, stage=stage, api_name=api_name, estimate=estimate
+            self,
+            reservation_id=_reservation_id(job_id, idempotency_key) if idempotency_key is not None else uuid.uuid4(),
+            job_id=job_id,
+            stage=stage,
+            api_name=api_name,
+            estimate=estimate,
+            attempt_id=attempt_id,
         )
         try:
             with span("cost.reserve"):
@@ -674,15 +698,20 @@ class CostTracker(LedgerRules):
                 """
                 with job as (select id from public.jobs where id = $2 for update)
                 insert into public.job_cost_reservations
-                       (id, job_id, stage_name, api_name, estimated_cost, status, expires_at)
-                select $1, job.id, $3, $4, $5, 'released', clock_timestamp() from job
-                on conflict (id) do update set status = 'released' where job_cost_reservations.status = 'active'
+                       (id, job_id, stage_name, api_name, estimated_cost, status, expires_at, attempt_id)
+                select $1, job.id, $3, $4, $5, 'released', clock_timestamp(), $6 from job
+                on conflict (id) do update
+                       set status = 'released',
+                           attempt_id = coalesce(excluded.attempt_id, job_cost_reservations.attempt_id)
+                 where job_cost_reservations.status = 'active'
+                    or (job_cost_reservations.status = 'released' and excluded.attempt_id is not null)
                 """,
                 reservation.id,
                 reservation.job_id,
                 reservation.stage.value,
                 reservation.api_name,
                 reservation.estimated_cost,
+                reservation.attempt_id,
             )
         except DatabaseError:
             _log.warning("could not release reservation %s; it expires at its TTL", reservation.id, exc_info=True)

@@ -19,9 +19,9 @@ block (HTTP 429/503, the SDKs' rate-limit errors) leaves it as a RetryableError 
 
 With a stage attempt (``attempt=ctx``) the limiter's request id derives from ``ctx.attempt_id`` (uuid5 with the
 effect's ``name``), and :meth:`PaidCalls.track_usage` keys its cost row with ``ctx.key(name)``, the same across
-attempts, so a re-run never records it twice. The reservation's own id is chosen by ``CostTracker.reserve``
-(its commit is keyed by it); tying it to the attempt needs ``reserve`` to take one (the stages work adds
-``job_cost_reservations.attempt_id``).
+attempts, so a re-run never records it twice. The reservation belongs to the attempt (``attempt_id``) and is
+keyed by ``ctx.key(name)`` too: every attempt of the effect reserves the same one, so a re-run takes over a dead
+attempt's hold and a commit an earlier attempt made is returned, never recorded again.
 """
 
 from __future__ import annotations
@@ -209,7 +209,14 @@ class PaidCalls:
         # The budget first, the rate slot last: the slot is taken right before the call is sent, so the delay
         # between the grant and the call's arrival at the provider (the window's jitter) is the smallest.
         with paid_call_span(provider=provider, model=model) as traced:
-            async with self.ledger.reserve(job_id, stage, f"{provider}/{model}", priced.cost) as reservation:
+            async with self.ledger.reserve(
+                job_id,
+                stage,
+                f"{provider}/{model}",
+                priced.cost,
+                attempt_id=attempt.attempt_id if attempt is not None else None,
+                idempotency_key=attempt.key(name) if attempt is not None else None,
+            ) as reservation:
                 waiting = time.perf_counter()
                 with span("paid.rate_slot"):
                     grant = await self.limiter.acquire(scope, request_id, priced.tokens, limits, max_wait=wait)

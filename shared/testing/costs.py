@@ -16,6 +16,7 @@ from shared.cost_tracking import (
     CostSummary,
     LedgerRules,
     Reservation,
+    _reservation_id,
     warn_lapsed,
     warn_overrun,
     warn_overshoot,
@@ -240,17 +241,33 @@ class FakeCostTracker(LedgerRules):
         limit: MoneyLike | None = None,
         *,
         attempt_id: UUID | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncIterator[Reservation]:
-        stage = check_names(stage_name, api_name)
+        stage = check_names(stage_name, api_name, idempotency_key)
         estimate = to_money(estimated_cost, field="estimated_cost")
-        status = await self.get_budget(job_id, limit)
-        if not status.allows(estimate):
-            raise BudgetExceededError(
-                job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit, requested=estimate
-            )
-        reservation_id = uuid.uuid4()
-        held = _Held(job_id, stage, api_name, estimate, self._clock() + self._ttl, attempt_id=attempt_id)
-        self._held[reservation_id] = held
+        reservation_id = _reservation_id(job_id, idempotency_key) if idempotency_key is not None else uuid.uuid4()
+        held = self._held.get(reservation_id)
+        later = held is not None and attempt_id is not None and held.attempt_id != attempt_id
+        if held is not None and later and held.status == "active":  # an earlier attempt's hold: taken over
+            held.attempt_id, held.expires_at = attempt_id, max(held.expires_at, self._clock() + self._ttl)
+        elif held is not None and (held.status == "committed" if later else held.status != "active"):
+            if not later:  # the same attempt finds its id released or spent: refused, as in PostgreSQL
+                status = await self.get_budget(job_id, limit)
+                raise BudgetExceededError(
+                    job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit, requested=estimate
+                )
+        elif held is None or held.status != "active":
+            status = await self.get_budget(job_id, limit)
+            if not status.allows(estimate):
+                raise BudgetExceededError(
+                    job_id=job_id, spent=status.spent, reserved=status.reserved, limit=status.limit, requested=estimate
+                )
+            if held is None:
+                held = _Held(job_id, stage, api_name, estimate, self._clock() + self._ttl, attempt_id=attempt_id)
+                self._held[reservation_id] = held
+            else:  # released: held again for this later attempt
+                held.status, held.lapsed, held.estimate = "active", False, estimate
+                held.attempt_id, held.expires_at = attempt_id, self._clock() + self._ttl
         reservation = _FakeReservation(self, reservation_id, held)
         try:
             yield reservation

@@ -322,3 +322,41 @@ async def test_cost_pages_iteration_and_summary_agree(ledger: Ledger) -> None:
     assert "after_id" == refused.value.field
     with pytest.raises(JobNotFoundError):
         await ledger.tracker.cost_summary(uuid.uuid4())
+
+
+async def test_every_attempt_of_an_effect_holds_one_reservation_and_records_it_once(ledger: Ledger) -> None:
+    """Issue 19: a re-run keyed like the attempt that died takes over its hold and never records the cost twice."""
+    job = await ledger.make_job(Decimal("1.00"))
+    first, second, third = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    dead = ledger.tracker.reserve(job, CLIPS, "replicate", "0.70", attempt_id=first, idempotency_key="run:clip")
+    held = await dead.__aenter__()  # its worker dies holding it: the block is never left
+    async with ledger.tracker.reserve(
+        job, CLIPS, "replicate", "0.70", attempt_id=second, idempotency_key="run:clip"
+    ) as rerun:
+        assert (held.id, Decimal("0.70")) == (rerun.id, (await ledger.tracker.get_budget(job)).reserved)
+        recorded = await rerun.commit("0.60")
+    async with ledger.tracker.reserve(
+        job, CLIPS, "replicate", "0.70", attempt_id=third, idempotency_key="run:clip"
+    ) as again:  # the attempt that committed died before its stage completed
+        assert Decimal(0) == (await ledger.tracker.get_budget(job)).reserved
+        assert recorded == await again.commit("0.60")
+    await dead.__aexit__(None, None, None)
+    status = await ledger.tracker.get_budget(job)
+    assert (Decimal("0.60"), Decimal(0)) == (status.spent, status.reserved)
+    assert [Decimal("0.60")] == [cost.cost for cost in await ledger.tracker.list_costs(job)]
+
+
+async def test_a_released_effect_is_held_again_by_a_later_attempt_only(ledger: Ledger) -> None:
+    job = await ledger.make_job(Decimal("1.00"))
+    attempt = uuid.uuid4()
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", "0.70", attempt_id=attempt, idempotency_key="k"):
+        pass  # left without a commit: released
+    with pytest.raises(BudgetExceededError):  # the same attempt does not get a released hold back
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", "0.70", attempt_id=attempt, idempotency_key="k"):
+            pytest.fail("held again by the attempt that released it")
+    async with ledger.tracker.reserve(
+        job, CLIPS, "replicate", "0.70", attempt_id=uuid.uuid4(), idempotency_key="k"
+    ) as later:
+        assert Decimal("0.70") == (await ledger.tracker.get_budget(job)).reserved
+        await later.commit("0.70")
+    assert Decimal("0.70") == await ledger.tracker.get_total_cost(job)

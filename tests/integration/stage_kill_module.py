@@ -1,7 +1,8 @@
 """The stage the kill test runs: a paid clip with an await point between every two effects, and a plan of kills.
 
 Each item of ``clip_generation`` creates a prediction at a fake provider on loopback (a paid call) and
-checkpoints its handle, reserves its cost against the job's budget (``attempt_id``: the stage attempt), fetches
+checkpoints its handle, reserves its cost against the job's budget (the stage attempt's, keyed by ``ctx.key``
+as every attempt of the effect is: a re-run takes the hold over or gets the commit already made), fetches
 the prediction's result, commits the cost, writes its artifact (a file and a row, both keyed by ``ctx.key``) and
 moves the job's progress. ``composition`` runs once after all items and writes one artifact.
 
@@ -89,7 +90,12 @@ async def clip(ctx: StageContext) -> dict[str, Any]:
     kill_point(ctx.item, "checkpointed")
     ledger = CostTracker(ctx.db, default_budget=Decimal("1000"), reservation_ttl=timedelta(minutes=5))
     async with ledger.reserve(
-        ctx.job_id, StageName.CLIP_GENERATION, "fake/clip", COST, attempt_id=ctx.attempt_id
+        ctx.job_id,
+        StageName.CLIP_GENERATION,
+        "fake/clip",
+        COST,
+        attempt_id=ctx.attempt_id,
+        idempotency_key=ctx.key("cost"),
     ) as reservation:
         kill_point(ctx.item, "reserved")
         output = await provider(f"get {handle}")  # free: the result of the prediction already paid for
