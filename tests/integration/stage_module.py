@@ -50,3 +50,9 @@ async def compose(ctx: StageContext) -> dict[str, Any]:
     clips = await ctx.results("clip_generation")
     await _effect(ctx, "compose")
     return {"clips": sorted(clips)}
+
+
+@stages.handler("stubborn", max_attempts=2)
+async def stubborn(ctx: StageContext) -> dict[str, Any]:
+    await _effect(ctx, "start")
+    raise RetryableError("the provider is still busy", retry_after=0.05)

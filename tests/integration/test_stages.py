@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -205,3 +206,56 @@ async def test_maintain_leaves_a_job_the_engine_holds_to_the_engine(
     await maintain(db, MaintenancePolicy(silent, timedelta(minutes=5), timedelta(days=30)))
     statuses = [(await jobs.get_job(job)).status.value for job in (held, plain)]
     assert ["processing", "failed"] == statuses
+
+
+@pytest.mark.usefixtures("effects")
+async def test_the_handlers_max_attempts_bounds_its_items(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    """``@stages.handler("stubborn", max_attempts=2)`` bounds the item, not the submitter's default of 3."""
+    job = await new_job(jobs, make_user)
+    await StageQueue(db).submit(job, "stubborn", payload={})
+    start_worker()
+    await wait_for(db, "select status = 'failed' from jobs where id = $1", job)
+    assert {"start": 2} == await counts(db, job)
+    assert "failed after 2 attempts" in str((await jobs.get_job(job)).error_message)
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_delivery_that_finds_its_item_held_comes_back_until_the_holder_is_gone(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    """pgqueuer re-picks a dead worker's delivery before the stage's heartbeat is stale; the item is not lost."""
+    job = await new_job(jobs, make_user)
+    start_worker()
+    async with db.transaction():  # the worker sees the delivery and its holder at once
+        await StageQueue(db).submit(job, "clip_generation", payload={"mode": "ok"})
+        await db.execute(  # held by an attempt whose worker is gone, its last beat still fresh for 10 s
+            "update stage_runs set status = 'running', attempt = 1, attempt_id = gen_random_uuid(),"
+            " worker = 'gone:1', started_at = now(), heartbeat_at = now() + interval '10 seconds' where job_id = $1",
+            job,
+        )
+    await wait_for(db, "select status = 'completed' from stage_runs where job_id = $1", job, timeout=30)
+    assert 2 == await db.fetchval("select attempt from stage_runs where job_id = $1", job)
+
+
+async def test_a_taken_over_attempts_failure_does_not_fail_the_job(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str
+) -> None:
+    from shared.stages import StageContext, StageWorker  # noqa: PLC0415
+
+    job = await new_job(jobs, make_user)
+    await StageQueue(db).submit(job, "clip_generation", payload={})
+    row = await db.fetchrow(
+        "update stage_runs set status = 'running', attempt = 2, attempt_id = gen_random_uuid(), heartbeat_at = now()"
+        " where job_id = $1 returning *",
+        job,
+    )
+    assert row is not None
+    stale = StageContext(db, {**dict(row), "attempt": 1, "attempt_id": uuid.uuid4()})  # the attempt taken over
+    worker = StageWorker(Stages(), db=db, dsn=pg_dsn, statement_cache_size=0, heartbeat_interval=1)
+    await worker._fail(stale, "its checkpoint was refused")
+    assert ("queued", "running") == (
+        (await jobs.get_job(job)).status.value,
+        await db.fetchval("select status from stage_runs where job_id = $1", job),
+    )
