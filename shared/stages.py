@@ -41,7 +41,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from shared.config import Settings
@@ -60,6 +60,8 @@ __all__ = ["AttemptPaidCalls", "StageContext", "StageQueue", "StageWorker", "Sta
 
 _log = logging.getLogger("shared.stages")
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 Handler = Callable[["StageContext"], Coroutine[Any, Any, Mapping[str, Any] | None]]
 STAGE_BEAT_SECONDS = 0.5
 _ACTIVE = ["queued", "processing"]
@@ -91,75 +93,15 @@ l as (
 )
 select id from runs
 """
-_CLAIM = """
-with old as (
-    select r.id, r.attempt_id as previous from public.stage_runs r where r.id = $1 for update
-),
-claimed as (
-    update public.stage_runs r
-       set status = 'running', attempt = r.attempt + 1, attempt_id = gen_random_uuid(), worker = $2,
-           started_at = coalesce(r.started_at, now()), heartbeat_at = now(), error = null
-      from public.jobs j, old
-     where r.id = old.id and j.id = r.job_id and j.status = any($4::text[])
-       and (r.status = 'queued' or (r.status = 'running' and r.heartbeat_at < now() - $3::interval))
-    returning r.*, old.previous
-),
-started as (
-    update public.jobs j set status = 'processing'
-      from claimed where j.id = claimed.job_id and j.status = 'queued'
-),
-freed as (
-    update public.job_cost_reservations c set status = 'released', lapsed_at = now()
-      from claimed
-     where c.job_id = claimed.job_id and c.attempt_id = claimed.previous and c.status = 'active'
-)
-select * from claimed
-"""
+# Claims and completions go in batches (migration 20261206001600_stage_batches.sql): see _Coalesced.
+_CLAIM = "select * from public.stage_claim($1::uuid[], $2, $3::interval, $4::text[])"
+_COMPLETE = "select public.stage_complete($1::uuid[], $2::uuid[], $3::jsonb[], $4::jsonb[]) as id"
 _BEAT = """
 update public.stage_runs r set heartbeat_at = now()
   from unnest($1::uuid[], $2::uuid[]) as held(id, attempt_id)
  where r.id = held.id and r.attempt_id = held.attempt_id and r.status = 'running'
    and exists (select from public.jobs j where j.id = r.job_id and j.status = any($3::text[]))
 returning r.id
-"""
-_COMPLETE = """
-with done as (
-    update public.stage_runs
-       set status = 'completed', result = $3, finished_at = now(), heartbeat_at = now()
-     where id = $1 and attempt_id = $2 and status = 'running'
-    returning job_id, stage
-),
-g as (
-    update public.stage_groups g set done = g.done + 1
-      from done where g.job_id = done.job_id and g.stage = done.stage
-    returning g.job_id, g.done, g.expected, g.then_stage, g.then_payload, g.then_max_attempts
-),
-nxt as (
-    select g.job_id, g.then_stage as stage, coalesce(g.then_payload, '{}'::jsonb) as payload,
-           coalesce(g.then_max_attempts, 3) as max_attempts
-      from g where g.then_stage is not null and g.done = g.expected
-),
-runs as (
-    insert into public.stage_runs (job_id, stage, item, payload, max_attempts, trace_context)
-    select job_id, stage, '', payload, max_attempts, $4 from nxt
-    on conflict (job_id, stage, item) do nothing
-    returning id, job_id, stage, max_attempts
-),
-ng as (
-    insert into public.stage_groups as g (job_id, stage, expected, then_max_attempts)
-    select job_id, stage, 1, max_attempts from runs
-    on conflict (job_id, stage) do update set expected = g.expected + 1
-),
-q as (
-    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
-    select 0, stage, convert_to(id::text, 'UTF8'), now(), 'queued' from runs
-    returning id, entrypoint, priority
-),
-l as (
-    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-    select id, 'queued', entrypoint, priority from q
-)
-select count(*) as won from done
 """
 _REQUEUE = """
 with again as (
@@ -213,6 +155,47 @@ _CANCEL_QUEUED = """
 update public.stage_runs set status = 'cancelled', error = $2, finished_at = now()
  where job_id = $1 and status = 'queued'
 """
+
+
+class _Coalesced(Generic[A, R]):
+    """Send the requests that arrive while the previous statement is in flight as one statement (a group commit).
+
+    An idle worker sends each request at once (one loop turn later); a busy one sends one statement per batch
+    instead of one per item, which is what lets the engine keep up with pgqueuer's own batched dequeue. A failed
+    statement fails every request of its batch with the same error.
+    """
+
+    def __init__(self, send: Callable[[list[A]], Awaitable[list[R]]]) -> None:
+        self._send = send
+        self._pending: list[tuple[A, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, request: A) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    answers = await self._send([request for request, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - handed to every request of the batch, which raises it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self._task = None
+            for _, future in self._pending:  # cancelled while sending: the requests left are not sent
+                future.cancel()
+            self._pending = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,6 +512,10 @@ class StageWorker:
         # `concurrency` run at once, so a finished item is followed at once by a picked one, without a poll.
         self._slots = asyncio.Semaphore(self._concurrency)
         self._stopping = False
+        self._claim: _Coalesced[UUID, Mapping[str, Any] | None] = _Coalesced(self._claim_batch)
+        self._complete_one: _Coalesced[tuple[StageContext, Mapping[str, Any], Any], bool] = _Coalesced(
+            self._complete_batch
+        )
         self._drain = drain_seconds
         self._base = retry_base_delay
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -603,11 +590,11 @@ class StageWorker:
             running.task.cancel()
 
     async def _deliver(self, spec: _Handler, run_id: UUID) -> None:
-        row = await self._db.fetchrow(_CLAIM, run_id, self.name, timedelta(seconds=self._timeout), _ACTIVE)
+        row = await self._claim(run_id)
         if row is None:
             await self._drop(run_id)
             return
-        ctx = StageContext(self._db, dict(row), self._services)
+        ctx = StageContext(self._db, row, self._services)
         if ctx.attempt > row["max_attempts"]:
             await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={row['max_attempts']})")
             return
@@ -677,15 +664,33 @@ class StageWorker:
                     running.reason.append("stopped")
                     running.task.cancel()
 
+    async def _claim_batch(self, run_ids: list[UUID]) -> list[Mapping[str, Any] | None]:
+        rows = await self._db.fetch(_CLAIM, run_ids, self.name, timedelta(seconds=self._timeout), _ACTIVE)
+        claimed = {row["id"]: dict(row) for row in rows}
+        return [claimed.get(run_id) for run_id in run_ids]
+
+    async def _complete_batch(self, done: list[tuple[StageContext, Mapping[str, Any], Any]]) -> list[bool]:
+        rows = await self._db.fetch(
+            _COMPLETE,
+            [ctx.run_id for ctx, _, _ in done],
+            [ctx.attempt_id for ctx, _, _ in done],
+            [result for _, result, _ in done],
+            [carried for _, _, carried in done],
+        )
+        won = {row["id"] for row in rows}
+        return [ctx.run_id in won for ctx, _, _ in done]
+
     async def _complete(self, ctx: StageContext, result: Mapping[str, Any] | None) -> None:
         from shared import telemetry  # noqa: PLC0415 - optional extra, imported when used
 
         carried = telemetry.inject_trace_context()
-        if not ctx._next:  # the common case: one statement completes the item and queues the fan-in's `then`
-            won = await self._db.fetchval(_COMPLETE, ctx.run_id, ctx.attempt_id, dict(result or {}), carried)
-        else:
+        if not ctx._next:  # the common case: the item's completion goes with the others of its batch
+            won = await self._complete_one((ctx, dict(result or {}), carried))
+        else:  # what the handler queued goes in the completion's own transaction
             async with self._db.transaction():
-                won = await self._db.fetchval(_COMPLETE, ctx.run_id, ctx.attempt_id, dict(result or {}), carried)
+                won = bool(
+                    await self._db.fetch(_COMPLETE, [ctx.run_id], [ctx.attempt_id], [dict(result or {})], [carried])
+                )
                 for step in ctx._next if won else ():  # the worker reads what the handler queued
                     await self._queue.submit(
                         ctx.job_id, step.stage, items=step.items, then=step.then, then_payload=step.then_payload
