@@ -217,6 +217,8 @@ async def test_thirty_clips_on_three_workers_paid_once_each_then_composed(
     edit = json.loads(Path(final["video_url"].removeprefix("file://")).read_text())
     assert CLIPS == len(edit["clips"])
     assert final["total_cost"] == await db.fetchval("select sum(cost) from job_costs where job_id = $1", job)
+    attempts = await db.fetchval("select sum(attempt) from stage_runs where job_id = $1", job)
+    print(f"{len(refusals)} refusals, {retried} items retried, {attempts} attempts, {final['total_cost']} spent")  # noqa: T201
 
 
 async def test_a_budget_that_runs_out_halfway_fails_the_job_and_charges_nothing_twice(
@@ -263,4 +265,4 @@ async def test_a_budget_that_runs_out_halfway_fails_the_job_and_charges_nothing_
     spent = await db.fetchval("select coalesce(sum(cost), 0) from job_costs where job_id = $1", job)
     assert spent <= budget
     unrecorded = sum(1 for row in ledger if row["rows"] == 0)
-    print(f"completed {completed}, billed by the provider {len(ledger)}, of which unrecorded {unrecorded}")  # noqa: T201
+    print(f"completed {completed}, billed by the provider {len(ledger)}, unrecorded {unrecorded}, spent {spent}")  # noqa: T201
