@@ -536,6 +536,7 @@ class StageWorker:
         )
         from pgqueuer.adapters.persistence.queries import Queries  # noqa: PLC0415
         from pgqueuer.db import AsyncpgDriver  # noqa: PLC0415
+        from pgqueuer.errors import RetryRequested  # noqa: PLC0415
         from pgqueuer.models import Job  # noqa: PLC0415
 
         connection = await asyncpg.connect(self._dsn, statement_cache_size=self._cache)
@@ -557,7 +558,14 @@ class StageWorker:
                         if self._stopping:  # picked but not started: hand it back for another worker
                             await self._db.execute(_REDELIVER, run_id, spec.stage)
                             return
-                        await self._deliver(spec, run_id)
+                        try:
+                            await self._deliver(spec, run_id)
+                        except Exception as exc:
+                            # pgqueuer would record the delivery as failed and delete it: the item, queued or
+                            # held by this attempt, would never run again. pgqueuer queues it again instead
+                            # (its own connection), due once this attempt's heartbeat is stale.
+                            _log.warning("stage %s delivery failed; it comes back", spec.stage, exc_info=True)
+                            raise RetryRequested(timedelta(seconds=self._timeout), reason=str(exc)[:200]) from exc
 
                 return deliver
 

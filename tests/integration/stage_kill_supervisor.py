@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
@@ -56,7 +57,8 @@ def _worker(concurrency: int) -> None:
     except BaseException:
         import traceback  # noqa: PLC0415
 
-        traceback.print_exc()
+        with open(f"{os.environ['KILL_SUMMARY']}.{os.getpid()}.error", "w", encoding="utf-8") as out:
+            traceback.print_exc(file=out)  # read into the summary: stderr may be the logs' stream
         code = 1
     sys.stderr.flush()
     os._exit(code)
@@ -88,8 +90,9 @@ def main() -> None:
             children.discard(pid)
             if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
                 summary["sigkilled"] += 1
-            else:
+            else:  # it stopped on an error (PostgreSQL out of connections, say): not at once again
                 summary["other_exits"].append(status)
+                time.sleep(0.5)
             spawn()
             continue
         if summary["external"] < external and time.monotonic() >= next_external and children:
@@ -114,6 +117,8 @@ def main() -> None:
         summary["other_exits"].append("no drain")
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+    errors = sorted(Path(os.environ["KILL_SUMMARY"]).parent.glob(Path(os.environ["KILL_SUMMARY"]).name + ".*.error"))
+    summary["errors"] = [error.read_text()[-2000:] for error in errors]
     with open(os.environ["KILL_SUMMARY"], "w", encoding="utf-8") as out:
         json.dump(summary, out)
 

@@ -42,6 +42,8 @@ async def clip(ctx: StageContext) -> dict[str, Any]:
     if mode == "refused":
         raise ValidationError("the prompt was refused")
     await ctx.progress(50)
+    if mode == "unencodable":  # its completion cannot be written: the delivery itself fails
+        return {"clip": handle, "attempt": ctx.attempt, "bad": object()}
     return {"clip": handle, "attempt": ctx.attempt}
 
 

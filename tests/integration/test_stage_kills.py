@@ -254,6 +254,8 @@ async def kill_test(
         f" {attempts} attempts at most, {elapsed:.0f} s;"
         f" workers that ended otherwise: {summary['other_exits']}"
     )
+    for error in summary["errors"]:  # a worker that stopped on an exception (the supervisor started another)
+        print(error)  # noqa: T201
     assert dict.fromkeys(broken, 0) == broken, summary["log"]
     assert summary["sigkilled"] >= len(summary["planned"]) + EXTERNAL >= 200
 

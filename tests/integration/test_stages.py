@@ -259,3 +259,20 @@ async def test_a_taken_over_attempts_failure_does_not_fail_the_job(
         (await jobs.get_job(job)).status.value,
         await db.fetchval("select status from stage_runs where job_id = $1", job),
     )
+
+
+@pytest.mark.usefixtures("effects")
+async def test_a_delivery_that_fails_comes_back_and_the_item_ends(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, start_worker: Start
+) -> None:
+    """An error out of the engine's own statements (here the completion's) keeps the item's delivery.
+
+    pgqueuer records a delivery that raised as failed and deletes it; the item stayed running forever (the kill
+    test's last item, when PostgreSQL ran out of connections). It comes back until its attempts are spent.
+    """
+    job = await new_job(jobs, make_user)
+    await StageQueue(db).submit(job, "clip_generation", payload={"mode": "unencodable"})
+    start_worker()
+    await wait_for(db, "select status = 'failed' from stage_runs where job_id = $1", job)
+    assert "failed" == (await jobs.get_job(job)).status.value
+    assert {"start": 3, "paid": 1} == await counts(db, job)
