@@ -25,11 +25,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import shared.container
+import shared.lifecycle
 from shared.config import Settings
 from shared.stages import StageContext, StageWorker, _Handler, run_worker
 from tests.integration.stage_kill_module import kill_point
 
 TARGET = "tests.integration.stage_kill_module"
+PRELOADED = (shared.container, shared.lifecycle)  # what run_worker imports, paid once here and not per worker
 _attempt = StageWorker._attempt
 _complete = StageWorker._complete
 
