@@ -294,3 +294,40 @@ async def test_a_budget_refusal_only_because_of_others_holds_waits_and_a_spent_b
             [second] = await StageQueue(db).submit(job, "clip_generation", items={"again": {}})
             await wait_for(db, "select status = 'failed' from stage_runs where id = $1", second)
     assert "raise the job's budget" in await db.fetchval("select error_message from jobs where id = $1", job)
+
+
+async def test_a_call_left_to_a_next_attempt_that_never_comes_is_recorded_once_when_the_item_ends(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser
+) -> None:
+    job = await new_job(jobs, make_user)
+    queue = StageQueue(db)
+    [run] = await queue.submit(job, "clip_generation", items={"7": {}})
+    usage = {
+        "provider": "replicate",
+        "model": "m",
+        "units": {"predict_time_seconds": "60"},
+        "unit_prices": {"predict_time_seconds": "0.0014"},
+        "cost": "0.084",
+        "price_version": "test",
+    }
+    owed = {"stage": "clip_generation", "api_name": "replicate/m", "cost": "0.084", "usage": usage}
+    # A drained attempt left its call to the next one (owed), which never runs: the job fails first.
+    await db.execute(
+        "insert into stage_checkpoints (run_id, name, value, attempt) values ($1, 'owed:clip', $2, 1)", run, owed
+    )
+    await queue.cancel_job(job, "the budget ran out")
+    await queue.cancel_job(job, "the budget ran out")  # again: nothing more
+    rows = await db.fetch("select cost, idempotency_key, usage from job_costs where job_id = $1", job)
+    assert [(Decimal("0.0840"), f"owed:{run}:clip", usage)] == [tuple(row) for row in rows]
+    assert Decimal("0.084") == await db.fetchval("select total_cost from jobs where id = $1", job)
+    assert "cancelled" == await db.fetchval("select status from stage_runs where id = $1", run)
+    assert await db.fetchval("select value from stage_checkpoints where run_id = $1 and name = 'paid:clip'", run)
+    # A call an attempt settled (paid:) is not recorded again, even if an owed mark was left behind.
+    [other] = await queue.submit(job, "composition", payload={})
+    await db.execute(
+        "insert into stage_checkpoints (run_id, name, value, attempt)"
+        " values ($1, 'owed:x', $2, 1), ($1, 'paid:x', '{}', 1)",
+        other,
+        owed,
+    )
+    assert 0 == await db.fetchval("select public.stage_record_owed(array[$1::uuid])", other)
