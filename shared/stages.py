@@ -702,7 +702,14 @@ class StageWorker:
                         if self._stopping:  # picked but not started: hand it back for another worker
                             await self._db.execute(_REDELIVER, run_id, spec.stage)
                             return
-                        await self._deliver(spec, run_id)
+                        try:
+                            await self._deliver(spec, run_id)
+                        except PipelineError:
+                            # A claim or an end that could not be written (the database is away): hand the
+                            # delivery back, so the item is not left without one (maintain is the last resort).
+                            with contextlib.suppress(PipelineError):
+                                await self._db.execute(_REDELIVER, run_id, spec.stage)
+                            raise
 
                 return deliver
 
