@@ -179,8 +179,8 @@ _REDELIVER_ORPHANS = """
 with orphans as (
     select r.id, r.stage, r.job_id
       from public.stage_runs r
-     where r.status in ('queued', 'running')
-       and coalesce(r.heartbeat_at, r.queued_at) < now() - $1::interval
+     where ((r.status = 'running' and r.heartbeat_at < now() - $1::interval)
+            or (r.status = 'queued' and r.heartbeat_at is null and r.queued_at < now() - $1::interval))
        and not exists (select from pgqueuer.pgqueuer q where q.payload = convert_to(r.id::text, 'UTF8'))
      order by r.id
      limit $2
