@@ -275,6 +275,28 @@ class _Next:
     then_payload: Mapping[str, Any] | None
 
 
+def submitted_items(
+    job_id: UUID,
+    stage: str,
+    *,
+    payload: Mapping[str, Any] | None,
+    items: Mapping[str, Mapping[str, Any]] | None,
+    max_attempts: int | None,
+) -> dict[str, Mapping[str, Any]]:
+    """Check a submit's arguments (the queue's and its fake's one rule) and return its items by key."""
+    if max_attempts is not None and not 1 <= max_attempts <= 100:
+        msg = f"max_attempts must be between 1 and 100, not {max_attempts}"
+        raise ConfigError(msg)
+    if items is not None and payload is not None:
+        msg = "give either payload (one item) or items (a fan-out), not both"
+        raise InvalidStateError(msg, job_id=job_id)
+    chosen = dict(items) if items is not None else {"": payload or {}}
+    if not chosen:
+        msg = f"stage {stage} was submitted with no items; give at least one"
+        raise InvalidStateError(msg, job_id=job_id)
+    return chosen
+
+
 class StageQueue:
     """Submit stage items and stop a job's stages (``Container.stages``)."""
 
@@ -297,16 +319,7 @@ class StageQueue:
         ``max_attempts`` overrides the handler's own (``@stages.handler(max_attempts=)``) for these items and
         their ``then`` stage. Submitting the same items again adds nothing (the ids returned are the new items).
         """
-        if max_attempts is not None and not 1 <= max_attempts <= 100:
-            msg = f"max_attempts must be between 1 and 100, not {max_attempts}"
-            raise ConfigError(msg)
-        if items is not None and payload is not None:
-            msg = "give either payload (one item) or items (a fan-out), not both"
-            raise InvalidStateError(msg, job_id=job_id)
-        chosen = dict(items) if items is not None else {"": payload or {}}
-        if not chosen:
-            msg = f"stage {stage} was submitted with no items; give at least one"
-            raise InvalidStateError(msg, job_id=job_id)
+        chosen = submitted_items(job_id, stage, payload=payload, items=items, max_attempts=max_attempts)
         from shared import telemetry  # noqa: PLC0415 - optional extra, imported when used
 
         rows = await self._db.fetch(
