@@ -52,116 +52,135 @@ WINDOW_MS = 60_000
 # How long a concurrency wait polls before asking again: releases come at any moment, not at a known time.
 _CONCURRENCY_POLL_MS = 50
 
-_ACQUIRE = """
+# One script for a batch of entries of one provider and key (one Cluster slot), each 7 keys and 11 arguments:
+# 'a' takes a slot (RPM + RPS + TPM + a concurrency lease, all or nothing), 'r' gives one back, 'n' renews a lease.
+# Every process sends the entries its callers queued while its previous batch was in flight: one round trip for
+# one caller alone, a fraction of one each under load. Entries run in order, on one reading of Redis's clock.
+_BATCH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id, tokens = ARGV[1], tonumber(ARGV[2])
-local rpm, tpm, rps, conc = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local lease, epoch, fresh = tonumber(ARGV[7]), ARGV[8], ARGV[9]
-local minute, second = 60000 + tonumber(ARGV[11]), 1000 + tonumber(ARGV[11])
-local current = redis.call('GET', KEYS[6])
-if not current then
-  redis.call('SET', KEYS[6], fresh)
-  current = fresh
-  if epoch ~= '' then
-    -- The store lost its state (a restart without persistence): hold every call for one full window.
-    redis.call('SET', KEYS[4], '1', 'PX', minute)
+
+local function acquire(K, A)
+  local id, tokens = A[2], tonumber(A[3])
+  local rpm, tpm, rps, conc = tonumber(A[4]), tonumber(A[5]), tonumber(A[6]), tonumber(A[7])
+  local lease, epoch, fresh = tonumber(A[8]), A[9], A[10]
+  local minute, second = 60000 + tonumber(A[11]), 1000 + tonumber(A[11])
+  local current = redis.call('GET', K[6])
+  if not current then
+    redis.call('SET', K[6], fresh)
+    current = fresh
+    if epoch ~= '' then
+      -- The store lost its state (a restart without persistence): hold every call for one full window.
+      redis.call('SET', K[4], '1', 'PX', minute)
+    end
   end
-end
-local seen = redis.call('ZSCORE', KEYS[1], id)
-if seen then return {1, tonumber(seen), current} end
--- Given back by its process, which never heard the answer (the store was frozen): never grant it late.
-if redis.call('EXISTS', KEYS[7]) == 1 then return {-2, 0, current} end
-local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - minute, 'LIMIT', 0, 4000)
-if #old > 0 then
-  local weights = redis.call('HMGET', KEYS[2], unpack(old))
-  local freed = 0
-  for _, w in ipairs(weights) do if w then freed = freed + tonumber(w) end end
-  redis.call('HDEL', KEYS[2], unpack(old))
-  redis.call('HINCRBY', KEYS[2], '_total', -freed)
-  redis.call('ZREM', KEYS[1], unpack(old))
-end
-local cool = redis.call('PTTL', KEYS[4])
-if cool > 0 then return {0, cool, current} end
-local factor = tonumber(redis.call('GET', KEYS[5]) or '1000') / 1000
-local function scaled(limit) return math.max(1, math.floor(limit * factor)) end
-local wait = 0
-if rpm > 0 then
-  local limit = scaled(rpm)
-  local n = redis.call('ZCARD', KEYS[1])
-  if n >= limit then
-    local e = redis.call('ZRANGE', KEYS[1], n - limit, n - limit, 'WITHSCORES')
-    wait = math.max(wait, tonumber(e[2]) + minute - now + 1)
-  end
-end
-if rps > 0 then
-  local limit = scaled(rps)
-  local k = redis.call('ZCOUNT', KEYS[1], '(' .. (now - second), '+inf')
-  if k >= limit then
-    local e = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - second), '+inf', 'WITHSCORES', 'LIMIT', k - limit, 1)
-    wait = math.max(wait, tonumber(e[2]) + second - now + 1)
-  end
-end
-if tpm > 0 then
-  local limit = scaled(tpm)
-  if tokens > limit then return {-1, limit, current} end
-  local total = tonumber(redis.call('HGET', KEYS[2], '_total') or '0')
-  if total + tokens > limit then
-    local entries = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  local seen = redis.call('ZSCORE', K[1], id)
+  if seen then return {1, tonumber(seen), current} end
+  -- Given back by its process, which never heard the answer (the store was frozen): never grant it late.
+  if redis.call('EXISTS', K[7]) == 1 then return {-2, 0, current} end
+  local old = redis.call('ZRANGEBYSCORE', K[1], '-inf', now - minute, 'LIMIT', 0, 4000)
+  if #old > 0 then
+    local weights = redis.call('HMGET', K[2], unpack(old))
     local freed = 0
-    for i = 1, #entries, 2 do
-      freed = freed + tonumber(redis.call('HGET', KEYS[2], entries[i]) or '0')
-      if total - freed + tokens <= limit then
-        wait = math.max(wait, tonumber(entries[i + 1]) + minute - now + 1)
-        break
+    for _, w in ipairs(weights) do if w then freed = freed + tonumber(w) end end
+    redis.call('HDEL', K[2], unpack(old))
+    redis.call('HINCRBY', K[2], '_total', -freed)
+    redis.call('ZREM', K[1], unpack(old))
+  end
+  local cool = redis.call('PTTL', K[4])
+  if cool > 0 then return {0, cool, current} end
+  local factor = tonumber(redis.call('GET', K[5]) or '1000') / 1000
+  local function scaled(limit) return math.max(1, math.floor(limit * factor)) end
+  local wait = 0
+  if rpm > 0 then
+    local limit = scaled(rpm)
+    local n = redis.call('ZCARD', K[1])
+    if n >= limit then
+      local e = redis.call('ZRANGE', K[1], n - limit, n - limit, 'WITHSCORES')
+      wait = math.max(wait, tonumber(e[2]) + minute - now + 1)
+    end
+  end
+  if rps > 0 then
+    local limit = scaled(rps)
+    local k = redis.call('ZCOUNT', K[1], '(' .. (now - second), '+inf')
+    if k >= limit then
+      local e = redis.call('ZRANGEBYSCORE', K[1], '(' .. (now - second), '+inf', 'WITHSCORES', 'LIMIT', k - limit, 1)
+      wait = math.max(wait, tonumber(e[2]) + second - now + 1)
+    end
+  end
+  if tpm > 0 then
+    local limit = scaled(tpm)
+    if tokens > limit then return {-1, limit, current} end
+    local total = tonumber(redis.call('HGET', K[2], '_total') or '0')
+    if total + tokens > limit then
+      local entries = redis.call('ZRANGE', K[1], 0, -1, 'WITHSCORES')
+      local freed = 0
+      for i = 1, #entries, 2 do
+        freed = freed + tonumber(redis.call('HGET', K[2], entries[i]) or '0')
+        if total - freed + tokens <= limit then
+          wait = math.max(wait, tonumber(entries[i + 1]) + minute - now + 1)
+          break
+        end
       end
     end
   end
-end
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= conc then wait = math.max(wait, tonumber(ARGV[10])) end
-end
-if wait > 0 then return {0, wait, current} end
-redis.call('ZADD', KEYS[1], now, id)
-redis.call('HSET', KEYS[2], id, tokens)
-redis.call('HINCRBY', KEYS[2], '_total', tokens)
-redis.call('PEXPIRE', KEYS[1], minute + 1000)
-redis.call('PEXPIRE', KEYS[2], minute + 1000)
-if conc > 0 then
-  redis.call('ZADD', KEYS[3], now + lease, id)
-  redis.call('PEXPIRE', KEYS[3], lease + 1000)
-end
-return {1, now, current}
-"""
-
-# Release a grant's concurrency lease and reweigh its tokens with the real usage (-1: keep the estimate);
-# refund = 1 takes the grant back whole (nothing was sent).
-_RELEASE = """
-redis.call('ZREM', KEYS[3], ARGV[1])
-if ARGV[3] == '1' then redis.call('SET', KEYS[4], '1', 'PX', 180000) end
-local old = redis.call('HGET', KEYS[2], ARGV[1])
-if old then
-  local tokens = tonumber(ARGV[2])
-  if ARGV[3] == '1' then
-    redis.call('ZREM', KEYS[1], ARGV[1])
-    redis.call('HDEL', KEYS[2], ARGV[1])
-    redis.call('HINCRBY', KEYS[2], '_total', -tonumber(old))
-  elseif tokens >= 0 then
-    redis.call('HSET', KEYS[2], ARGV[1], tokens)
-    redis.call('HINCRBY', KEYS[2], '_total', tokens - tonumber(old))
+  if conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', K[3], '-inf', now)
+    if redis.call('ZCARD', K[3]) >= conc then wait = math.max(wait, tonumber(A[12])) end
   end
+  if wait > 0 then return {0, wait, current} end
+  redis.call('ZADD', K[1], now, id)
+  redis.call('HSET', K[2], id, tokens)
+  redis.call('HINCRBY', K[2], '_total', tokens)
+  redis.call('PEXPIRE', K[1], minute + 1000)
+  redis.call('PEXPIRE', K[2], minute + 1000)
+  if conc > 0 then
+    redis.call('ZADD', K[3], now + lease, id)
+    redis.call('PEXPIRE', K[3], lease + 1000)
+  end
+  return {1, now, current}
 end
-return 1
-"""
 
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local renewed = redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
-return renewed
+-- Free a grant's concurrency lease and reweigh its tokens with the real usage (-1: keep the estimate);
+-- refund = 1 takes the grant back whole (nothing was sent) and leaves a tombstone so it is never granted late.
+local function release(K, A)
+  local id, tokens, refund = A[2], tonumber(A[3]), A[4]
+  redis.call('ZREM', K[3], id)
+  if refund == '1' then redis.call('SET', K[7], '1', 'PX', 180000) end
+  local old = redis.call('HGET', K[2], id)
+  if old then
+    if refund == '1' then
+      redis.call('ZREM', K[1], id)
+      redis.call('HDEL', K[2], id)
+      redis.call('HINCRBY', K[2], '_total', -tonumber(old))
+    elseif tokens >= 0 then
+      redis.call('HSET', K[2], id, tokens)
+      redis.call('HINCRBY', K[2], '_total', tokens - tonumber(old))
+    end
+  end
+  return {1}
+end
+
+local function renew(K, A)
+  local lease = tonumber(A[3])
+  local renewed = redis.call('ZADD', K[3], 'XX', 'CH', now + lease, A[2])
+  redis.call('PEXPIRE', K[3], lease + 1000)
+  return {renewed}
+end
+
+local out = {}
+for e = 0, #KEYS / 7 - 1 do
+  local K = {unpack(KEYS, e * 7 + 1, e * 7 + 7)}
+  local A = {unpack(ARGV, e * 12 + 1, e * 12 + 12)}
+  local kind = A[1]
+  if kind == 'a' then out[e + 1] = acquire(K, A)
+  elseif kind == 'r' then out[e + 1] = release(K, A)
+  else out[e + 1] = renew(K, A) end
+end
+return out
 """
+# The most entries one batch carries (7 keys and 12 arguments each).
+_BATCH_MAX = 128
 
 # A 429: stop everyone for the Retry-After (never shortening a longer stop), and take a quarter off the limits
 # for a minute (down to a quarter of them at most, after repeated 429s).
@@ -218,8 +237,25 @@ class Grant:
     concurrency: bool
 
 
+@dataclass(slots=True)
+class _Entry:
+    """One entry of a batch: its kind ('a' take, 'r' give back, 'n' renew), keys, arguments and waiter."""
+
+    kind: str
+    scope: RateScope
+    member: str
+    keys: list[str]
+    args: list[Any]
+    future: asyncio.Future[Any] | None
+
+
 class RateLimiter:
-    """Take, renew and give back rate and concurrency slots in Redis (``Container.rate_limiter``)."""
+    """Take, renew and give back rate and concurrency slots in Redis (``Container.rate_limiter``).
+
+    The callers of one process share round trips: what they ask while a batch is in flight goes in the next one
+    (one script per provider and key), so one caller alone pays one round trip and many pay a fraction of one
+    each. A call that waited behind a batch in flight may take two time bounds to fail closed.
+    """
 
     def __init__(
         self,
@@ -236,9 +272,18 @@ class RateLimiter:
         self._lease_ms = int(lease_seconds * 1000)
         self._timeout = operation_timeout
         self._epochs: dict[str, str] = {}
+        # The epoch written by this process into a store found empty (any fresh value will do).
+        self._fresh = uuid.uuid4().hex
         self._scripts: dict[str, Any] = {}
-        # Slots whose answer or release was lost while the store was down: given back once it answers again.
-        self._unsettled: list[tuple[RateScope, str, int, bool]] = []
+        self._keys: dict[RateScope, tuple[str, list[str]]] = {}
+        # Entries waiting for the next batch, and the task sending batches, per provider and key (Cluster slot).
+        self._queues: dict[str, list[_Entry]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
+        # Give-backs whose answer was lost while the store was down: sent again with the next batch.
+        self._unsettled: list[_Entry] = []
+        # Concurrency leases renewed every third of their length while their calls run (one timer for all).
+        self._kept: dict[str, Grant] = {}
+        self._renewal: asyncio.TimerHandle | None = None
 
     @property
     def lease_seconds(self) -> float:
@@ -258,6 +303,99 @@ class RateLimiter:
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise RateLimiterUnavailableError(retry_after=0.5) from exc
 
+    def _scope_keys(self, scope: RateScope) -> tuple[str, list[str]]:
+        known = self._keys.get(scope)
+        if known is None:
+            if len(self._keys) > 4096:
+                self._keys.clear()
+            keys = scope.keys(self._prefix)
+            known = self._keys[scope] = (keys[6], keys[:6])  # the tombstone's prefix, the six fixed keys
+        return known
+
+    def _queue(self, kind: str, scope: RateScope, member: str, args: list[Any], *, wait: bool = True) -> _Entry:
+        """Put an entry in the next batch of its provider and key; ``wait``: with a future for its answer."""
+        gone, fixed = self._scope_keys(scope)
+        future = asyncio.get_running_loop().create_future() if wait else None
+        entry = _Entry(kind, scope, member, [*fixed, gone + member], args, future)
+        self._submit(entry)
+        return entry
+
+    def _submit(self, entry: _Entry) -> None:
+        if self._unsettled:
+            pending, self._unsettled = self._unsettled, []
+            for lost in pending:  # given back before anything else of their scope is asked
+                self._enqueue(lost)
+        self._enqueue(entry)
+
+    def _enqueue(self, entry: _Entry) -> None:
+        group = entry.keys[6]
+        group = group[: group.index("}") + 1]
+        queue = self._queues.get(group)
+        if queue is None:
+            queue = self._queues[group] = []
+        queue.append(entry)
+        if group not in self._senders:
+            self._senders[group] = asyncio.get_running_loop().create_task(self._send(group), name=f"{group} batches")
+
+    async def _send(self, group: str) -> None:
+        batch: list[_Entry] = []
+        try:
+            while queue := self._queues.get(group):
+                batch = queue[:_BATCH_MAX]
+                del queue[:_BATCH_MAX]
+                await self._send_batch(batch)
+                batch = []
+        finally:
+            del self._senders[group]
+            left = [*batch, *self._queues.pop(group, [])]
+            for entry in left:  # only when the loop shuts down: what was not sent is lost or runs out by itself
+                if entry.future is not None and not entry.future.done():
+                    entry.future.cancel()
+
+    async def _send_batch(self, batch: list[_Entry]) -> None:
+        keys = [key for entry in batch for key in entry.keys]
+        args = [arg for entry in batch for arg in entry.args]
+        try:
+            results = await self._run("batch", _BATCH, keys, args)
+        except (RateLimiterUnavailableError, asyncio.CancelledError) as exc:
+            # The script may have run (or may still run): give back what it may have granted, keep the
+            # give-backs, once the store answers again; the waiters fail closed.
+            self._lost(batch, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for entry, result in zip(batch, results, strict=True):
+            future = entry.future
+            if future is None:
+                continue
+            if future.cancelled():
+                if entry.kind == "a" and result[0] == 1:  # its waiter is gone: nothing will be sent
+                    self._enqueue(self._give_back_entry(entry.scope, entry.member, -1, refund=True))
+                continue
+            future.set_result(result)
+
+    def _lost(self, batch: list[_Entry], exc: BaseException) -> None:
+        renewals = 0
+        for entry in batch:
+            future, entry.future = entry.future, None
+            if entry.kind == "a":
+                self._unsettled.append(self._give_back_entry(entry.scope, entry.member, -1, refund=True))
+            elif entry.kind == "r":
+                self._unsettled.append(entry)  # sent again, unwaited, with the next batch
+            else:
+                renewals += 1
+            if future is not None and not future.done():
+                error = RateLimiterUnavailableError(retry_after=0.5)
+                error.__cause__ = exc.__cause__ or exc
+                future.set_exception(error)
+        if renewals:
+            _log.warning("could not renew %s concurrency leases; the next renewal may get through", renewals)
+
+    def _give_back_entry(self, scope: RateScope, member: str, tokens: int, *, refund: bool) -> _Entry:
+        gone, fixed = self._scope_keys(scope)
+        args = ["r", member, tokens, "1" if refund else "0", 0, 0, 0, 0, "", "", 0, 0]
+        return _Entry("r", scope, member, [*fixed, gone + member], args, None)
+
     async def try_acquire(self, scope: RateScope, request_id: str, tokens: int, limits: RateLimits) -> Grant | float:
         """Take a slot now and return it, or return the milliseconds to wait before one may be free.
 
@@ -269,14 +407,11 @@ class RateLimiter:
             ValidationError: ``tokens`` is more than the tokens-per-minute limit: it can never pass.
             RateLimiterUnavailableError: Redis is down or frozen (fail closed).
         """
-        # One member per attempt to acquire: redis-py's own re-send of this script finds its grant, and an id given
-        # back after a lost answer (its tombstone) never blocks a later attempt under the same request id.
-        if self._unsettled:
-            await self._settle_lost()
         member = f"{request_id}.{uuid.uuid4().hex[:12]}"
-        keys = scope.keys(self._prefix, member)
-        epoch_key = keys[5]
+        gone, _ = self._scope_keys(scope)
+        epoch_key = gone  # one epoch per provider and key
         args = [
+            "a",
             member,
             tokens,
             limits.rpm or 0,
@@ -285,16 +420,13 @@ class RateLimiter:
             limits.concurrency or 0,
             self._lease_ms,
             self._epochs.get(epoch_key, ""),
-            uuid.uuid4().hex,
-            _CONCURRENCY_POLL_MS,
+            self._fresh,
             self._margin_ms,
+            _CONCURRENCY_POLL_MS,
         ]
-        try:
-            granted, at, epoch = await self._run("acquire", _ACQUIRE, keys, args)
-        except (RateLimiterUnavailableError, asyncio.CancelledError):
-            # The script may have run (or may still run): give the attempt back once the store answers.
-            self._unsettled.append((scope, member, -1, True))
-            raise
+        entry = self._queue("a", scope, member, args)
+        assert entry.future is not None  # noqa: S101 - a waited entry
+        granted, at, epoch = await entry.future
         self._epochs[epoch_key] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if granted == -1:
             msg = f"a call of {tokens} tokens is more than {scope}'s tokens-per-minute limit ({at}); split it"
@@ -325,17 +457,42 @@ class RateLimiter:
                 raise RateLimitWaitError(scope=str(scope), retry_after=round(pause, 3))
             await asyncio.sleep(pause)
 
+    def keep(self, grant: Grant) -> None:
+        """Renew the grant's concurrency lease every third of its length until it is released.
+
+        One timer renews every lease this process keeps, in one batch per provider and key.
+        """
+        if not grant.concurrency:
+            return
+        self._kept[grant.request_id] = grant
+        if self._renewal is None:
+            self._renewal = asyncio.get_running_loop().call_later(self.lease_seconds / 3, self._renew_kept)
+
+    def _renew_kept(self) -> None:
+        self._renewal = None
+        if not self._kept:
+            return
+        for grant in self._kept.values():
+            self._queue("n", grant.scope, grant.request_id, self._renew_args(grant), wait=False)
+        self._renewal = asyncio.get_running_loop().call_later(self.lease_seconds / 3, self._renew_kept)
+
+    def _renew_args(self, grant: Grant) -> list[Any]:
+        return ["n", grant.request_id, self._lease_ms, 0, 0, 0, 0, 0, "", "", 0, 0]
+
     async def release(self, grant: Grant, *, tokens: int | None = None, refund: bool = False) -> None:
         """Give back the concurrency lease; reweigh the tokens with the real usage, or take the grant back whole.
 
-        Never raises for the store's failures: a lease left behind runs out by itself, a weight stays the
-        estimate (logged).
+        The give-back is queued before the first await, so a cancellation of the caller never loses it. Never
+        raises for the store's failures: a give-back whose answer was lost is sent again with the next batch,
+        and a lease left behind runs out by itself.
         """
-        weight = -1 if tokens is None else tokens
+        self._kept.pop(grant.request_id, None)
+        entry = self._give_back_entry(grant.scope, grant.request_id, -1 if tokens is None else tokens, refund=refund)
+        entry.future = asyncio.get_running_loop().create_future()
+        self._submit(entry)
         try:
-            await self._give_back(grant.scope, grant.request_id, weight, refund)
+            await entry.future
         except RateLimiterUnavailableError:
-            self._unsettled.append((grant.scope, grant.request_id, weight, refund))
             _log.warning(
                 "could not release the slot of %s; released when Redis answers again, or in %s s by itself",
                 grant.scope,
@@ -343,24 +500,11 @@ class RateLimiter:
                 exc_info=True,
             )
 
-    async def _give_back(self, scope: RateScope, member: str, tokens: int, refund: bool) -> None:
-        keys = scope.keys(self._prefix, member)
-        await self._run("release", _RELEASE, [*keys[:3], keys[6]], [member, tokens, "1" if refund else "0"])
-
-    async def _settle_lost(self) -> None:
-        """Give back the slots whose answer or release was lost while the store was down (until one fails)."""
-        pending, self._unsettled = self._unsettled, []  # taken whole: another task may flush at the same time
-        for index, (scope, member, tokens, refund) in enumerate(pending):
-            try:
-                await self._give_back(scope, member, tokens, refund)
-            except RateLimiterUnavailableError:
-                self._unsettled.extend(pending[index:])
-                return
-
     async def renew(self, grant: Grant) -> bool:
         """Extend the grant's concurrency lease to a full lease from now; return False once it is gone."""
-        keys = grant.scope.keys(self._prefix)
-        renewed = await self._run("renew", _RENEW, [keys[2]], [grant.request_id, self._lease_ms])
+        entry = self._queue("n", grant.scope, grant.request_id, self._renew_args(grant))
+        assert entry.future is not None  # noqa: S101 - a waited entry
+        (renewed,) = await entry.future
         return bool(renewed) or not grant.concurrency
 
     async def slow_down(self, scope: RateScope, retry_after: float | None) -> None:

@@ -289,6 +289,34 @@ async def test_a_stage_attempt_keys_the_cost_once(paid: Paid) -> None:
     assert f"{job}:clips:17:music" == rows[0].idempotency_key
 
 
+async def test_an_admitted_call_reserves_for_its_stage_attempt(paid: Paid) -> None:
+    """The reservation records the attempt, so the stage engine can release a taken-over attempt's holds."""
+
+    @dataclass
+    class Attempt:
+        job_id: uuid.UUID
+        attempt_id: uuid.UUID
+
+        def key(self, name: str) -> str:
+            return f"{self.job_id}:clips:3:{name}"
+
+    job = await paid.job()
+    attempt = Attempt(job, uuid.uuid4())
+    db = paid.container.db()
+    async with paid.calls.admit(
+        job, CLIPS, provider="openai", model=MODEL, estimate=ESTIMATE, api_key="sk-test", attempt=attempt
+    ) as call:
+        held = await db.fetchval(
+            "select attempt_id from job_cost_reservations where id = $1 and status = 'active'", call.reservation.id
+        )
+        assert attempt.attempt_id == held
+        await call.settle({"input_tokens": 10, "output_tokens": 10})
+    async with paid.calls.admit(job, CLIPS, provider="openai", model=MODEL, estimate=ESTIMATE) as call:
+        assert await db.fetchval(
+            "select attempt_id is null from job_cost_reservations where id = $1", call.reservation.id
+        )
+
+
 # --- the limiter's store down: fail closed ---------------------------------------------------------------------
 
 
