@@ -52,24 +52,28 @@ WINDOW_MS = 60_000
 # How long a concurrency wait polls before asking again: releases come at any moment, not at a known time.
 _CONCURRENCY_POLL_MS = 50
 
-# One script for a batch of entries of one provider and key (one Cluster slot), each 7 keys and 11 arguments:
-# 'a' takes a slot (RPM + RPS + TPM + a concurrency lease, all or nothing), 'r' gives one back, 'n' renews a lease.
+# One script for a batch of entries of one provider and key (one Cluster slot). KEYS: 7 per scope of the batch;
+# ARGV: the lease (ms), this process's fresh epoch, the margin (ms), the concurrency poll (ms), then one line per
+# entry, its fields apart by spaces, the second one its scope's place in KEYS:
+#   a <scope> <id> <tokens> <rpm> <tpm> <rps> <concurrency> <epoch or ->  take a slot (all limits or nothing)
+#   r <scope> <id> <tokens or -1> <refund 0/1>                            give one back
+#   n <scope> <id>                                                        renew its concurrency lease
 # Every process sends the entries its callers queued while its previous batch was in flight: one round trip for
 # one caller alone, a fraction of one each under load. Entries run in order, on one reading of Redis's clock.
 _BATCH = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease, fresh = tonumber(ARGV[1]), ARGV[2]
+local minute, second, poll = 60000 + tonumber(ARGV[3]), 1000 + tonumber(ARGV[3]), tonumber(ARGV[4])
 
 local function acquire(K, A)
-  local id, tokens = A[2], tonumber(A[3])
-  local rpm, tpm, rps, conc = tonumber(A[4]), tonumber(A[5]), tonumber(A[6]), tonumber(A[7])
-  local lease, epoch, fresh = tonumber(A[8]), A[9], A[10]
-  local minute, second = 60000 + tonumber(A[11]), 1000 + tonumber(A[11])
+  local id, tokens = A[3], tonumber(A[4])
+  local rpm, tpm, rps, conc = tonumber(A[5]), tonumber(A[6]), tonumber(A[7]), tonumber(A[8])
   local current = redis.call('GET', K[6])
   if not current then
     redis.call('SET', K[6], fresh)
     current = fresh
-    if epoch ~= '' then
+    if A[9] ~= '-' then
       -- The store lost its state (a restart without persistence): hold every call for one full window.
       redis.call('SET', K[4], '1', 'PX', minute)
     end
@@ -77,7 +81,7 @@ local function acquire(K, A)
   local seen = redis.call('ZSCORE', K[1], id)
   if seen then return {1, tonumber(seen), current} end
   -- Given back by its process, which never heard the answer (the store was frozen): never grant it late.
-  if redis.call('EXISTS', K[7]) == 1 then return {-2, 0, current} end
+  if redis.call('ZSCORE', K[7], id) then return {-2, 0, current} end
   local old = redis.call('ZRANGEBYSCORE', K[1], '-inf', now - minute, 'LIMIT', 0, 4000)
   if #old > 0 then
     local weights = redis.call('HMGET', K[2], unpack(old))
@@ -126,7 +130,7 @@ local function acquire(K, A)
   end
   if conc > 0 then
     redis.call('ZREMRANGEBYSCORE', K[3], '-inf', now)
-    if redis.call('ZCARD', K[3]) >= conc then wait = math.max(wait, tonumber(A[12])) end
+    if redis.call('ZCARD', K[3]) >= conc then wait = math.max(wait, poll) end
   end
   if wait > 0 then return {0, wait, current} end
   redis.call('ZADD', K[1], now, id)
@@ -142,14 +146,19 @@ local function acquire(K, A)
 end
 
 -- Free a grant's concurrency lease and reweigh its tokens with the real usage (-1: keep the estimate);
--- refund = 1 takes the grant back whole (nothing was sent) and leaves a tombstone so it is never granted late.
+-- refund = 1 takes the grant back whole (nothing was sent) and leaves a tombstone (3 minutes) so that it is
+-- never granted late.
 local function release(K, A)
-  local id, tokens, refund = A[2], tonumber(A[3]), A[4]
+  local id, tokens = A[3], tonumber(A[4])
   redis.call('ZREM', K[3], id)
-  if refund == '1' then redis.call('SET', K[7], '1', 'PX', 180000) end
+  if A[5] == '1' then
+    redis.call('ZREMRANGEBYSCORE', K[7], '-inf', now)
+    redis.call('ZADD', K[7], now + 180000, id)
+    redis.call('PEXPIRE', K[7], 181000)
+  end
   local old = redis.call('HGET', K[2], id)
   if old then
-    if refund == '1' then
+    if A[5] == '1' then
       redis.call('ZREM', K[1], id)
       redis.call('HDEL', K[2], id)
       redis.call('HINCRBY', K[2], '_total', -tonumber(old))
@@ -162,25 +171,26 @@ local function release(K, A)
 end
 
 local function renew(K, A)
-  local lease = tonumber(A[3])
-  local renewed = redis.call('ZADD', K[3], 'XX', 'CH', now + lease, A[2])
+  local renewed = redis.call('ZADD', K[3], 'XX', 'CH', now + lease, A[3])
   redis.call('PEXPIRE', K[3], lease + 1000)
   return {renewed}
 end
 
 local out = {}
-for e = 0, #KEYS / 7 - 1 do
-  local K = {unpack(KEYS, e * 7 + 1, e * 7 + 7)}
-  local A = {unpack(ARGV, e * 12 + 1, e * 12 + 12)}
+for i = 5, #ARGV do
+  local A = {}
+  for field in string.gmatch(ARGV[i], '[^ ]+') do A[#A + 1] = field end
+  local b = tonumber(A[2]) * 7
+  local K = {KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6], KEYS[b + 7]}
   local kind = A[1]
-  if kind == 'a' then out[e + 1] = acquire(K, A)
-  elseif kind == 'r' then out[e + 1] = release(K, A)
-  else out[e + 1] = renew(K, A) end
+  if kind == 'a' then out[i - 4] = acquire(K, A)
+  elseif kind == 'r' then out[i - 4] = release(K, A)
+  else out[i - 4] = renew(K, A) end
 end
 return out
 """
-# The most entries one batch carries (7 keys and 12 arguments each).
-_BATCH_MAX = 128
+# The most entries one batch carries.
+_BATCH_MAX = 256
 
 # A 429: stop everyone for the Retry-After (never shortening a longer stop), and take a quarter off the limits
 # for a minute (down to a quarter of them at most, after repeated 429s).
@@ -210,7 +220,10 @@ class RateScope:
     key: str = "default"
 
     def keys(self, prefix: str, request_id: str = "") -> list[str]:
-        """Return the script's keys; one hash tag per provider and key, so they share a Cluster slot."""
+        """Return the script's keys; one hash tag per provider and key, so they share a Cluster slot.
+
+        ``request_id`` is ignored since 0.2.0: the tombstones of given-back grants are one sorted set per scope.
+        """
         base = f"{prefix}{{{self.provider}:{self.key}}}"
         return [
             f"{base}:win:{self.model}",
@@ -219,7 +232,7 @@ class RateScope:
             f"{base}:cool:{self.model}",
             f"{base}:slow:{self.model}",
             f"{base}:epoch",
-            f"{base}:gone:{request_id}",
+            f"{base}:gone",
         ]
 
     def __str__(self) -> str:
@@ -239,13 +252,12 @@ class Grant:
 
 @dataclass(slots=True)
 class _Entry:
-    """One entry of a batch: its kind ('a' take, 'r' give back, 'n' renew), keys, arguments and waiter."""
+    """One entry of a batch: its kind ('a' take, 'r' give back, 'n' renew), its fields after the scope, its waiter."""
 
     kind: str
     scope: RateScope
     member: str
-    keys: list[str]
-    args: list[Any]
+    fields: str
     future: asyncio.Future[Any] | None
 
 
@@ -304,19 +316,19 @@ class RateLimiter:
             raise RateLimiterUnavailableError(retry_after=0.5) from exc
 
     def _scope_keys(self, scope: RateScope) -> tuple[str, list[str]]:
+        """Return the scope's group (its hash tag: one batch per group) and its seven keys."""
         known = self._keys.get(scope)
         if known is None:
             if len(self._keys) > 4096:
                 self._keys.clear()
             keys = scope.keys(self._prefix)
-            known = self._keys[scope] = (keys[6], keys[:6])  # the tombstone's prefix, the six fixed keys
+            known = self._keys[scope] = (keys[0][: keys[0].index("}") + 1], keys)
         return known
 
-    def _queue(self, kind: str, scope: RateScope, member: str, args: list[Any], *, wait: bool = True) -> _Entry:
+    def _queue(self, kind: str, scope: RateScope, member: str, fields: str, *, wait: bool = True) -> _Entry:
         """Put an entry in the next batch of its provider and key; ``wait``: with a future for its answer."""
-        gone, fixed = self._scope_keys(scope)
         future = asyncio.get_running_loop().create_future() if wait else None
-        entry = _Entry(kind, scope, member, [*fixed, gone + member], args, future)
+        entry = _Entry(kind, scope, member, fields, future)
         self._submit(entry)
         return entry
 
@@ -328,8 +340,7 @@ class RateLimiter:
         self._enqueue(entry)
 
     def _enqueue(self, entry: _Entry) -> None:
-        group = entry.keys[6]
-        group = group[: group.index("}") + 1]
+        group = self._scope_keys(entry.scope)[0]
         queue = self._queues.get(group)
         if queue is None:
             queue = self._queues[group] = []
@@ -353,8 +364,15 @@ class RateLimiter:
                     entry.future.cancel()
 
     async def _send_batch(self, batch: list[_Entry]) -> None:
-        keys = [key for entry in batch for key in entry.keys]
-        args = [arg for entry in batch for arg in entry.args]
+        places: dict[RateScope, int] = {}
+        keys: list[str] = []
+        args: list[Any] = [self._lease_ms, self._fresh, self._margin_ms, _CONCURRENCY_POLL_MS]
+        for entry in batch:
+            place = places.get(entry.scope)
+            if place is None:
+                place = places[entry.scope] = len(places)
+                keys.extend(self._scope_keys(entry.scope)[1])
+            args.append(f"{entry.kind} {place} {entry.fields}")
         try:
             results = await self._run("batch", _BATCH, keys, args)
         except (RateLimiterUnavailableError, asyncio.CancelledError) as exc:
@@ -392,9 +410,7 @@ class RateLimiter:
             _log.warning("could not renew %s concurrency leases; the next renewal may get through", renewals)
 
     def _give_back_entry(self, scope: RateScope, member: str, tokens: int, *, refund: bool) -> _Entry:
-        gone, fixed = self._scope_keys(scope)
-        args = ["r", member, tokens, "1" if refund else "0", 0, 0, 0, 0, "", "", 0, 0]
-        return _Entry("r", scope, member, [*fixed, gone + member], args, None)
+        return _Entry("r", scope, member, f"{member} {tokens} {'1' if refund else '0'}", None)
 
     async def try_acquire(self, scope: RateScope, request_id: str, tokens: int, limits: RateLimits) -> Grant | float:
         """Take a slot now and return it, or return the milliseconds to wait before one may be free.
@@ -407,24 +423,14 @@ class RateLimiter:
             ValidationError: ``tokens`` is more than the tokens-per-minute limit: it can never pass.
             RateLimiterUnavailableError: Redis is down or frozen (fail closed).
         """
-        member = f"{request_id}.{uuid.uuid4().hex[:12]}"
-        gone, _ = self._scope_keys(scope)
-        epoch_key = gone  # one epoch per provider and key
-        args = [
-            "a",
-            member,
-            tokens,
-            limits.rpm or 0,
-            limits.tpm or 0,
-            limits.rps or 0,
-            limits.concurrency or 0,
-            self._lease_ms,
-            self._epochs.get(epoch_key, ""),
-            self._fresh,
-            self._margin_ms,
-            _CONCURRENCY_POLL_MS,
-        ]
-        entry = self._queue("a", scope, member, args)
+        member = f"{request_id.replace(' ', '_')}.{uuid.uuid4().hex[:12]}"  # fields are apart by spaces
+        epoch_key = self._scope_keys(scope)[0]  # one epoch per provider and key
+        knew = "1" if epoch_key in self._epochs else "-"
+        fields = (
+            f"{member} {int(tokens)} {limits.rpm or 0} {limits.tpm or 0} {limits.rps or 0} {limits.concurrency or 0} "
+            f"{knew}"
+        )
+        entry = self._queue("a", scope, member, fields)
         assert entry.future is not None  # noqa: S101 - a waited entry
         granted, at, epoch = await entry.future
         self._epochs[epoch_key] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
@@ -473,11 +479,8 @@ class RateLimiter:
         if not self._kept:
             return
         for grant in self._kept.values():
-            self._queue("n", grant.scope, grant.request_id, self._renew_args(grant), wait=False)
+            self._queue("n", grant.scope, grant.request_id, grant.request_id, wait=False)
         self._renewal = asyncio.get_running_loop().call_later(self.lease_seconds / 3, self._renew_kept)
-
-    def _renew_args(self, grant: Grant) -> list[Any]:
-        return ["n", grant.request_id, self._lease_ms, 0, 0, 0, 0, 0, "", "", 0, 0]
 
     async def release(self, grant: Grant, *, tokens: int | None = None, refund: bool = False) -> None:
         """Give back the concurrency lease; reweigh the tokens with the real usage, or take the grant back whole.
@@ -502,7 +505,7 @@ class RateLimiter:
 
     async def renew(self, grant: Grant) -> bool:
         """Extend the grant's concurrency lease to a full lease from now; return False once it is gone."""
-        entry = self._queue("n", grant.scope, grant.request_id, self._renew_args(grant))
+        entry = self._queue("n", grant.scope, grant.request_id, grant.request_id)
         assert entry.future is not None  # noqa: S101 - a waited entry
         (renewed,) = await entry.future
         return bool(renewed) or not grant.concurrency
