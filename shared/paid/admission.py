@@ -9,13 +9,21 @@
 
 Admission is two round trips: one Lua script in Redis (rate + concurrency, all or nothing) and one statement in
 PostgreSQL (``CostTracker.reserve``, the budget), the budget first so that the rate slot is taken right before
-the call. Leaving the block gives all three back: the reservation is committed with the cost priced from the
-usage (:meth:`PaidCall.settle`) or released; the concurrency lease is freed and the tokens-per-minute weight
-reconciled with the real usage. A budget refusal takes no rate slot at all. Cancellation at any await point
-leaves no hold (the releases run to their end), and a worker that dies leaves leases that run out (concurrency:
+the call. Leaving the block is two more: the commit, with the priced usage written on the cost row in the same
+statement (:meth:`PaidCall.settle`), or the release; and the limiter's give-back (the concurrency lease freed,
+the tokens-per-minute weight reconciled with the real usage). The limiter's scripts of one process share round
+trips: what its callers ask while a batch is in flight goes in the next one (:class:`RateLimiter`), so under
+load the Redis side costs a fraction of a round trip per call. A budget refusal takes no rate slot at all.
+Cancellation at any await point leaves no hold (the commit or release runs to its end, the give-back is queued
+before its first await), and a worker that dies leaves leases that run out (concurrency:
 ``PAID_CONCURRENCY_LEASE_SECONDS``, budget: ``RESERVATION_TTL_SECONDS``). A provider refusal raised in the
 block (HTTP 429/503, the SDKs' rate-limit errors) leaves it as a RetryableError with ``retry_after``, and a
 429 slows the shared rate for every process.
+
+The budget and the rate slot are asked one after the other, not at once (``asyncio.gather``): at once would
+save one round trip of latency per call, nothing of the CPU that bounds throughput, and would take a rate slot
+before the budget is known, so a refused budget would spend a slot until its give-back and widen the delay
+between the grant and the call's arrival at the provider (the jitter that made the saturation test meet 429s).
 
 With a stage attempt (``attempt=ctx``) the limiter's request id derives from ``ctx.attempt_id`` (uuid5 with the
 effect's ``name``), the reservation belongs to the attempt (``job_cost_reservations.attempt_id``, so the stage

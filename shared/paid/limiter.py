@@ -1,7 +1,9 @@
 """Rate and concurrency slots for paid calls, shared by every process on every machine through Redis.
 
 One Lua script grants a slot in one round trip, all or nothing, on Redis's own clock (``TIME``), so the limits
-hold across machines whose clocks disagree. Per provider, model and API key (the key appears only as a short
+hold across machines whose clocks disagree. The callers of one process share that round trip: what they ask
+(take, give back, renew) while a batch is in flight goes in the next one, one script per provider and key, run
+in order; one caller alone pays one round trip, 64 callers about a tenth of one each (benchmarks/README.md). Per provider, model and API key (the key appears only as a short
 SHA-256 id, never itself), a sliding log of the last minute's grants (a sorted set of request ids scored by their
 time, with each grant's tokens in a hash and a running total) answers three questions at once:
 
@@ -21,7 +23,8 @@ Why a script of our own and not ``limits``' moving window: see benchmarks/README
 trips, a denial by the third leaves the first two spent, and a token estimate cannot be reconciled.
 
 When Redis is down or frozen the limiter fails closed: :class:`~shared.paid.errors.RateLimiterUnavailableError`
-within ``REDIS_OPERATION_TIMEOUT_SECONDS``, and no call is admitted. A Redis that comes back empty (restarted
+within ``REDIS_OPERATION_TIMEOUT_SECONDS`` (twice that for a caller queued behind a batch in flight), and no
+call is admitted. A Redis that comes back empty (restarted
 without persistence) is noticed by its epoch key: the first process that knew the old one holds every call for
 one full window (60 s), since nobody can know what the lost minute had spent.
 """
