@@ -3,9 +3,11 @@
 One Lua script grants a slot in one round trip, all or nothing, on Redis's own clock (``TIME``), so the limits
 hold across machines whose clocks disagree. The callers of one process share that round trip: what they ask
 (take, give back, renew) while a batch is in flight goes in the next one, one script per provider and key, run
-in order; one caller alone pays one round trip, 64 callers about a tenth of one each (benchmarks/README.md). Per provider, model and API key (the key appears only as a short
-SHA-256 id, never itself), a sliding log of the last minute's grants (a sorted set of request ids scored by their
-time, with each grant's tokens in a hash and a running total) answers three questions at once:
+in order; one caller alone pays one round trip, 64 callers about a tenth of one each (benchmarks/README.md).
+
+Per provider, model and API key (the key appears only as a short SHA-256 id, never itself), a sliding log of
+the last minute's grants (a sorted set of request ids scored by their time, with each grant's tokens in a hash
+and a running total) answers three questions at once:
 
 - requests per minute: the grants in the last 60 s (plus a margin, 0.1 s by default);
 - requests per second: the grants in the last 1 s (plus the margin: a grant and the call's arrival at the
@@ -434,8 +436,16 @@ class RateLimiter:
             f"{knew}"
         )
         entry = self._queue("a", scope, member, fields)
-        assert entry.future is not None  # noqa: S101 - a waited entry
-        granted, at, epoch = await entry.future
+        future = entry.future
+        assert future is not None  # noqa: S101 - a waited entry
+        try:
+            granted, at, epoch = await future
+        except asyncio.CancelledError:
+            # Cancelled after the answer came but before this task resumed: a grant nobody will use goes back.
+            # (Cancelled before the answer, the sender gives it back; lost with the store, the next batch does.)
+            if future.done() and not future.cancelled() and future.exception() is None and future.result()[0] == 1:
+                self._submit(self._give_back_entry(scope, member, -1, refund=True))
+            raise
         self._epochs[epoch_key] = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
         if granted == -1:
             msg = f"a call of {tokens} tokens is more than {scope}'s tokens-per-minute limit ({at}); split it"

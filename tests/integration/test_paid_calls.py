@@ -25,6 +25,7 @@ from shared.errors import BudgetExceededError, ValidationError
 from shared.lifecycle import lifespan
 from shared.models import StageName
 from shared.paid import (
+    Grant,
     PaidCalls,
     ProviderRateLimitedError,
     RateLimiter,
@@ -251,6 +252,56 @@ async def test_a_dead_workers_lease_runs_out(paid: Paid) -> None:
     assert isinstance(await limiter.try_acquire(scope, "next", 1, limits), float)
     await asyncio.sleep(1.1)
     assert not isinstance(await limiter.try_acquire(scope, "next", 1, limits), float)
+
+
+async def test_callers_of_one_process_share_round_trips_and_the_limits_still_hold(
+    paid: Paid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = paid.calls.limiter
+    scripts = 0
+    run = limiter._run
+
+    async def counted(*args: Any) -> Any:
+        nonlocal scripts
+        scripts += 1
+        return await run(*args)
+
+    monkeypatch.setattr(limiter, "_run", counted)
+    scope = RateScope("openai", MODEL, "batch-test")
+    answers = await asyncio.gather(
+        *(limiter.try_acquire(scope, f"caller {i}", 1, RateLimits(rpm=20, concurrency=50)) for i in range(60))
+    )
+    grants = [answer for answer in answers if isinstance(answer, Grant)]
+    assert 20 == len(grants)  # in one batch the entries run in order: the 21st sees the first 20
+    assert all(answer > 0 for answer in answers if not isinstance(answer, Grant))
+    assert scripts < 10  # 60 callers, a handful of round trips
+    keys = scope.keys(paid.container.settings().paid_key_prefix)
+    raw = paid.container.redis().raw
+    assert sorted(grant.request_id.encode() for grant in grants) == sorted(await raw.zrange(keys[0], 0, -1))
+    await asyncio.gather(*(limiter.release(grant) for grant in grants))
+    assert 0 == await raw.zcard(keys[2])
+
+
+async def test_an_acquire_cancelled_in_flight_gives_its_slot_back(paid: Paid) -> None:
+    limiter = paid.calls.limiter
+    scope = RateScope("openai", MODEL, "cancel-test")
+    limits = RateLimits(rpm=10, concurrency=1)
+    waiter = asyncio.create_task(limiter.try_acquire(scope, "cancelled", 1, limits))
+    await asyncio.sleep(0)  # its entry is queued and its batch about to be sent
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    grant = None
+    for _ in range(20):  # the batch's answer arrives, and the grant nobody waits for is given back
+        grant = await limiter.try_acquire(scope, "next", 1, limits)
+        if isinstance(grant, Grant):
+            break
+        await asyncio.sleep(0.05)
+    assert isinstance(grant, Grant)
+    keys = scope.keys(paid.container.settings().paid_key_prefix)
+    raw = paid.container.redis().raw
+    assert [grant.request_id.encode()] == await raw.zrange(keys[0], 0, -1)
+    await limiter.release(grant)
 
 
 async def test_waiting_longer_than_allowed_is_retryable(paid: Paid) -> None:
