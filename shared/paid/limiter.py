@@ -301,6 +301,7 @@ class RateLimiter:
         # Concurrency leases renewed every third of their length while their calls run (one timer for all).
         self._kept: dict[str, Grant] = {}
         self._renewal: asyncio.TimerHandle | None = None
+        self._renewal_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def lease_seconds(self) -> float:
@@ -349,9 +350,16 @@ class RateLimiter:
         queue = self._queues.get(group)
         if queue is None:
             queue = self._queues[group] = []
+        sender = self._senders.get(group)
+        loop = asyncio.get_running_loop()
+        if sender is not None and sender.get_loop() is not loop:
+            # A sender of a loop that was closed under it (a limiter kept across event loops): its waiters are
+            # gone with their loop; what nobody waits for (give-backs, renewals) is still sent.
+            queue[:] = [queued for queued in queue if queued.future is None]
+            sender = None
         queue.append(entry)
-        if group not in self._senders:
-            self._senders[group] = asyncio.get_running_loop().create_task(self._send(group), name=f"{group} batches")
+        if sender is None:
+            self._senders[group] = loop.create_task(self._send(group), name=f"{group} batches")
 
     async def _send(self, group: str) -> None:
         batch: list[_Entry] = []
@@ -362,7 +370,8 @@ class RateLimiter:
                 await self._send_batch(batch)
                 batch = []
         finally:
-            del self._senders[group]
+            if self._senders.get(group) is asyncio.current_task():
+                del self._senders[group]
             left = [*batch, *self._queues.pop(group, [])]
             for entry in left:  # only when the loop shuts down: what was not sent is lost or runs out by itself
                 if entry.future is not None and not entry.future.done():
@@ -484,8 +493,10 @@ class RateLimiter:
         if not grant.concurrency:
             return
         self._kept[grant.request_id] = grant
-        if self._renewal is None:
-            self._renewal = asyncio.get_running_loop().call_later(self.lease_seconds / 3, self._renew_kept)
+        loop = asyncio.get_running_loop()
+        if self._renewal is None or self._renewal_loop is not loop:  # none yet, or one of a closed loop
+            self._renewal_loop = loop
+            self._renewal = loop.call_later(self.lease_seconds / 3, self._renew_kept)
 
     def _renew_kept(self) -> None:
         self._renewal = None
