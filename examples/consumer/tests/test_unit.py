@@ -6,6 +6,7 @@ import logging
 from decimal import Decimal
 
 import pytest
+from shared.container_check import check_container
 from shared.models import StageStatus
 from shared.testing.fixtures import Fakes
 
@@ -35,3 +36,8 @@ async def test_the_container_keeps_every_shared_provider_and_adds_its_own(fake_c
     names = set(StageContainer.providers)
     assert {"settings", "db", "redis", "jobs", "cost_tracker", "storage", "http_client", "title_api"} <= names
     assert not fake_container.title_api().closed
+
+
+def test_the_container_is_wired_right_with_every_type_checked() -> None:
+    """lifespan checks this at start; the test also imports every type an annotation names."""
+    assert [] == check_container(StageContainer, every_type=True)
