@@ -42,7 +42,7 @@ async def noop(ctx: StageContext) -> None:
         await asyncio.sleep(float(ctx.payload["sleep"]) if ctx.attempt == 1 else 0)
 
 
-def _start(dsn: str, concurrency: int = 10) -> subprocess.Popen[bytes]:
+def _start(dsn: str, concurrency: int = 50) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": dsn,

@@ -176,6 +176,35 @@ q as (
 insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
 select id, 'queued', entrypoint, priority from q
 """
+_REDELIVER = """
+with q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    values (0, $2, convert_to($1::text, 'UTF8'), now(), 'queued')
+    returning id, entrypoint, priority
+)
+insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+select id, 'queued', entrypoint, priority from q
+"""
+_DROP = """
+with r as (
+    select r.id, r.stage, r.status, r.heartbeat_at, j.status = any($2::text[]) as active
+      from public.stage_runs r join public.jobs j on j.id = r.job_id
+     where r.id = $1
+),
+ended as (
+    update public.stage_runs s set status = 'cancelled', error = 'the job ended', finished_at = now()
+      from r where s.id = r.id and not r.active and s.status = 'queued'
+),
+q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    select 0, r.stage, convert_to(r.id::text, 'UTF8'),
+           greatest(now(), r.heartbeat_at + $3::interval + interval '50 milliseconds'), 'queued'
+      from r where r.active and r.status = 'running'
+    returning id, entrypoint, priority
+)
+insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+select id, 'queued', entrypoint, priority from q
+"""
 _END = """
 update public.stage_runs set status = $3, error = $4, finished_at = now()
  where id = $1 and (attempt_id = $2 or $2 is null) and status in ('queued', 'running')
@@ -495,7 +524,11 @@ class StageWorker:
         self._cache = statement_cache_size
         self._timeout = heartbeat_interval * 1.5
         self._poll = min(1.0, heartbeat_interval / 4)
-        self._concurrency = concurrency
+        self._concurrency = max(1, concurrency)
+        # pgqueuer picks up to twice the concurrency (a prefetch, kept alive by its heartbeats); the slots let
+        # `concurrency` run at once, so a finished item is followed at once by a picked one, without a poll.
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._stopping = False
         self._drain = drain_seconds
         self._base = retry_base_delay
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -530,7 +563,12 @@ class StageWorker:
 
             def bind(spec: _Handler) -> Callable[[Job], Awaitable[None]]:
                 async def deliver(job: Job) -> None:
-                    await self._deliver(spec, UUID((job.payload or b"").decode()))
+                    run_id = UUID((job.payload or b"").decode())
+                    async with self._slots:
+                        if self._stopping:  # picked but not started: hand it back for another worker
+                            await self._db.execute(_REDELIVER, run_id, spec.stage)
+                            return
+                        await self._deliver(spec, run_id)
 
                 return deliver
 
@@ -541,9 +579,8 @@ class StageWorker:
         try:
             await manager.run(
                 dequeue_timeout=timedelta(seconds=self._poll),
-                # pgqueuer wants at least two batches of room: half the concurrency per batch.
-                batch_size=max(1, self._concurrency // 2),
-                max_concurrent_tasks=2 * max(1, self._concurrency // 2),
+                batch_size=self._concurrency,
+                max_concurrent_tasks=2 * self._concurrency,
                 heartbeat_timeout=timedelta(seconds=self._timeout),
             )
         finally:
@@ -554,6 +591,7 @@ class StageWorker:
 
     def stop(self) -> None:
         """Take no more work; in-flight items get ``drain_seconds``, then go back to the queue."""
+        self._stopping = True
         if self._manager is not None:
             self._manager.shutdown.set()
         loop = asyncio.get_running_loop()
@@ -582,14 +620,13 @@ class StageWorker:
             await self._attempt(spec, ctx, row["max_attempts"])
 
     async def _drop(self, run_id: UUID) -> None:
-        """A delivery that claimed nothing: done, held by a live worker, or its job ended (cancel what is left)."""
-        row = await self._db.fetchrow(
-            "select r.status, j.status as job_status, r.job_id from public.stage_runs r"
-            " join public.jobs j on j.id = r.job_id where r.id = $1",
-            run_id,
-        )
-        if row is not None and row["job_status"] not in _ACTIVE and row["status"] == "queued":
-            await self._db.execute(_END, run_id, None, "cancelled", "the job ended")
+        """A delivery that claimed nothing: the item is done, its job ended, or another attempt holds it.
+
+        pgqueuer picks a delivery again when its own heartbeat is late, which can be before the item's heartbeat
+        in ``stage_runs`` is stale: an item held by an attempt that looks alive keeps a delivery, due when that
+        attempt's heartbeat would be stale, so a worker that died just now still has its item run elsewhere.
+        """
+        await self._db.execute(_DROP, run_id, _ACTIVE, timedelta(seconds=self._timeout))
 
     async def _attempt(self, spec: _Handler, ctx: StageContext, max_attempts: int) -> None:
         task: asyncio.Task[Mapping[str, Any] | None] = asyncio.create_task(spec.run(ctx))

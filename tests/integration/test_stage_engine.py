@@ -190,3 +190,30 @@ async def test_a_context_without_a_container_says_how_to_get_one(db: DatabaseCli
     odd = StageContext(db, {**row, "stage": "thumbnails", "attempt_id": uuid4(), "payload": {}})
     with pytest.raises(ConfigError, match="not one of the pipeline's stages"):
         await odd.paid.track_usage(provider="openai", model="gpt-4o", usage={"input_tokens": 1})
+
+
+async def test_a_delivery_that_finds_its_item_held_comes_back_when_the_holder_would_be_stale(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str
+) -> None:
+    stages = Stages()
+    claimed: list[float] = []
+
+    @stages.handler("clip_generation")
+    async def clip(ctx: StageContext) -> dict[str, Any]:
+        claimed.append(time.monotonic())
+        return {}
+
+    job = await new_job(jobs, make_user)
+    [run] = await StageQueue(db).submit(job, "clip_generation", payload={})
+    # pgqueuer hands the delivery out while the item's holder looks alive (it beat just now), then dies.
+    await db.execute(
+        "update stage_runs set status = 'running', attempt = 1, attempt_id = gen_random_uuid(), started_at = now(),"
+        " heartbeat_at = now() where id = $1",
+        run,
+    )
+    held = time.monotonic()
+    async with running(stages, db, pg_dsn, interval=1.0):
+        await wait_for(db, "select status = 'completed' from stage_runs where id = $1", run)
+    assert 2 == await db.fetchval("select attempt from stage_runs where id = $1", run)
+    # Run again once the holder's heartbeat was stale (1.5 x the interval), not dropped with the delivery.
+    assert claimed[0] - held >= 1.5
