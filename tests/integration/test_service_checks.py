@@ -15,6 +15,7 @@ from shared.container import Container
 from shared.doctor import check_services, run_doctor
 from shared.health import HealthStatus, ServiceCheck, health_checked, service_checks
 from shared.testing import FakeCache
+from tests.fixtures.core import MakeSettings
 
 
 class Echo:
@@ -85,3 +86,33 @@ def test_a_replaced_service_stays_checked_under_its_name(service_settings: Setti
 def test_a_container_without_a_declarative_class_declares_nothing() -> None:
     assert () == service_checks(containers.DynamicContainer())
     assert ["echo"] == [check.provider for check in service_checks(EchoContainer())][-1:]
+
+
+async def test_a_service_that_never_answers_is_down_within_the_timeout_and_leaves_nothing_behind(
+    make_settings: MakeSettings, redis_prefix: str
+) -> None:
+    """The doctor opens each service through the container; a hung connect is cancelled and its resources closed."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # accept, never answer: a frozen PostgreSQL
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = make_settings(
+        database_url=f"postgresql://postgres@127.0.0.1:{port}/none",
+        db_connect_timeout_seconds=30,
+        redis_key_prefix=redis_prefix,
+    )
+    out = io.StringIO()
+    try:
+        status = await run_doctor(settings, out=out, timeout=0.5, processes=None)
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    lines = {line.split()[0]: line for line in out.getvalue().splitlines()[2:-1]}
+    assert 1 == status
+    assert "no answer within 0.5 s" in lines["postgres"]
+    assert ["ok", "ok"] == [lines[name].split()[1] for name in ("redis", "storage")]
