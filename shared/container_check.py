@@ -67,7 +67,7 @@ def _callee(provider: Any) -> Any:
     return provides
 
 
-def _signature_problems(name: str, provider: Any) -> Iterator[str]:
+def _signature_problems(provider: Any) -> Iterator[str]:
     """Say why ``provider`` cannot be called with the arguments it was declared with."""
     callee = _callee(provider)
     if callee is None:
@@ -171,7 +171,7 @@ def check_container(container: Any, *, every_type: bool = False) -> list[WiringP
         # What is called at run time is the last override if any; the declaration if not.
         for candidate in (provider, *getattr(provider, "overridden", ())):
             if isinstance(candidate, _CALLING):
-                problems.extend(WiringProblem(name, text) for text in _signature_problems(name, candidate))
+                problems.extend(WiringProblem(name, text) for text in _signature_problems(candidate))
         owner = declared_by[name]
         if owner is not None and _ours(owner) and not every_type:
             continue
