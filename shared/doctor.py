@@ -35,7 +35,7 @@ from dependency_injector import providers
 
 from shared.config import Settings
 from shared.container import Container
-from shared.errors import PipelineError
+from shared.errors import ConfigError, PipelineError
 from shared.health import HealthStatus, service_checks
 from shared.lifecycle import resolve, stop_resources
 
@@ -47,6 +47,7 @@ __all__ = [
     "check_connection_budget",
     "check_services",
     "container_check",
+    "load_container",
     "run_doctor",
     "service_check_functions",
 ]
@@ -92,6 +93,25 @@ def container_check(container: type[Any], provider: str) -> Check:
                 _log.debug("closing the %s check's resources failed", provider, exc_info=True)
 
     return check
+
+
+def load_container(target: str) -> type[Any]:
+    """Import ``module[:Class]`` (default class ``Container``), a module's container for ``doctor --container``.
+
+    Raises:
+        ConfigError: the module cannot be imported, or the name is not a container class.
+    """
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"cannot import the container module {module_name!r} ({exc}); check the name and PYTHONPATH"
+        raise ConfigError(msg) from exc
+    found = getattr(module, attribute or "Container", None)
+    if not (isinstance(found, type) and issubclass(found, Container)):
+        msg = f"{target} names no subclass of shared.container.Container; pass module:ContainerClass"
+        raise ConfigError(msg)
+    return found
 
 
 def service_check_functions(container: type[Any] = Container) -> dict[str, Check]:

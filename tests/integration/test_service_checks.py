@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 
+import pytest
 from dependency_injector import containers, providers
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
 from shared.api import add_health_route, container_lifespan
+from shared.cli import main
 from shared.config import Settings
 from shared.container import Container
-from shared.doctor import check_services, run_doctor
+from shared.doctor import check_services, load_container, run_doctor
+from shared.errors import ConfigError
 from shared.health import HealthStatus, ServiceCheck, health_checked, service_checks
 from shared.testing import FakeCache
 from tests.fixtures.core import MakeSettings
@@ -116,3 +120,23 @@ async def test_a_service_that_never_answers_is_down_within_the_timeout_and_leave
     assert 1 == status
     assert "no answer within 0.5 s" in lines["postgres"]
     assert ["ok", "ok"] == [lines[name].split()[1] for name in ("redis", "storage")]
+
+
+def test_the_doctor_command_checks_a_module_container_named_on_the_command_line(
+    service_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env: the command reads only this environment
+    for name in ("environment", "redis_key_prefix", "storage_backend", "storage_local_root"):
+        monkeypatch.setenv(name.upper(), str(getattr(service_settings, name)))
+    monkeypatch.setenv("DATABASE_URL", service_settings.database_dsn)
+    out = io.StringIO()
+    target = f"{__name__}:EchoContainer"
+    assert 0 == main(["doctor", "--container", target, "--processes", "1"], out=out), out.getvalue()
+    assert "echo" in [line.split()[0] for line in out.getvalue().splitlines()[2:-1]]
+
+
+@pytest.mark.parametrize("target", ["no_such_module_here:Container", "shared.config:Settings"])
+def test_a_container_that_is_not_one_is_a_config_error_saying_what_to_pass(target: str) -> None:
+    with pytest.raises(ConfigError, match="module"):
+        load_container(target)
+    assert EchoContainer is load_container(f"{__name__}:EchoContainer")
