@@ -21,6 +21,7 @@ from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient
 from shared.errors import BudgetExceededError, ConfigError, RetryableError
 from shared.jobs import JobRepository
+from shared.maintenance import MaintenancePolicy, maintain
 from shared.models import StageName
 from shared.stages import StageContext, StageQueue, Stages, StageWorker
 from tests.fixtures.postgres import MakeUser
@@ -331,3 +332,32 @@ async def test_a_call_left_to_a_next_attempt_that_never_comes_is_recorded_once_w
         owed,
     )
     assert 0 == await db.fetchval("select public.stage_record_owed(array[$1::uuid])", other)
+
+
+async def test_maintain_hands_an_item_that_lost_its_delivery_back_to_the_queue(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str
+) -> None:
+    stages = Stages()
+
+    @stages.handler("clip_generation")
+    async def clip(ctx: StageContext) -> dict[str, Any]:
+        return {"ok": True}
+
+    job = await new_job(jobs, make_user)
+    [lost, fresh] = await StageQueue(db).submit(job, "clip_generation", items={"lost": {}, "fresh": {}})
+    # Both lose their delivery; only the one queued long ago is past the stage timeout.
+    await db.execute("delete from pgqueuer.pgqueuer")
+    await db.execute("update stage_runs set queued_at = now() - interval '1 hour' where id = $1", lost)
+    policy = MaintenancePolicy(
+        stage_timeout=timedelta(minutes=10),
+        release_grace=timedelta(0),
+        retention=timedelta(days=30),
+        batch_size=100,
+    )
+    report = await maintain(db, policy)
+    assert 1 == report.redelivered_stages
+    assert "queued 1 stage item(s) whose delivery was lost" in report.summary()
+    assert 0 == (await maintain(db, policy)).redelivered_stages  # it has its delivery now
+    async with running(stages, db, pg_dsn):
+        await wait_for(db, "select status = 'completed' from stage_runs where id = $1", lost)
+    assert "queued" == await db.fetchval("select status from stage_runs where id = $1", fresh)
