@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from shared.errors import ConfigError, InvalidStateError, PipelineError, RetryableError
+from shared.errors import ConfigError, PipelineError, RetryableError
 from shared.models import StageName
-from shared.stages import StageContext, Stages, _Services
+from shared.stages import StageContext, Stages, _Services, submitted_items
 from shared.testing.no_database import NoDatabase
 
 if TYPE_CHECKING:
@@ -81,14 +81,10 @@ class FakeStageQueue:
         items: Mapping[str, Mapping[str, Any]] | None = None,
         then: str | None = None,
         then_payload: Mapping[str, Any] | None = None,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
     ) -> list[UUID]:
         """Record the items (a resent submit of the same items adds nothing, as in the database)."""
-        del max_attempts
-        if items is not None and payload is not None:
-            msg = "give either payload (one item) or items (a fan-out), not both"
-            raise InvalidStateError(msg, job_id=job_id)
-        chosen = dict(items) if items is not None else {"": payload or {}}
+        chosen = submitted_items(job_id, stage, payload=payload, items=items, max_attempts=max_attempts)
         known = {(s.job_id, s.stage, key) for s in self.submitted for key in s.items}
         new = {key: value for key, value in chosen.items() if (job_id, stage, key) not in known}
         if new:
@@ -119,12 +115,18 @@ class _MemoryContext(StageContext):
         self._run = run
         self._results = results
 
-    async def checkpoint(self, name: str, start: Callable[[], Awaitable[T]]) -> T:
-        if name in self._run.checkpoints:
-            return self._run.checkpoints[name]  # type: ignore[no-any-return]  # kept by an earlier attempt
-        value = await start()
-        self._run.checkpoints[name] = value
-        return value
+    # The checkpoints (and the paid calls' marks) live in the run: the worker's logic runs on top of these.
+    async def _kept(self, name: str) -> Any:
+        return self._run.checkpoints.get(name)
+
+    async def _keep(self, name: str, value: Any) -> bool:
+        self._run.checkpoints.setdefault(name, value)
+        return True
+
+    async def _mark(self, name: str, value: Mapping[str, Any], *, drop: str | None = None) -> None:
+        self._run.checkpoints[name] = dict(value)
+        if drop is not None:
+            self._run.checkpoints.pop(drop, None)
 
     async def progress(self, percent: int) -> None:
         await self.container.jobs().update_progress(self.job_id, _stage_name(self.stage), percent)
