@@ -38,17 +38,25 @@ import os
 import random
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from shared.config import Settings
 from shared.database import DatabaseClient
 from shared.errors import ConfigError, InvalidStateError, PipelineError, RetryableError, StageConflictError
 
-__all__ = ["StageContext", "StageQueue", "StageWorker", "Stages", "load_stages"]
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from shared.container import Container
+    from shared.models import JobCost, StageName
+    from shared.paid.admission import PaidCall, PaidCalls
+    from shared.paid.pricing import Usage
+
+__all__ = ["AttemptPaidCalls", "StageContext", "StageQueue", "StageWorker", "Stages", "load_stages", "run_worker"]
 
 _log = logging.getLogger("shared.stages")
 T = TypeVar("T")
@@ -59,17 +67,18 @@ _ACTIVE = ["queued", "processing"]
 # One statement: the items, their group (the fan-in count) and a pgqueuer delivery each, or nothing for items
 # already submitted (a resent submit adds nothing).
 _SUBMIT = """
-with g as (
-    insert into public.stage_groups (job_id, stage, expected, then_stage, then_payload, then_max_attempts)
-    values ($1, $2, cardinality($3::text[]), $5, $6, $8)
-    on conflict (job_id, stage) do nothing
-),
-runs as (
+with runs as (
     insert into public.stage_runs (job_id, stage, item, payload, max_attempts, trace_context)
     select $1, $2, t.item, t.payload, $7, $9
       from unnest($3::text[], $4::jsonb[]) as t(item, payload)
     on conflict (job_id, stage, item) do nothing
     returning id, stage
+),
+g as (
+    -- The fan-in counts the items this submit added: a later submit of more items to the stage raises it.
+    insert into public.stage_groups as g (job_id, stage, expected, then_stage, then_payload, then_max_attempts)
+    select $1, $2, count(*), $5, $6, $8 from runs having count(*) > 0
+    on conflict (job_id, stage) do update set expected = g.expected + excluded.expected
 ),
 q as (
     insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
@@ -83,18 +92,35 @@ l as (
 select id from runs
 """
 _CLAIM = """
-update public.stage_runs r
-   set status = 'running', attempt = r.attempt + 1, attempt_id = gen_random_uuid(), worker = $2,
-       started_at = coalesce(r.started_at, now()), heartbeat_at = now(), error = null
-  from public.jobs j
- where r.id = $1 and j.id = r.job_id and j.status = any($4::text[])
-   and (r.status = 'queued' or (r.status = 'running' and r.heartbeat_at < now() - $3::interval))
-returning r.*
+with old as (
+    select r.id, r.attempt_id as previous from public.stage_runs r where r.id = $1 for update
+),
+claimed as (
+    update public.stage_runs r
+       set status = 'running', attempt = r.attempt + 1, attempt_id = gen_random_uuid(), worker = $2,
+           started_at = coalesce(r.started_at, now()), heartbeat_at = now(), error = null
+      from public.jobs j, old
+     where r.id = old.id and j.id = r.job_id and j.status = any($4::text[])
+       and (r.status = 'queued' or (r.status = 'running' and r.heartbeat_at < now() - $3::interval))
+    returning r.*, old.previous
+),
+started as (
+    update public.jobs j set status = 'processing'
+      from claimed where j.id = claimed.job_id and j.status = 'queued'
+),
+freed as (
+    update public.job_cost_reservations c set status = 'released', lapsed_at = now()
+      from claimed
+     where c.job_id = claimed.job_id and c.attempt_id = claimed.previous and c.status = 'active'
+)
+select * from claimed
 """
 _BEAT = """
 update public.stage_runs r set heartbeat_at = now()
- where r.id = $1 and r.attempt_id = $2 and r.status = 'running'
+  from unnest($1::uuid[], $2::uuid[]) as held(id, attempt_id)
+ where r.id = held.id and r.attempt_id = held.attempt_id and r.status = 'running'
    and exists (select from public.jobs j where j.id = r.job_id and j.status = any($3::text[]))
+returning r.id
 """
 _COMPLETE = """
 with done as (
@@ -106,9 +132,34 @@ with done as (
 g as (
     update public.stage_groups g set done = g.done + 1
       from done where g.job_id = done.job_id and g.stage = done.stage
-    returning g.done, g.expected, g.then_stage, g.then_payload, g.then_max_attempts
+    returning g.job_id, g.done, g.expected, g.then_stage, g.then_payload, g.then_max_attempts
+),
+nxt as (
+    select g.job_id, g.then_stage as stage, coalesce(g.then_payload, '{}'::jsonb) as payload,
+           coalesce(g.then_max_attempts, 3) as max_attempts
+      from g where g.then_stage is not null and g.done = g.expected
+),
+runs as (
+    insert into public.stage_runs (job_id, stage, item, payload, max_attempts, trace_context)
+    select job_id, stage, '', payload, max_attempts, $4 from nxt
+    on conflict (job_id, stage, item) do nothing
+    returning id, job_id, stage, max_attempts
+),
+ng as (
+    insert into public.stage_groups as g (job_id, stage, expected, then_max_attempts)
+    select job_id, stage, 1, max_attempts from runs
+    on conflict (job_id, stage) do update set expected = g.expected + 1
+),
+q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    select 0, stage, convert_to(id::text, 'UTF8'), now(), 'queued' from runs
+    returning id, entrypoint, priority
+),
+l as (
+    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+    select id, 'queued', entrypoint, priority from q
 )
-select (select count(*) from done) as won, g.* from (select 1) one left join g on true
+select count(*) as won from done
 """
 _REQUEUE = """
 with again as (
@@ -146,8 +197,10 @@ class _Handler:
 class Stages:
     """A module's stage handlers: ``@stages.handler("clip_generation")``; a worker runs them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, container: type[Container] | None = None) -> None:
+        """``container``: the module's Container subclass the worker builds (default: shared's own Container)."""
         self.handlers: dict[str, _Handler] = {}
+        self.container = container
 
     def handler(self, stage: str, *, concurrency: int = 0, max_attempts: int = 3) -> Callable[[Handler], Handler]:
         """Register ``fn`` for ``stage``; ``concurrency`` caps it across all workers (0: no cap)."""
@@ -230,12 +283,104 @@ class StageQueue:
             await self._db.execute(_CANCEL_QUEUED, job_id, reason)
 
 
+class _Services:
+    """What a worker's handlers share: its container, and the paid-call admission built once from it."""
+
+    def __init__(self, container: Container | None) -> None:
+        self.container = container
+        self._paid: PaidCalls | None = None
+
+    async def paid_calls(self) -> PaidCalls:
+        if self._paid is None:
+            if self.container is None:
+                msg = (
+                    "ctx.paid needs the worker's container: run the handler with `python -m shared worker` or "
+                    "give StageWorker a container"
+                )
+                raise ConfigError(msg)
+            from shared.lifecycle import resolve  # noqa: PLC0415
+
+            self._paid = await resolve(self.container.paid_calls)
+        return self._paid
+
+
+class AttemptPaidCalls:
+    """``ctx.paid``: paid-call admission bound to the stage attempt (job, stage and effect keys filled in)."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self._ctx = ctx
+
+    def _stage(self) -> StageName:
+        from shared.models import StageName  # noqa: PLC0415
+
+        try:
+            return StageName(self._ctx.stage)
+        except ValueError:
+            msg = (
+                f"stage {self._ctx.stage!r} is not one of the pipeline's stages ({', '.join(StageName)}); the cost "
+                "ledger records costs per pipeline stage, so name the handler's stage after one"
+            )
+            raise ConfigError(msg) from None
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self,
+        *,
+        provider: str,
+        model: str,
+        estimate: Usage,
+        name: str = "call",
+        api_key: str | SecretStr | None = None,
+        hardware: str | None = None,
+        max_wait: float | None = None,
+    ) -> AsyncIterator[PaidCall]:
+        """Admit one paid call of this attempt (:meth:`shared.paid.PaidCalls.admit` with ``attempt=ctx``).
+
+        ``name`` tells the attempt's paid calls apart (``f"clip-{n}"``): the limiter's request id and the
+        reservation belong to the attempt, so a re-run after a worker's death never holds the same money twice.
+        """
+        stage = self._stage()
+        calls = await self._ctx._services.paid_calls()
+        async with calls.admit(
+            self._ctx.job_id,
+            stage,
+            provider=provider,
+            model=model,
+            estimate=estimate,
+            api_key=api_key,
+            hardware=hardware,
+            attempt=self._ctx,
+            name=name,
+            max_wait=max_wait,
+        ) as call:
+            yield call
+
+    async def track_usage(
+        self, *, provider: str, model: str, usage: Usage, name: str = "call", hardware: str | None = None
+    ) -> JobCost:
+        """Record a call's cost priced from its usage, once for the item whatever the attempt (``ctx.key(name)``)."""
+        stage = self._stage()
+        calls = await self._ctx._services.paid_calls()
+        return await calls.track_usage(
+            self._ctx.job_id,
+            stage,
+            provider=provider,
+            model=model,
+            usage=usage,
+            hardware=hardware,
+            attempt=self._ctx,
+            name=name,
+        )
+
+
 class StageContext:
     """What a handler is given: the item's identity and payload, and its effects fenced on this attempt."""
 
-    def __init__(self, db: DatabaseClient, row: Mapping[str, Any]) -> None:
+    def __init__(self, db: DatabaseClient, row: Mapping[str, Any], services: _Services | None = None) -> None:
         self._db = db
+        self._services = services or _Services(None)
         self.db = db  # the worker's pool, for the handler's own writes (key them with ctx.key)
+        self.paid = AttemptPaidCalls(self)
         self.run_id: UUID = row["id"]
         self.job_id: UUID = row["job_id"]
         self.stage: str = row["stage"]
@@ -244,6 +389,14 @@ class StageContext:
         self.attempt_id: UUID = row["attempt_id"]
         self.payload: dict[str, Any] = row["payload"] or {}
         self._next: list[_Next] = []
+
+    @property
+    def container(self) -> Container:
+        """The worker's container (the module's subclass when ``Stages(container=...)`` names one)."""
+        if self._services.container is None:
+            msg = "this StageContext has no container: run it with `python -m shared worker` or give StageWorker one"
+            raise ConfigError(msg)
+        return self._services.container
 
     def key(self, name: str) -> str:
         """Return the idempotency key of effect ``name``: the same on every attempt, so a re-run never doubles it."""
@@ -313,6 +466,7 @@ class StageContext:
 @dataclass
 class _Running:
     task: asyncio.Task[Mapping[str, Any] | None]
+    attempt_id: UUID
     reason: list[str] = field(default_factory=list)
 
 
@@ -331,9 +485,11 @@ class StageWorker:
         drain_seconds: float = 10.0,
         retry_base_delay: float = 1.0,
         name: str | None = None,
+        container: Container | None = None,
     ) -> None:
         self._stages = stages
         self._db = db
+        self._services = _Services(container)
         self._queue = StageQueue(db)
         self._dsn = dsn
         self._cache = statement_cache_size
@@ -381,6 +537,7 @@ class StageWorker:
             manager.entrypoint(spec.stage, concurrency_limit=spec.concurrency)(bind(spec))
         if ready is not None:
             ready()
+        beat = asyncio.create_task(self._beat(), name=f"stage heartbeats of {self.name}")
         try:
             await manager.run(
                 dequeue_timeout=timedelta(seconds=self._poll),
@@ -390,6 +547,9 @@ class StageWorker:
                 heartbeat_timeout=timedelta(seconds=self._timeout),
             )
         finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
             await connection.close()
 
     def stop(self) -> None:
@@ -409,13 +569,10 @@ class StageWorker:
         if row is None:
             await self._drop(run_id)
             return
-        ctx = StageContext(self._db, dict(row))
+        ctx = StageContext(self._db, dict(row), self._services)
         if ctx.attempt > row["max_attempts"]:
             await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={row['max_attempts']})")
             return
-        await self._db.execute(
-            "update public.jobs set status = 'processing' where id = $1 and status = 'queued'", ctx.job_id
-        )
         from shared import telemetry  # noqa: PLC0415
 
         carried = row["trace_context"]
@@ -436,9 +593,8 @@ class StageWorker:
 
     async def _attempt(self, spec: _Handler, ctx: StageContext, max_attempts: int) -> None:
         task: asyncio.Task[Mapping[str, Any] | None] = asyncio.create_task(spec.run(ctx))
-        running = _Running(task)
+        running = _Running(task, ctx.attempt_id)
         self._running[ctx.run_id] = running
-        beat = asyncio.create_task(self._beat(ctx, running))
         try:
             result = await task
         except asyncio.CancelledError:
@@ -460,42 +616,45 @@ class StageWorker:
             await self._retry_or_fail(ctx, exc, max_attempts, None)
             return
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
             self._running.pop(ctx.run_id, None)
         await self._complete(ctx, result)
 
-    async def _beat(self, ctx: StageContext, running: _Running) -> None:
+    async def _beat(self) -> None:
+        """Beat for every item this worker runs, in one statement; cancel the items it no longer holds."""
         while True:
             await asyncio.sleep(min(STAGE_BEAT_SECONDS, self._timeout / 3))
-            try:
-                moved = await self._db.execute(_BEAT, ctx.run_id, ctx.attempt_id, _ACTIVE)
-            except PipelineError:
-                _log.warning("stage %s heartbeat failed; trying again", ctx.stage, exc_info=True)
+            held = dict(self._running)
+            if not held:
                 continue
-            if moved != "UPDATE 1":  # the job ended or another attempt took the item: stop
-                running.reason.append("stopped")
-                running.task.cancel()
-                return
+            try:
+                rows = await self._db.fetch(
+                    _BEAT, list(held), [running.attempt_id for running in held.values()], _ACTIVE
+                )
+            except PipelineError:
+                _log.warning("stage heartbeat failed; trying again", exc_info=True)
+                continue
+            alive = {row["id"] for row in rows}
+            for run_id, running in held.items():
+                # The job ended or another attempt took the item: stop it (unless it finished meanwhile).
+                if run_id not in alive and self._running.get(run_id) is running:
+                    running.reason.append("stopped")
+                    running.task.cancel()
 
     async def _complete(self, ctx: StageContext, result: Mapping[str, Any] | None) -> None:
-        async with self._db.transaction():
-            row = await self._db.fetchrow(_COMPLETE, ctx.run_id, ctx.attempt_id, dict(result or {}))
-            if row is None or not row["won"]:
-                _log.warning("stage %s item %r was taken over; its result is dropped", ctx.stage, ctx.item)
-                return
-            for step in ctx._next:  # the worker reads what the handler queued
-                await self._queue.submit(
-                    ctx.job_id, step.stage, items=step.items, then=step.then, then_payload=step.then_payload
-                )
-            if row["then_stage"] is not None and row["done"] == row["expected"]:
-                await self._queue.submit(
-                    ctx.job_id,
-                    row["then_stage"],
-                    payload=row["then_payload"] or {},
-                    max_attempts=row["then_max_attempts"] or 3,
-                )
+        from shared import telemetry  # noqa: PLC0415 - optional extra, imported when used
+
+        carried = telemetry.inject_trace_context()
+        if not ctx._next:  # the common case: one statement completes the item and queues the fan-in's `then`
+            won = await self._db.fetchval(_COMPLETE, ctx.run_id, ctx.attempt_id, dict(result or {}), carried)
+        else:
+            async with self._db.transaction():
+                won = await self._db.fetchval(_COMPLETE, ctx.run_id, ctx.attempt_id, dict(result or {}), carried)
+                for step in ctx._next if won else ():  # the worker reads what the handler queued
+                    await self._queue.submit(
+                        ctx.job_id, step.stage, items=step.items, then=step.then, then_payload=step.then_payload
+                    )
+        if not won:
+            _log.warning("stage %s item %r was taken over; its result is dropped", ctx.stage, ctx.item)
 
     async def _retry_or_fail(
         self, ctx: StageContext, exc: BaseException, max_attempts: int, retry_after: float | None
@@ -530,28 +689,38 @@ def load_stages(target: str) -> Stages:
 
 
 async def run_worker(settings: Settings, target: str, *, concurrency: int = 4, ready_file: str | None = None) -> None:
-    """``python -m shared worker module[:attr]``: open the pool, run the handlers, drain on SIGTERM."""
-    from shared.database import init_database  # noqa: PLC0415
+    """``python -m shared worker module[:attr]``: start the module's container, run the handlers, drain on SIGTERM.
+
+    The container is ``Stages(container=...)`` or shared's own :class:`~shared.container.Container`, built with
+    ``settings`` and started like every entry point's (:func:`shared.lifecycle.lifespan`): JSON logs, the pool,
+    Redis and the HTTP client; handlers reach it as ``ctx.container`` and paid calls as ``ctx.paid``.
+    """
+    from dependency_injector import providers  # noqa: PLC0415
+
+    from shared.container import Container  # noqa: PLC0415 - the worker's own imports, paid once at start
+    from shared.lifecycle import lifespan, resolve  # noqa: PLC0415
 
     stages = load_stages(target)
-    async with contextlib.aclosing(init_database(settings)) as opened:
-        async for db in opened:
-            worker = StageWorker(
-                stages,
-                db=db,
-                dsn=settings.database_dsn,
-                statement_cache_size=settings.statement_cache_size,
-                heartbeat_interval=settings.stage_heartbeat_interval_seconds,
-                concurrency=concurrency,
-            )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, worker.stop)
+    container = (stages.container or Container)()
+    container.settings.override(providers.Object(settings))
+    async with lifespan(container):
+        worker = StageWorker(
+            stages,
+            db=await resolve(container.db),
+            dsn=settings.database_dsn,
+            statement_cache_size=settings.statement_cache_size,
+            heartbeat_interval=settings.stage_heartbeat_interval_seconds,
+            concurrency=concurrency,
+            container=container,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
 
-            def ready(worker: StageWorker = worker) -> None:
-                _log.info("worker %s ready: stages %s", worker.name, sorted(stages.handlers))
-                if ready_file:
-                    with open(ready_file, "w", encoding="utf-8") as out:
-                        out.write(worker.name)
+        def ready() -> None:
+            _log.info("worker %s ready: stages %s", worker.name, sorted(stages.handlers))
+            if ready_file:
+                with open(ready_file, "w", encoding="utf-8") as out:
+                    out.write(worker.name)
 
-            await worker.run(ready)
+        await worker.run(ready)
