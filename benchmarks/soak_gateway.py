@@ -349,6 +349,7 @@ async def _soak(args: Any) -> str:
                 "API_WORKERS": str(args.workers),
                 # tracemalloc slows imports several times; on this shared host a worker took over 60 s to start
                 "API_WORKER_STARTUP_GRACE_SECONDS": "300",
+                "STARTUP_TIMEOUT_SECONDS": "120",  # the container's resources, opened in each worker's lifespan
                 "STAGE_HEARTBEAT_INTERVAL_SECONDS": "5",
                 "SOAK_OUT": str(folder),
                 "SOAK_EVERY": str(args.every),
