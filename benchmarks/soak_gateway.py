@@ -369,7 +369,9 @@ async def _soak(args: Any) -> str:
 
                 def start(argv: list[str], name: str) -> subprocess.Popen[bytes]:
                     log = (folder / f"{name}.stderr").open("wb")
-                    process = subprocess.Popen([sys.executable, *argv], env=env, cwd=ROOT, stdout=log, stderr=log)
+                    # The Prometheus port is the gateway's: a stage worker started first would take it.
+                    own = env if name == "gateway" else {k: v for k, v in env.items() if "PROMETHEUS" not in k}
+                    process = subprocess.Popen([sys.executable, *argv], env=own, cwd=ROOT, stdout=log, stderr=log)
                     started.append(process)
                     return process
 
