@@ -71,6 +71,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _workers(supervisor: int) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for pid in _children(supervisor):
+        with contextlib.suppress(OSError):
+            if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    return found
+
+
 def _cpu_seconds(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -155,6 +165,7 @@ class Load:
                         bad = self.wrong_key if kind == "wrong_key" else self.expired
                         answer = await client.get(f"/jobs/{uuid.uuid4()}", headers={"Authorization": f"Bearer {bad}"})
                     else:
+                        kind = "health"  # also a read before any job exists
                         answer = await client.get("/health")
                     key = f"{kind} {answer.status_code}"
                 except httpx.HTTPError as error:
@@ -203,7 +214,7 @@ async def _sample(supervisor: int, others: dict[str, int], stop: asyncio.Event, 
     started = time.monotonic()
     while not stop.is_set():
         row: dict[str, Any] = {"t": round(time.monotonic() - started), "load": os.getloadavg()[0], "rss": {}, "cpu": {}}
-        for pid in _children(supervisor):
+        for pid in _workers(supervisor):
             row["rss"][f"gateway {pid}"] = rss_bytes(pid)
             row["cpu"][f"gateway {pid}"] = _cpu_seconds(pid)
         row["rss"]["supervisor"] = rss_bytes(supervisor)
@@ -281,7 +292,8 @@ def _report(folder: Path, samples: list[dict[str, Any]], load: Load, scrape: dic
         if records:
             workers[records[0]["pid"]] = records
     for pid, records in workers.items():
-        lines.append(f"\n### gateway worker {pid}\n")
+        tracing = "tracemalloc on" if records[-1].get("tracing") else "tracemalloc off (the control)"
+        lines.append(f"\n### gateway worker {pid}, {tracing}\n")
         lines.append("| min | RSS (MB) | traced (MB) | tracemalloc's own (MB) | RSS - own (MB) | gc objects |")
         lines.append("|---|---|---|---|---|---|")
         rss_points, traced_points, untraced_points, objects_points = [], [], [], []
@@ -300,13 +312,14 @@ def _report(folder: Path, samples: list[dict[str, Any]], load: Load, scrape: dic
         lines.append(f"traced: {_thirds(traced_points)}")
         lines.append(f"RSS without tracemalloc's own: {_thirds(untraced_points)}")
         lines.append(f"gc objects (millions): {_thirds(objects_points)}")
-        if records[-1]["top"]:
-            lines.append("\ntop growth since the baseline snapshot, by line:\n")
-            lines += [f"    {line}" for line in records[-1]["top"]]
-        baseline, last = folder / f"baseline-{pid}.snap", folder / f"last-{pid}.snap"
-        if baseline.exists() and last.exists():
-            lines.append("\ntop growth since the baseline snapshot, by traceback (most recent call first):\n")
-            lines += [f"    {line}" for line in compare_dumps(baseline, last)]
+        dumps = [folder / record["dump"] for record in records if record.get("dump")]
+        if len(dumps) >= 2:
+            lines.append(f"\ngrowth from {dumps[0].name} to {dumps[-1].name} (tracemalloc):\n")
+            lines += [f"    {line}" for line in compare_dumps(dumps[0], dumps[-1])]
+        if len(dumps) >= 3:
+            middle = dumps[len(dumps) // 2]
+            lines.append(f"\ngrowth in the second half, from {middle.name} to {dumps[-1].name}:\n")
+            lines += [f"    {line}" for line in compare_dumps(middle, dumps[-1], count=3)]
     lines.append("\n### RSS of every process, MB, each minute (10 s samples)\n")
     names = sorted({name for row in samples for name in row["rss"]})
     lines.append("| min | load | " + " | ".join(names) + " |")
@@ -354,7 +367,9 @@ async def _soak(args: Any) -> str:
                 "SOAK_OUT": str(folder),
                 "SOAK_EVERY": str(args.every),
                 "SOAK_WARMUP": str(args.warm_up),
+                "SOAK_DUMP_EVERY": str(args.dump_every),
                 "SOAK_TRACEMALLOC": "0" if args.no_tracemalloc else "1",
+                "SOAK_TRACED_WORKERS": str(args.workers if args.traced_workers is None else args.traced_workers),
             }
             if not args.no_otel:
                 env |= {
@@ -401,7 +416,8 @@ async def _soak(args: Any) -> str:
                     tasks.append(asyncio.create_task(_scrape(metrics_port, stop, scrape)))
                 try:
                     await load.run(args.minutes * 60, args.rate)
-                    await asyncio.sleep(args.every + 5)  # one snapshot after the load stops
+                    (folder / "final").touch()  # each worker dumps one last snapshot
+                    await asyncio.sleep(args.every + 5)
                 finally:
                     stop.set()
                     await asyncio.gather(*tasks)
@@ -425,9 +441,16 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="gateway worker processes (default 2)")
     parser.add_argument("--stage-workers", type=int, default=2, help="python -m shared worker processes (default 2)")
     parser.add_argument("--maintain-every", type=float, default=20.0, help="maintain's period in s, 0: none")
-    parser.add_argument("--every", type=float, default=60.0, help="seconds between snapshots (default 60)")
+    parser.add_argument("--every", type=float, default=60.0, help="seconds between memory records (default 60)")
+    parser.add_argument("--dump-every", type=float, default=300.0, help="seconds between dumped snapshots")
     parser.add_argument("--warm-up", type=float, default=120.0, help="seconds before the baseline snapshot")
     parser.add_argument("--no-tracemalloc", action="store_true", help="RSS alone, without tracemalloc's cost")
+    parser.add_argument(
+        "--traced-workers",
+        type=int,
+        help="trace only the first N workers to start (default all); the others' RSS is the control without "
+        "tracemalloc's own memory and slowdown",
+    )
     parser.add_argument("--no-otel", action="store_true", help="telemetry off")
     parser.add_argument("--keep", help="keep the snapshots, logs and report in this folder")
     return parser.parse_args(argv)
