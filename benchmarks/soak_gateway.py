@@ -4,21 +4,25 @@
 ``make bench``) runs, on a scratch database, the machine's Redis and local storage:
 
 - the example gateway (``examples.api``) through ``shared.api.server.serve`` with ``--workers`` (2) uvicorn
-  worker processes under the project's supervisor, each with ``tracemalloc`` on (``--no-tracemalloc``: RSS
-  alone) and a snapshot thread (``benchmarks._soak_worker``) that records every minute;
+  worker processes under the project's supervisor, each with ``tracemalloc`` on (``--traced-workers 1``: the
+  first to start only, the other an untraced control in the same run; ``--no-tracemalloc``: none) and a thread
+  (``benchmarks._soak_worker``) that records memory every minute and dumps a snapshot every 5 minutes;
 - telemetry on (``OTEL_ENABLED``, FastAPI instrumented, a Prometheus endpoint this script scrapes every 15 s as
   Prometheus would; ``--no-otel``: off);
 - ``--stage-workers`` (2) ``python -m shared worker benchmarks.soak_stages`` processes running the stages the
   soak submits for each created job, and ``python -m shared maintain --every 20`` beside them;
 - a client sending about ``--rate`` (20) requests a second: of every 20, 2 uploads (``POST /jobs``), 12 reads
   of a job by its owner (``GET /jobs/{id}``), 1 read of someone else's job and 1 of a missing one (404), 3 auth
-  failures (no token, a token signed with another key, an expired token: 401) and 1 health check.
+  failures (no token, a token signed with another key, an expired token: 401) and 1 health check. At most 64
+  requests are in flight: past that a request is counted as shed, not sent, so a gateway that falls behind
+  shows as shed requests and not as a client queueing without bound.
 
 Every 10 s the RSS of every process is sampled from ``/proc``. The report gives, per minute, each gateway
 worker's RSS, traced memory and tracemalloc's own bookkeeping (RSS without it is what the worker would hold
-untraced), the growth rate in the first and last thirds after warm-up, the source lines that grew most since
-the baseline snapshot (at ``--warm-up`` seconds) and the tracebacks that grew most, compared from the dumped
-snapshots. A plateau shows as a last third that grows far less than the first.
+untraced), the growth rate (least squares) in the first and last thirds after ``--warm-up``, and the source
+lines and tracebacks that grew most from the first dumped snapshot to the last, and from the middle one to the
+last. A plateau shows as a last third that grows far less than the first; ``--keep DIR`` keeps the snapshots,
+the logs and the report.
 """
 
 from __future__ import annotations
