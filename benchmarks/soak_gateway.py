@@ -366,6 +366,9 @@ async def _soak(args: Any) -> str:
                 "API_WORKERS": str(args.workers),
                 # tracemalloc slows imports several times; on this shared host a worker took over 60 s to start
                 "API_WORKER_STARTUP_GRACE_SECONDS": "300",
+                # A snapshot's dump holds the worker's GIL for seconds on a busy host; the supervisor's 5 s health
+                # ping killed a traced worker during one in the 30-minute run.
+                "API_WORKER_HEALTHCHECK_SECONDS": "60",
                 "STARTUP_TIMEOUT_SECONDS": "120",  # the container's resources, opened in each worker's lifespan
                 "STAGE_HEARTBEAT_INTERVAL_SECONDS": "5",
                 "SOAK_OUT": str(folder),
