@@ -70,6 +70,7 @@ def _snapshots(out: Path, every: float, warm_up: float, dump_every: float) -> No
             "tracemalloc_own": 0,
             "dump": None,
             "tracing": tracemalloc.is_tracing(),
+            "role": os.environ.get("SOAK_ROLE", "gateway worker"),
         }
         if tracemalloc.is_tracing():
             record["traced"] = tracemalloc.get_traced_memory()[0]
@@ -124,3 +125,25 @@ def traced_app() -> Any:
     app = create_app()
     instrument_fastapi(app)  # as a production gateway would: a no-op without OTEL_ENABLED
     return app
+
+
+def stage_worker(argv: list[str]) -> int:
+    """``python -m benchmarks._soak_worker worker module ...``: ``python -m shared worker`` traced the same way."""
+    out = Path(os.environ["SOAK_OUT"])
+    os.environ["SOAK_ROLE"] = "stage worker"
+    tracemalloc.start(int(os.environ.get("SOAK_FRAMES", "8")))
+    every = float(os.environ.get("SOAK_EVERY", "60"))
+    warm_up = float(os.environ.get("SOAK_WARMUP", "120"))
+    dump_every = float(os.environ.get("SOAK_DUMP_EVERY", "300"))
+    threading.Thread(
+        target=_snapshots, args=(out, every, warm_up, dump_every), daemon=True, name="soak-snapshots"
+    ).start()
+    from shared.cli import main  # noqa: PLC0415 - imported after tracemalloc starts, so it is traced
+
+    return main(argv)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(stage_worker(sys.argv[1:]))

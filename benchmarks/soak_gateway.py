@@ -297,7 +297,7 @@ def _report(folder: Path, samples: list[dict[str, Any]], load: Load, scrape: dic
             workers[records[0]["pid"]] = records
     for pid, records in workers.items():
         tracing = "tracemalloc on" if records[-1].get("tracing") else "tracemalloc off (the control)"
-        lines.append(f"\n### gateway worker {pid}, {tracing}\n")
+        lines.append(f"\n### {records[-1].get('role', 'gateway worker')} {pid}, {tracing}\n")
         lines.append("| min | RSS (MB) | traced (MB) | tracemalloc's own (MB) | RSS - own (MB) | gc objects |")
         lines.append("|---|---|---|---|---|---|")
         rss_points, traced_points, untraced_points, objects_points = [], [], [], []
@@ -400,7 +400,15 @@ async def _soak(args: Any) -> str:
                 gateway = start(["-m", "benchmarks.soak_gateway", "--serve", str(port)], "gateway")
                 others = {
                     f"stage worker {n}": start(
-                        ["-m", "shared", "worker", "benchmarks.soak_stages", "--concurrency", "4"], f"stage-{n}"
+                        [
+                            "-m",
+                            "benchmarks._soak_worker" if args.trace_stage_workers else "shared",
+                            "worker",
+                            "benchmarks.soak_stages",
+                            "--concurrency",
+                            "4",
+                        ],
+                        f"stage-{n}",
                     ).pid
                     for n in range(args.stage_workers)
                 }
@@ -459,6 +467,7 @@ def _arguments(argv: list[str]) -> argparse.Namespace:
         "tracemalloc's own memory and slowdown",
     )
     parser.add_argument("--no-otel", action="store_true", help="telemetry off")
+    parser.add_argument("--trace-stage-workers", action="store_true", help="the stage workers under tracemalloc too")
     parser.add_argument("--keep", help="keep the snapshots, logs and report in this folder")
     return parser.parse_args(argv)
 
