@@ -50,4 +50,9 @@ def run(names: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["soak"]:  # the gateway memory soak (not in make bench): python -m benchmarks soak --minutes 30
+        from benchmarks.soak_gateway import main as soak
+
+        print(soak(sys.argv[2:]), flush=True)
+        sys.exit(0)
     sys.exit(run(sys.argv[1:] or list(BENCHMARKS)))

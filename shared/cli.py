@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, TextIO
 from uuid import UUID
@@ -124,11 +124,31 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             asyncio.run(run_worker(settings, args.module, concurrency=args.concurrency, ready_file=args.ready_file))
             return EXIT_OK
         if args.command == "maintain":
-            return asyncio.run(_maintain(settings, stream, args.batch_size, every=args.every))
+            with _json_logs(settings):  # the ids it acted on go to LOG_FILE, as every other process's lines
+                return asyncio.run(_maintain(settings, stream, args.batch_size, every=args.every))
         return asyncio.run(_migrate(settings, stream, include_all=args.include_all))
     except PipelineError as error:
         print(f"error: {error}", file=stream)
         return EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _json_logs(settings: Settings) -> Iterator[None]:
+    """Start the JSON log handlers of ``settings`` (LOG_FILE, the console) for a command, as the container does."""
+    from shared.logging import LoggerFactory  # noqa: PLC0415 - only the commands that log load it
+
+    factory = LoggerFactory(
+        level=settings.log_level,
+        secrets=settings.secret_values(),
+        log_file=settings.log_file,
+        max_bytes=settings.log_max_bytes,
+        backup_count=settings.log_backup_count,
+        stream=sys.stderr if settings.log_console else None,
+    ).start()
+    try:
+        yield
+    finally:
+        factory.stop()
 
 
 async def _migrate(settings: Settings, out: TextIO, *, include_all: bool = False) -> int:

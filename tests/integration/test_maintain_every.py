@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import queue
 import signal
@@ -11,13 +12,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from shared.cli import main
+from shared.database import DatabaseClient
+from shared.jobs import JobRepository
 from shared.testing.databases import run_sync
+from tests.fixtures.postgres import MakeUser
+from tests.integration.test_maintenance import age_job, processing_job, reservation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -150,11 +156,12 @@ def test_every_must_be_a_positive_number_of_seconds(every: str, capsys: pytest.C
 
 
 def test_in_process_a_failed_run_is_logged_and_sigterm_ends_the_loop(
-    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The same loop in this process: the rename makes runs fail, renaming back lets them succeed, then SIGTERM."""
     monkeypatch.setenv("DATABASE_URL", pg_dsn)
     monkeypatch.setenv("ENVIRONMENT", "development")
+    monkeypatch.setenv("LOG_CONSOLE", "true")  # the command's JSON lines on stderr, read below
     out = io.StringIO()
     run_sync(_execute(pg_dsn, "alter table job_cost_reservations rename to hidden_reservations"))
 
@@ -172,7 +179,10 @@ def test_in_process_a_failed_run_is_logged_and_sigterm_ends_the_loop(
 
     assert 0 == status, out.getvalue()
     assert out.getvalue().rstrip().splitlines()[-1].startswith("stopped after")
-    assert any(record.exc_info for record in caplog.records if "maintenance run 1 failed" in record.getMessage())
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    (failed,) = [line for line in logged if line["message"].startswith("maintenance run 1 failed")]
+    assert ("ERROR", "shared.cli") == (failed["level"], failed["logger"])
+    assert "UndefinedTableError" in failed["exception"]
 
 
 def _wait_for_text(out: io.StringIO, text: str, timeout: float = 60) -> None:
@@ -191,3 +201,38 @@ async def _execute(dsn: str, statement: str) -> None:
         await connection.execute(statement)
     finally:
         await connection.close()
+
+
+async def test_the_ids_it_acted_on_reach_the_json_log_file(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The command as cron or a container runs it: its lines (with the ids) are in LOG_FILE, not lost."""
+    held = await processing_job(jobs, make_user)
+    expired = await reservation(db, held, expired=timedelta(hours=1))
+    silent = await processing_job(jobs, make_user)
+    await age_job(db, silent, timedelta(hours=1))
+    log_file = tmp_path / "maintain.jsonl"
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg_dsn,
+        "ENVIRONMENT": "development",
+        "LOG_FILE": str(log_file),
+        "LOG_CONSOLE": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "shared", "maintain"],
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stdout + done.stderr
+    assert "released 1 expired reservation(s)" in done.stdout
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    failed = [line for line in lines if line.get("job_ids") == [str(silent)]]
+    released = [line for line in lines if line.get("reservation_ids") == [str(expired)]]
+    assert ["WARNING"] == [line["level"] for line in failed]
+    assert [[str(held)]] == [line["job_ids"] for line in released]
+    assert 1 == sum("maintenance: failed" in line["message"] for line in lines)

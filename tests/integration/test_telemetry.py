@@ -356,6 +356,14 @@ async def test_a_prometheus_scrape_serves_every_metric_with_plausible_values(
     assert 1 <= value("videogen_holds_active")
     assert 0 < value("videogen_holds_amount_USD") < 1
     assert 0.25 == pytest.approx(value("videogen_spend_today_USD", 'api="replicate/musicgen"'))
+    # The README's "Metrics and traces" names exactly what an operator scrapes.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Metrics and traces", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`(videogen_[A-Za-z_]+)", section))
+    assert len(documented) >= 17
+    scraped = {re.sub(r"_(bucket|count|sum|created)$", "", name) for name in samples if name.startswith("videogen_")}
+    assert [] == sorted(documented - scraped), "documented in the README but not served"
+    assert [] == sorted(scraped - documented), "served but not documented in the README"
 
 
 def test_fastapi_requests_are_traced_once_telemetry_runs(make_settings: MakeSettings) -> None:
