@@ -130,21 +130,25 @@ select public.stage_deliver(array(select id from again), array(select stage from
 _REDELIVER = "select public.stage_deliver(array[$1::uuid], array[$2::text], now())"
 _DROP = """
 with r as (
-    select r.id, r.stage, r.status, r.heartbeat_at, j.status = any($2::text[]) as active
+    select r.id, r.stage, r.status, r.heartbeat_at, r.attempt_id, j.status = any($2::text[]) as active,
+           r.status = 'running' and r.heartbeat_at < now() - $3::interval as stale
       from public.stage_runs r join public.jobs j on j.id = r.job_id
      where r.id = $1
 ),
 ended as (
     -- queued, or held by an attempt whose worker is gone (stale): nobody else would end it
     update public.stage_runs s set status = 'cancelled', error = 'the job ended', finished_at = now()
-      from r where s.id = r.id and not r.active and s.status = 'queued'
+      from r where s.id = r.id and not r.active and (s.status = 'queued' or r.stale)
     returning s.id
 ),
 owed as (
     select public.stage_record_owed(array(select id from ended))
+        + (select coalesce(sum(public.stage_settle_dead_attempt(r.id, r.attempt_id)), 0)
+             from r where r.stale and not r.active) as n
 ),
 held as (
-    select * from r where r.active and r.status = 'running'
+    -- held by an attempt that may be alive: look again when its heartbeat would be stale
+    select * from r where r.status = 'running' and not (r.stale and not r.active)
 ),
 delivered as (
     select public.stage_deliver(

@@ -361,3 +361,46 @@ async def test_maintain_hands_an_item_that_lost_its_delivery_back_to_the_queue(
     async with running(stages, db, pg_dsn):
         await wait_for(db, "select status = 'completed' from stage_runs where id = $1", lost)
     assert "queued" == await db.fetchval("select status from stage_runs where id = $1", fresh)
+
+
+@pytest.mark.parametrize("went_out", [True, False])
+async def test_a_dead_holder_of_an_ended_job_is_cancelled_and_its_hold_recorded_only_if_its_call_went_out(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str, went_out: bool
+) -> None:
+    stages = Stages()
+
+    @stages.handler("clip_generation")
+    async def clip(ctx: StageContext) -> dict[str, Any]:
+        pytest.fail("an item of an ended job ran")
+
+    job = await new_job(jobs, make_user)
+    [run] = await StageQueue(db).submit(job, "clip_generation", payload={})
+    # Its worker died holding it (a stale heartbeat) with 0.40 held, then the job failed elsewhere.
+    dead = uuid4()
+    await db.execute(
+        "update stage_runs set status = 'running', attempt = 1, attempt_id = $2, started_at = now(),"
+        " heartbeat_at = now() - interval '1 hour' where id = $1",
+        run,
+        dead,
+    )
+    if went_out:
+        await db.execute(
+            "insert into stage_checkpoints (run_id, name, value, attempt) values ($1, 'prediction', '\"p-1\"', 1)", run
+        )
+    held = await db.fetchval(
+        "select reservation_id from reserve_job_budget(gen_random_uuid(), $1, 'clip_generation', 'replicate/m',"
+        " 0.40, null, 50, interval '15 minutes', $2)",
+        job,
+        dead,
+    )
+    assert held is not None
+    await jobs.fail_job(job, "the budget ran out")
+    async with running(stages, db, pg_dsn):
+        await wait_for(db, "select status = 'cancelled' from stage_runs where id = $1", run)
+    status = await db.fetchval("select status from job_cost_reservations where id = $1", held)
+    spent = await db.fetchval("select total_cost from jobs where id = $1", job)
+    if went_out:  # the provider bills the call: recorded at its estimate
+        assert ("committed", Decimal("0.40")) == (status, spent)
+    else:  # nothing went out: the hold is given back
+        assert ("released", Decimal(0)) == (status, spent)
+    assert 0 == await db.fetchval("select count(*) from job_cost_reservations where status = 'active'")

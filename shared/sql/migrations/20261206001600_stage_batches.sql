@@ -189,3 +189,46 @@ $$;
 
 revoke all on function public.stage_record_owed(uuid[]) from public, anon, authenticated;
 grant execute on function public.stage_record_owed(uuid[]) to service_role;
+
+-- An item whose job ended while the attempt holding it was gone (its worker died: the heartbeat is stale) is
+-- cancelled by the next delivery that finds it, and nothing will come back for the money that attempt held:
+-- when the item kept an external call's handle (a checkpoint other than the paid marks), the call went out and
+-- the provider bills it, so each hold of that attempt is recorded at its estimate (commit_job_reservation);
+-- otherwise nothing went out and its holds are released. Returns how many holds were recorded.
+create function public.stage_settle_dead_attempt(p_run_id uuid, p_attempt_id uuid)
+returns integer
+language plpgsql
+volatile
+set search_path = public, pg_temp
+as $$
+declare
+    v_out boolean;
+    v_hold record;
+    v_recorded integer := 0;
+begin
+    if p_attempt_id is null then
+        return 0;
+    end if;
+    select exists (
+        select from public.stage_checkpoints c
+         where c.run_id = p_run_id and c.name not like 'paid:%' and c.name not like 'owed:%'
+    ) into v_out;
+    for v_hold in
+        select c.id, c.estimated_cost from public.job_cost_reservations c
+         where c.attempt_id = p_attempt_id and c.status = 'active'
+           and c.job_id = (select r.job_id from public.stage_runs r where r.id = p_run_id)
+         order by c.id
+    loop
+        if v_out then
+            perform public.commit_job_reservation(v_hold.id, v_hold.estimated_cost);
+            v_recorded := v_recorded + 1;
+        else
+            update public.job_cost_reservations set status = 'released', lapsed_at = now() where id = v_hold.id;
+        end if;
+    end loop;
+    return v_recorded;
+end
+$$;
+
+revoke all on function public.stage_settle_dead_attempt(uuid, uuid) from public, anon, authenticated;
+grant execute on function public.stage_settle_dead_attempt(uuid, uuid) to service_role;
