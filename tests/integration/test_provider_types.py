@@ -25,6 +25,7 @@ from shared.jobs import JobRepository
 from shared.lifecycle import lifespan
 from shared.paid import PaidCalls, PriceCatalogue, RateLimiter
 from shared.redis_client import RedisClient
+from shared.stages import StageQueue
 from shared.telemetry import Telemetry
 
 # The names the Container's annotations use only under TYPE_CHECKING.
@@ -41,6 +42,7 @@ _ANNOTATION_NAMES = {
     "RateLimiter": RateLimiter,
     "Database": Database,
     "Telemetry": Telemetry,
+    "StageQueue": StageQueue,
     "AsyncIterator": collections.abc.AsyncIterator,
 }
 # Providers that yield None when their feature is off (telemetry without OTEL_ENABLED).
