@@ -160,12 +160,23 @@ class Reservation(Protocol):  # pragma: no mutate block
     """An estimate held against a job's budget inside ``async with ledger.reserve(...)``."""
 
     @property
-    def id(self) -> UUID: ...
+    def id(self) -> UUID:
+        """The reservation's id (the same on every attempt of a stage's effect when reserved with its key)."""
+        ...
+
     @property
-    def estimated_cost(self) -> Decimal: ...
+    def estimated_cost(self) -> Decimal:
+        """What the reservation holds against the budget until it is committed or released."""
+        ...
+
     @property
-    def committed(self) -> JobCost | None: ...
-    async def commit(self, actual_cost: MoneyLike, *, usage: Mapping[str, Any] | None = None) -> JobCost: ...
+    def committed(self) -> JobCost | None:
+        """The cost row its commit recorded, or None before the commit."""
+        ...
+
+    async def commit(self, actual_cost: MoneyLike, *, usage: Mapping[str, Any] | None = None) -> JobCost:
+        """Record ``actual_cost`` (and the priced ``usage``) once; a second commit returns the first row."""
+        ...
 
 
 @runtime_checkable
@@ -183,12 +194,21 @@ class CostLedger(Protocol):  # pragma: no mutate block
     ) -> JobCost: ...
     async def get_total_cost(self, job_id: UUID) -> Decimal: ...
     async def get_budget(self, job_id: UUID, limit: MoneyLike | None = None) -> BudgetStatus: ...
-    async def check_budget(self, job_id: UUID, new_cost: MoneyLike, limit: MoneyLike | None = None) -> bool: ...
-    async def enforce_budget_limit(self, job_id: UUID, limit: MoneyLike | None = None) -> None: ...
+    async def check_budget(self, job_id: UUID, new_cost: MoneyLike, limit: MoneyLike | None = None) -> bool:
+        """Return whether spent + active reservations + ``new_cost`` stays within the limit."""
+        ...
+
+    async def enforce_budget_limit(self, job_id: UUID, limit: MoneyLike | None = None) -> None:
+        """Raise BudgetExceededError when spent + active reservations exceed the limit."""
+        ...
+
     async def list_costs(
         self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
     ) -> list[JobCost]: ...
-    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]: ...
+    def iter_costs(self, job_id: UUID, *, page_size: int = 1000) -> AsyncIterator[JobCost]:
+        """Yield every cost row of the job, oldest first, a page at a time."""
+        ...
+
     async def cost_summary(self, job_id: UUID) -> CostSummary: ...
     def reserve(
         self,
@@ -355,11 +375,13 @@ class LedgerRules:
     """
 
     async def get_budget(self, job_id: UUID, limit: MoneyLike | None = None) -> BudgetStatus:
+        """Return what the job has spent and holds, and its limit (each ledger implements it)."""
         raise NotImplementedError
 
     async def list_costs(
         self, job_id: UUID, *, limit: int = 1000, after: datetime | None = None, after_id: UUID | None = None
     ) -> list[JobCost]:
+        """Return up to ``limit`` cost rows after the keyset cursor, oldest first (each ledger implements it)."""
         raise NotImplementedError
 
     async def check_budget(self, job_id: UUID, new_cost: MoneyLike, limit: MoneyLike | None = None) -> bool:

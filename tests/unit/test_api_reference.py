@@ -12,19 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Undocumented in shared/cost_tracking.py, which another branch is splitting (its `_Lease`): their docstrings go
-# in with that split. Nothing else may join this list.
-PENDING = {
-    "CostLedger.check_budget",
-    "CostLedger.enforce_budget_limit",
-    "CostLedger.iter_costs",
-    "LedgerRules.get_budget",
-    "LedgerRules.list_costs",
-    "Reservation.id",
-    "Reservation.estimated_cost",
-    "Reservation.committed",
-    "Reservation.commit",
-}
+# Nothing is left undocumented; the list stays so that the rule reads the same.
+PENDING: set[str] = set()
 
 
 def _script() -> ModuleType:
