@@ -319,10 +319,17 @@ class _DbReservation:
     async def commit(self, actual_cost: MoneyLike) -> JobCost:
         """Record the actual cost (once: a second commit returns the first row and counts nothing).
 
-        The money was spent, so a commit in flight finishes even when the task is cancelled meanwhile.
+        The money was spent, so a commit in flight finishes even when the task is cancelled meanwhile: it runs
+        in the caller's task (no task of its own on the common path), and a cancellation that lands in it sends
+        the commit again, keyed by the reservation's id so that it counts once, and waits for it to the end.
         """
         if self._committed is None:
-            await _to_the_end(self._record(to_money(actual_cost, field="actual_cost")))
+            actual = to_money(actual_cost, field="actual_cost")
+            try:
+                await self._record(actual)
+            except asyncio.CancelledError:
+                await _to_the_end(self._record(actual))
+                raise
         assert self._committed is not None  # noqa: S101 - set by _record
         return self._committed
 
