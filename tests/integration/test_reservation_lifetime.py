@@ -173,6 +173,35 @@ async def test_cancel_while_commit_waits_records_the_money_once(money: Money) ->
     assert 0 == await money.active(job)
 
 
+async def test_cancels_while_commit_waits_leave_the_block_only_once_the_money_is_recorded(money: Money) -> None:
+    job = await money.new_job(Decimal(1))
+    tracker = money.tracker()
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def spend() -> None:
+        async with tracker.reserve(job, CLIPS, "replicate", "0.60") as reservation:
+            entered.set()
+            await go.wait()
+            await reservation.commit("0.55")
+            pytest.fail("the commit should have been cancelled")
+
+    task = asyncio.create_task(spend())
+    await entered.wait()
+    async with money.locked("select 1 from jobs where id = $1 for update", job):
+        go.set()
+        await money.waiting("commit_job_reservation")
+        task.cancel()  # lands in the commit's statement: the commit is sent again and waited for
+        await asyncio.sleep(0.05)
+        task.cancel()  # a second cancel while the commit still waits for the row
+        await asyncio.sleep(0.05)
+        assert not task.done()  # the block is not left before the money is recorded
+        assert 0 == await money.db.fetchval("select count(*) from job_costs where job_id = $1", job)
+    await cancelled(task)
+    assert Decimal("0.55") == await tracker.get_total_cost(job)
+    assert 1 == await money.db.fetchval("select count(*) from job_costs where job_id = $1", job)
+    assert 0 == await money.active(job)
+
+
 async def test_second_cancel_during_release_still_releases(money: Money) -> None:
     job = await money.new_job(Decimal(1))
     tracker = money.tracker()
