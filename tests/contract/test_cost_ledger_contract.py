@@ -239,6 +239,25 @@ async def test_commit_after_maintain_released_a_paused_workers_hold_is_recorded_
     assert "over its budget" in record.getMessage()
 
 
+async def test_a_lapsed_commit_within_the_budget_is_warned_without_a_refusal(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await ledger.make_job(Decimal(10))
+    with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", "0.70") as paused:
+            await ledger.lapse_reservations()
+            await paused.commit("0.70")
+    (record,) = [r for r in caplog.records if getattr(r, "reservation_id", None) == str(paused.id)]
+    message = record.getMessage()
+    assert "lapsed" in message
+    assert str(job) in message
+    assert str(paused.id) in message
+    assert "over its budget" not in message  # 0.70 of 10: nothing is refused
+    assert (Decimal("0.70"), Decimal("0.70"), Decimal(10)) == tuple(
+        Decimal(getattr(record, name)) for name in ("actual_cost", "spent", "limit")
+    )
+
+
 async def test_commit_after_its_own_block_released_it_is_refused(ledger: Ledger) -> None:
     job = await ledger.make_job(None)
     async with ledger.tracker.reserve(job, CLIPS, "replicate", 1) as reservation:

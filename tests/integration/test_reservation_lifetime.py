@@ -131,6 +131,28 @@ async def test_cancel_while_reserve_waits_in_postgres_leaves_no_hold(money: Mone
     assert (await tracker.get_budget(job)).allows(Decimal("0.60"))
 
 
+async def test_a_release_that_cannot_reach_postgres_is_logged_with_its_reservation(
+    money: Money, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cancelled reserve whose release times out too: the hold ends at its TTL, and the log says which one."""
+    job = await money.new_job(Decimal(1))
+    async for short in init_database(make_settings(database_url=money.dsn, db_command_timeout_seconds=0.5)):
+        tracker = CostTracker(short, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+        with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+            async with money.locked("select 1 from jobs where id = $1 for update", job):
+                task = asyncio.create_task(hold(tracker, job))
+                await money.waiting("reserve_job_budget")
+                task.cancel()  # the release waits for the same row lock, past the client's 0.5 s bound
+                await cancelled(task)
+        (record,) = [r for r in caplog.records if "could not release reservation" in r.getMessage()]
+        (chosen,) = record.args or ()  # the id the reserve chose, which nothing else knows
+        assert isinstance(chosen, uuid.UUID)
+        assert str(chosen) in record.getMessage()
+        assert record.exc_info is not None
+        assert "timed out" in str(record.exc_info[1])
+    assert 0 == await money.active(job)
+
+
 async def test_timeout_while_reserve_waits_in_postgres_leaves_no_hold(money: Money) -> None:
     job = await money.new_job(Decimal(1))
     tracker = money.tracker()
