@@ -3,7 +3,9 @@
 - stages/s: ``JOBS`` no-op stage items, 4 worker processes (``python -m shared worker``), from the first claim to
   the last completion on the database's clock; pgqueuer's minimal example (bench_pgqueuer_baseline) in the same
   run, as the ratio (goal >= 0.8).
-- claim-to-complete: the statements one item costs the worker (claim, job to processing, complete), counted.
+- claim-to-complete: one worker in this process, ``IN_PROCESS`` items at concurrency 1 and 50: the engine's own
+  statements per item (claims and completions go in batches: 2 per item when idle, 2 per batch under load) and
+  the client CPU per item, against pgqueuer's own dispatch of the same deliveries with an empty handler.
 - death to re-run: a worker SIGKILLed while it runs an item; the seconds until another worker claims it, against
   the heartbeat interval (goal <= 2 x).
 """
@@ -17,13 +19,15 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks._postgres import open_client, scratch_database
 from benchmarks.bench_pgqueuer_baseline import stages_per_second
 from shared.database import DatabaseClient
 from shared.jobs import JobRepository
-from shared.stages import StageContext, StageQueue, Stages
+from shared.stages import StageContext, StageQueue, Stages, StageWorker
 from shared.testing.users import create_user
 
 __all__ = ["main"]
@@ -42,7 +46,7 @@ async def noop(ctx: StageContext) -> None:
         await asyncio.sleep(float(ctx.payload["sleep"]) if ctx.attempt == 1 else 0)
 
 
-def _start(dsn: str, concurrency: int = 10) -> subprocess.Popen[bytes]:
+def _start(dsn: str, concurrency: int = 50) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -115,16 +119,71 @@ async def _death_to_rerun(db: DatabaseClient, job: uuid.UUID) -> float:
     return float((claimed - killed).total_seconds())
 
 
+IN_PROCESS = int(os.environ.get("BENCH_STAGES_IN_PROCESS", "1000"))
+
+
+async def _in_process(items: int, concurrency: int, *, engine: bool) -> tuple[float, float]:
+    """Return (statements of the engine's own per item, client CPU ms per item) for one in-process worker."""
+    async with scratch_database() as dsn, open_client(dsn) as db:
+        job = (await JobRepository(db).create_job(user_id=await create_user(db), audio_url="a", user_prompt="b")).id
+        await StageQueue(db).submit(job, "clip_generation", items={str(n): {} for n in range(items)})
+        worker = StageWorker(
+            stages, db=db, dsn=dsn, statement_cache_size=100, heartbeat_interval=INTERVAL, concurrency=concurrency
+        )
+        sent = 0
+        delivered = 0
+        all_delivered = asyncio.Event()
+
+        def counted(send: Callable[[list[Any]], Awaitable[list[Any]]]) -> Callable[[list[Any]], Awaitable[list[Any]]]:
+            async def count(batch: list[Any]) -> list[Any]:
+                nonlocal sent
+                sent += 1
+                return await send(batch)
+
+            return count
+
+        worker._claim._send = counted(worker._claim._send)
+        worker._complete_one._send = counted(worker._complete_one._send)
+        if not engine:  # pgqueuer's dispatch alone: the delivery reaches our entry point, which returns
+
+            async def nothing(spec: object, run_id: uuid.UUID) -> None:
+                nonlocal delivered
+                delivered += 1
+                if delivered == items:
+                    all_delivered.set()
+
+            worker._deliver = nothing  # type: ignore[method-assign]
+        task = asyncio.create_task(worker.run())
+        cpu = time.process_time()
+        if engine:
+            await _until(db, "select not exists (select from stage_runs where status <> 'completed')")
+        else:
+            await all_delivered.wait()
+        spent = time.process_time() - cpu
+        worker.stop()
+        await task
+    return sent / items, 1000 * spent / items
+
+
 def main() -> str:
     """Run both engines in this run and return the Markdown rows."""
     engine, rerun = asyncio.run(_engine_rate(JOBS))
     baseline = asyncio.run(stages_per_second(JOBS, PROCESSES))
+    rows = []
+    for concurrency in (1, 50):
+        own, cpu = asyncio.run(_in_process(IN_PROCESS, concurrency, engine=True))
+        _, dispatch = asyncio.run(_in_process(IN_PROCESS, concurrency, engine=False))
+        rows.append(
+            f"| claim-to-complete, 1 worker in process, concurrency {concurrency}: the engine's statements per item; "
+            f"client CPU per item | {own:.2f}; {cpu:.3f} ms | pgqueuer's dispatch alone: {dispatch:.3f} ms "
+            f"| {cpu / dispatch:.1f} x the CPU |"
+        )
     return (
         "| measure | shared.stages | pgqueuer's minimal example | ratio / goal |\n|---|---|---|---|\n"
         f"| no-op stage items/s, {PROCESSES} processes, {JOBS} items | {engine:.0f} | {baseline:.0f} "
         f"| {engine / baseline:.2f} (goal >= 0.8) |\n"
         f"| SIGKILL to re-run on another worker (heartbeat interval {INTERVAL:g} s) | {rerun:.2f} s | | "
-        f"{rerun / INTERVAL:.2f} x the interval (goal <= 2) |"
+        f"{rerun / INTERVAL:.2f} x the interval (goal <= 2) |\n" + "\n".join(rows)
     )
 
 

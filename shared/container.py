@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from shared.jobs import JobRepository
     from shared.paid import PaidCalls, PriceCatalogue, RateLimiter
     from shared.redis_client import RedisClient
+    from shared.stages import StageQueue
 
 __all__ = ["Container"]
 
@@ -73,6 +74,13 @@ def make_job_repository(db: DatabaseClient) -> JobRepository:
     from shared.jobs import JobRepository  # noqa: PLC0415 - asyncpg loads when first used
 
     return JobRepository(db)
+
+
+def make_stage_queue(db: DatabaseClient) -> StageQueue:
+    """Build the StageQueue (submit stage items, cancel a job's stages) over the database client."""
+    from shared.stages import StageQueue  # noqa: PLC0415 - pgqueuer's tables, reached when first used
+
+    return StageQueue(db)
 
 
 def make_cost_tracker(db: DatabaseClient, settings: Settings) -> CostTracker:
@@ -208,6 +216,7 @@ class Container(containers.DeclarativeContainer):
     redis = providers.Resource(init_redis, settings=settings)
     telemetry = providers.Resource(init_telemetry, settings=settings, db=db)
     jobs = providers.Factory(make_job_repository, db=db)
+    stages = providers.Factory(make_stage_queue, db=db)
     cost_tracker = providers.Factory(make_cost_tracker, db=db, settings=settings)
     rate_limiter = providers.Singleton(make_rate_limiter, redis=redis, settings=settings)
     price_catalogue = providers.Singleton(make_price_catalogue, settings=settings)

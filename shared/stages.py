@@ -38,20 +38,30 @@ import os
 import random
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from shared.config import Settings
 from shared.database import DatabaseClient
 from shared.errors import ConfigError, InvalidStateError, PipelineError, RetryableError, StageConflictError
 
-__all__ = ["StageContext", "StageQueue", "StageWorker", "Stages", "load_stages"]
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from shared.container import Container
+    from shared.models import JobCost, StageName
+    from shared.paid.admission import PaidCall, PaidCalls
+    from shared.paid.pricing import Usage
+
+__all__ = ["AttemptPaidCalls", "StageContext", "StageQueue", "StageWorker", "Stages", "load_stages", "run_worker"]
 
 _log = logging.getLogger("shared.stages")
 T = TypeVar("T")
+A = TypeVar("A")
+R = TypeVar("R")
 Handler = Callable[["StageContext"], Coroutine[Any, Any, Mapping[str, Any] | None]]
 STAGE_BEAT_SECONDS = 0.5
 _ACTIVE = ["queued", "processing"]
@@ -59,17 +69,18 @@ _ACTIVE = ["queued", "processing"]
 # One statement: the items, their group (the fan-in count) and a pgqueuer delivery each, or nothing for items
 # already submitted (a resent submit adds nothing).
 _SUBMIT = """
-with g as (
-    insert into public.stage_groups (job_id, stage, expected, then_stage, then_payload, then_max_attempts)
-    values ($1, $2, cardinality($3::text[]), $5, $6, $8)
-    on conflict (job_id, stage) do nothing
-),
-runs as (
+with runs as (
     insert into public.stage_runs (job_id, stage, item, payload, max_attempts, trace_context)
     select $1, $2, t.item, t.payload, $7, $9
       from unnest($3::text[], $4::jsonb[]) as t(item, payload)
     on conflict (job_id, stage, item) do nothing
     returning id, stage
+),
+g as (
+    -- The fan-in counts the items this submit added: a later submit of more items to the stage raises it.
+    insert into public.stage_groups as g (job_id, stage, expected, then_stage, then_payload, then_max_attempts)
+    select $1, $2, count(*), $5, $6, $8 from runs having count(*) > 0
+    on conflict (job_id, stage) do update set expected = g.expected + excluded.expected
 ),
 q as (
     insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
@@ -82,33 +93,15 @@ l as (
 )
 select id from runs
 """
-_CLAIM = """
-update public.stage_runs r
-   set status = 'running', attempt = r.attempt + 1, attempt_id = gen_random_uuid(), worker = $2,
-       started_at = coalesce(r.started_at, now()), heartbeat_at = now(), error = null
-  from public.jobs j
- where r.id = $1 and j.id = r.job_id and j.status = any($4::text[])
-   and (r.status = 'queued' or (r.status = 'running' and r.heartbeat_at < now() - $3::interval))
-returning r.*
-"""
+# Claims and completions go in batches (migration 20261206001600_stage_batches.sql): see _Coalesced.
+_CLAIM = "select * from public.stage_claim($1::uuid[], $2, $3::interval, $4::text[])"
+_COMPLETE = "select public.stage_complete($1::uuid[], $2::uuid[], $3::jsonb[], $4::jsonb[]) as id"
 _BEAT = """
 update public.stage_runs r set heartbeat_at = now()
- where r.id = $1 and r.attempt_id = $2 and r.status = 'running'
+  from unnest($1::uuid[], $2::uuid[]) as held(id, attempt_id)
+ where r.id = held.id and r.attempt_id = held.attempt_id and r.status = 'running'
    and exists (select from public.jobs j where j.id = r.job_id and j.status = any($3::text[]))
-"""
-_COMPLETE = """
-with done as (
-    update public.stage_runs
-       set status = 'completed', result = $3, finished_at = now(), heartbeat_at = now()
-     where id = $1 and attempt_id = $2 and status = 'running'
-    returning job_id, stage
-),
-g as (
-    update public.stage_groups g set done = g.done + 1
-      from done where g.job_id = done.job_id and g.stage = done.stage
-    returning g.done, g.expected, g.then_stage, g.then_payload, g.then_max_attempts
-)
-select (select count(*) from done) as won, g.* from (select 1) one left join g on true
+returning r.id
 """
 _REQUEUE = """
 with again as (
@@ -125,6 +118,35 @@ q as (
 insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
 select id, 'queued', entrypoint, priority from q
 """
+_REDELIVER = """
+with q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    values (0, $2, convert_to($1::text, 'UTF8'), now(), 'queued')
+    returning id, entrypoint, priority
+)
+insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+select id, 'queued', entrypoint, priority from q
+"""
+_DROP = """
+with r as (
+    select r.id, r.stage, r.status, r.heartbeat_at, j.status = any($2::text[]) as active
+      from public.stage_runs r join public.jobs j on j.id = r.job_id
+     where r.id = $1
+),
+ended as (
+    update public.stage_runs s set status = 'cancelled', error = 'the job ended', finished_at = now()
+      from r where s.id = r.id and not r.active and s.status = 'queued'
+),
+q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    select 0, r.stage, convert_to(r.id::text, 'UTF8'),
+           greatest(now(), r.heartbeat_at + $3::interval + interval '50 milliseconds'), 'queued'
+      from r where r.active and r.status = 'running'
+    returning id, entrypoint, priority
+)
+insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+select id, 'queued', entrypoint, priority from q
+"""
 _END = """
 update public.stage_runs set status = $3, error = $4, finished_at = now()
  where id = $1 and (attempt_id = $2 or $2 is null) and status in ('queued', 'running')
@@ -133,6 +155,47 @@ _CANCEL_QUEUED = """
 update public.stage_runs set status = 'cancelled', error = $2, finished_at = now()
  where job_id = $1 and status = 'queued'
 """
+
+
+class _Coalesced(Generic[A, R]):
+    """Send the requests that arrive while the previous statement is in flight as one statement (a group commit).
+
+    An idle worker sends each request at once (one loop turn later); a busy one sends one statement per batch
+    instead of one per item, which is what lets the engine keep up with pgqueuer's own batched dequeue. A failed
+    statement fails every request of its batch with the same error.
+    """
+
+    def __init__(self, send: Callable[[list[A]], Awaitable[list[R]]]) -> None:
+        self._send = send
+        self._pending: list[tuple[A, asyncio.Future[R]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def __call__(self, request: A) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, future))
+        if self._task is None:
+            self._task = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    answers = await self._send([request for request, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - handed to every request of the batch, which raises it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(answer)
+        finally:
+            self._task = None
+            for _, future in self._pending:  # cancelled while sending: the requests left are not sent
+                future.cancel()
+            self._pending = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +209,10 @@ class _Handler:
 class Stages:
     """A module's stage handlers: ``@stages.handler("clip_generation")``; a worker runs them."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, container: type[Container] | None = None) -> None:
+        """``container``: the module's Container subclass the worker builds (default: shared's own Container)."""
         self.handlers: dict[str, _Handler] = {}
+        self.container = container
 
     def handler(self, stage: str, *, concurrency: int = 0, max_attempts: int = 3) -> Callable[[Handler], Handler]:
         """Register ``fn`` for ``stage``; ``concurrency`` caps it across all workers (0: no cap)."""
@@ -230,12 +295,104 @@ class StageQueue:
             await self._db.execute(_CANCEL_QUEUED, job_id, reason)
 
 
+class _Services:
+    """What a worker's handlers share: its container, and the paid-call admission built once from it."""
+
+    def __init__(self, container: Container | None) -> None:
+        self.container = container
+        self._paid: PaidCalls | None = None
+
+    async def paid_calls(self) -> PaidCalls:
+        if self._paid is None:
+            if self.container is None:
+                msg = (
+                    "ctx.paid needs the worker's container: run the handler with `python -m shared worker` or "
+                    "give StageWorker a container"
+                )
+                raise ConfigError(msg)
+            from shared.lifecycle import resolve  # noqa: PLC0415
+
+            self._paid = await resolve(self.container.paid_calls)
+        return self._paid
+
+
+class AttemptPaidCalls:
+    """``ctx.paid``: paid-call admission bound to the stage attempt (job, stage and effect keys filled in)."""
+
+    def __init__(self, ctx: StageContext) -> None:
+        self._ctx = ctx
+
+    def _stage(self) -> StageName:
+        from shared.models import StageName  # noqa: PLC0415
+
+        try:
+            return StageName(self._ctx.stage)
+        except ValueError:
+            msg = (
+                f"stage {self._ctx.stage!r} is not one of the pipeline's stages ({', '.join(StageName)}); the cost "
+                "ledger records costs per pipeline stage, so name the handler's stage after one"
+            )
+            raise ConfigError(msg) from None
+
+    @contextlib.asynccontextmanager
+    async def admit(
+        self,
+        *,
+        provider: str,
+        model: str,
+        estimate: Usage,
+        name: str = "call",
+        api_key: str | SecretStr | None = None,
+        hardware: str | None = None,
+        max_wait: float | None = None,
+    ) -> AsyncIterator[PaidCall]:
+        """Admit one paid call of this attempt (:meth:`shared.paid.PaidCalls.admit` with ``attempt=ctx``).
+
+        ``name`` tells the attempt's paid calls apart (``f"clip-{n}"``): the limiter's request id and the
+        reservation belong to the attempt, so a re-run after a worker's death never holds the same money twice.
+        """
+        stage = self._stage()
+        calls = await self._ctx._services.paid_calls()
+        async with calls.admit(
+            self._ctx.job_id,
+            stage,
+            provider=provider,
+            model=model,
+            estimate=estimate,
+            api_key=api_key,
+            hardware=hardware,
+            attempt=self._ctx,
+            name=name,
+            max_wait=max_wait,
+        ) as call:
+            yield call
+
+    async def track_usage(
+        self, *, provider: str, model: str, usage: Usage, name: str = "call", hardware: str | None = None
+    ) -> JobCost:
+        """Record a call's cost priced from its usage, once for the item whatever the attempt (``ctx.key(name)``)."""
+        stage = self._stage()
+        calls = await self._ctx._services.paid_calls()
+        return await calls.track_usage(
+            self._ctx.job_id,
+            stage,
+            provider=provider,
+            model=model,
+            usage=usage,
+            hardware=hardware,
+            attempt=self._ctx,
+            name=name,
+        )
+
+
 class StageContext:
     """What a handler is given: the item's identity and payload, and its effects fenced on this attempt."""
 
-    def __init__(self, db: DatabaseClient, row: Mapping[str, Any]) -> None:
+    def __init__(self, db: DatabaseClient, row: Mapping[str, Any], services: _Services | None = None) -> None:
         self._db = db
+        self._services = services or _Services(None)
         self.db = db  # the worker's pool, for the handler's own writes (key them with ctx.key)
+        self.paid = AttemptPaidCalls(self)
         self.run_id: UUID = row["id"]
         self.job_id: UUID = row["job_id"]
         self.stage: str = row["stage"]
@@ -244,6 +401,14 @@ class StageContext:
         self.attempt_id: UUID = row["attempt_id"]
         self.payload: dict[str, Any] = row["payload"] or {}
         self._next: list[_Next] = []
+
+    @property
+    def container(self) -> Container:
+        """The worker's container (the module's subclass when ``Stages(container=...)`` names one)."""
+        if self._services.container is None:
+            msg = "this StageContext has no container: run it with `python -m shared worker` or give StageWorker one"
+            raise ConfigError(msg)
+        return self._services.container
 
     def key(self, name: str) -> str:
         """Return the idempotency key of effect ``name``: the same on every attempt, so a re-run never doubles it."""
@@ -313,6 +478,7 @@ class StageContext:
 @dataclass
 class _Running:
     task: asyncio.Task[Mapping[str, Any] | None]
+    attempt_id: UUID
     reason: list[str] = field(default_factory=list)
 
 
@@ -331,15 +497,25 @@ class StageWorker:
         drain_seconds: float = 10.0,
         retry_base_delay: float = 1.0,
         name: str | None = None,
+        container: Container | None = None,
     ) -> None:
         self._stages = stages
         self._db = db
+        self._services = _Services(container)
         self._queue = StageQueue(db)
         self._dsn = dsn
         self._cache = statement_cache_size
         self._timeout = heartbeat_interval * 1.5
         self._poll = min(1.0, heartbeat_interval / 4)
-        self._concurrency = concurrency
+        self._concurrency = max(1, concurrency)
+        # pgqueuer picks up to twice the concurrency (a prefetch, kept alive by its heartbeats); the slots let
+        # `concurrency` run at once, so a finished item is followed at once by a picked one, without a poll.
+        self._slots = asyncio.Semaphore(self._concurrency)
+        self._stopping = False
+        self._claim: _Coalesced[UUID, Mapping[str, Any] | None] = _Coalesced(self._claim_batch)
+        self._complete_one: _Coalesced[tuple[StageContext, Mapping[str, Any], Any], bool] = _Coalesced(
+            self._complete_batch
+        )
         self._drain = drain_seconds
         self._base = retry_base_delay
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
@@ -374,26 +550,35 @@ class StageWorker:
 
             def bind(spec: _Handler) -> Callable[[Job], Awaitable[None]]:
                 async def deliver(job: Job) -> None:
-                    await self._deliver(spec, UUID((job.payload or b"").decode()))
+                    run_id = UUID((job.payload or b"").decode())
+                    async with self._slots:
+                        if self._stopping:  # picked but not started: hand it back for another worker
+                            await self._db.execute(_REDELIVER, run_id, spec.stage)
+                            return
+                        await self._deliver(spec, run_id)
 
                 return deliver
 
             manager.entrypoint(spec.stage, concurrency_limit=spec.concurrency)(bind(spec))
         if ready is not None:
             ready()
+        beat = asyncio.create_task(self._beat(), name=f"stage heartbeats of {self.name}")
         try:
             await manager.run(
                 dequeue_timeout=timedelta(seconds=self._poll),
-                # pgqueuer wants at least two batches of room: half the concurrency per batch.
-                batch_size=max(1, self._concurrency // 2),
-                max_concurrent_tasks=2 * max(1, self._concurrency // 2),
+                batch_size=self._concurrency,
+                max_concurrent_tasks=2 * self._concurrency,
                 heartbeat_timeout=timedelta(seconds=self._timeout),
             )
         finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
             await connection.close()
 
     def stop(self) -> None:
         """Take no more work; in-flight items get ``drain_seconds``, then go back to the queue."""
+        self._stopping = True
         if self._manager is not None:
             self._manager.shutdown.set()
         loop = asyncio.get_running_loop()
@@ -405,17 +590,14 @@ class StageWorker:
             running.task.cancel()
 
     async def _deliver(self, spec: _Handler, run_id: UUID) -> None:
-        row = await self._db.fetchrow(_CLAIM, run_id, self.name, timedelta(seconds=self._timeout), _ACTIVE)
+        row = await self._claim(run_id)
         if row is None:
             await self._drop(run_id)
             return
-        ctx = StageContext(self._db, dict(row))
+        ctx = StageContext(self._db, row, self._services)
         if ctx.attempt > row["max_attempts"]:
             await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={row['max_attempts']})")
             return
-        await self._db.execute(
-            "update public.jobs set status = 'processing' where id = $1 and status = 'queued'", ctx.job_id
-        )
         from shared import telemetry  # noqa: PLC0415
 
         carried = row["trace_context"]
@@ -425,20 +607,18 @@ class StageWorker:
             await self._attempt(spec, ctx, row["max_attempts"])
 
     async def _drop(self, run_id: UUID) -> None:
-        """A delivery that claimed nothing: done, held by a live worker, or its job ended (cancel what is left)."""
-        row = await self._db.fetchrow(
-            "select r.status, j.status as job_status, r.job_id from public.stage_runs r"
-            " join public.jobs j on j.id = r.job_id where r.id = $1",
-            run_id,
-        )
-        if row is not None and row["job_status"] not in _ACTIVE and row["status"] == "queued":
-            await self._db.execute(_END, run_id, None, "cancelled", "the job ended")
+        """A delivery that claimed nothing: the item is done, its job ended, or another attempt holds it.
+
+        pgqueuer picks a delivery again when its own heartbeat is late, which can be before the item's heartbeat
+        in ``stage_runs`` is stale: an item held by an attempt that looks alive keeps a delivery, due when that
+        attempt's heartbeat would be stale, so a worker that died just now still has its item run elsewhere.
+        """
+        await self._db.execute(_DROP, run_id, _ACTIVE, timedelta(seconds=self._timeout))
 
     async def _attempt(self, spec: _Handler, ctx: StageContext, max_attempts: int) -> None:
         task: asyncio.Task[Mapping[str, Any] | None] = asyncio.create_task(spec.run(ctx))
-        running = _Running(task)
+        running = _Running(task, ctx.attempt_id)
         self._running[ctx.run_id] = running
-        beat = asyncio.create_task(self._beat(ctx, running))
         try:
             result = await task
         except asyncio.CancelledError:
@@ -460,42 +640,63 @@ class StageWorker:
             await self._retry_or_fail(ctx, exc, max_attempts, None)
             return
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
             self._running.pop(ctx.run_id, None)
         await self._complete(ctx, result)
 
-    async def _beat(self, ctx: StageContext, running: _Running) -> None:
+    async def _beat(self) -> None:
+        """Beat for every item this worker runs, in one statement; cancel the items it no longer holds."""
         while True:
             await asyncio.sleep(min(STAGE_BEAT_SECONDS, self._timeout / 3))
-            try:
-                moved = await self._db.execute(_BEAT, ctx.run_id, ctx.attempt_id, _ACTIVE)
-            except PipelineError:
-                _log.warning("stage %s heartbeat failed; trying again", ctx.stage, exc_info=True)
+            held = dict(self._running)
+            if not held:
                 continue
-            if moved != "UPDATE 1":  # the job ended or another attempt took the item: stop
-                running.reason.append("stopped")
-                running.task.cancel()
-                return
+            try:
+                rows = await self._db.fetch(
+                    _BEAT, list(held), [running.attempt_id for running in held.values()], _ACTIVE
+                )
+            except PipelineError:
+                _log.warning("stage heartbeat failed; trying again", exc_info=True)
+                continue
+            alive = {row["id"] for row in rows}
+            for run_id, running in held.items():
+                # The job ended or another attempt took the item: stop it (unless it finished meanwhile).
+                if run_id not in alive and self._running.get(run_id) is running:
+                    running.reason.append("stopped")
+                    running.task.cancel()
+
+    async def _claim_batch(self, run_ids: list[UUID]) -> list[Mapping[str, Any] | None]:
+        rows = await self._db.fetch(_CLAIM, run_ids, self.name, timedelta(seconds=self._timeout), _ACTIVE)
+        claimed = {row["id"]: dict(row) for row in rows}
+        return [claimed.get(run_id) for run_id in run_ids]
+
+    async def _complete_batch(self, done: list[tuple[StageContext, Mapping[str, Any], Any]]) -> list[bool]:
+        rows = await self._db.fetch(
+            _COMPLETE,
+            [ctx.run_id for ctx, _, _ in done],
+            [ctx.attempt_id for ctx, _, _ in done],
+            [result for _, result, _ in done],
+            [carried for _, _, carried in done],
+        )
+        won = {row["id"] for row in rows}
+        return [ctx.run_id in won for ctx, _, _ in done]
 
     async def _complete(self, ctx: StageContext, result: Mapping[str, Any] | None) -> None:
-        async with self._db.transaction():
-            row = await self._db.fetchrow(_COMPLETE, ctx.run_id, ctx.attempt_id, dict(result or {}))
-            if row is None or not row["won"]:
-                _log.warning("stage %s item %r was taken over; its result is dropped", ctx.stage, ctx.item)
-                return
-            for step in ctx._next:  # the worker reads what the handler queued
-                await self._queue.submit(
-                    ctx.job_id, step.stage, items=step.items, then=step.then, then_payload=step.then_payload
+        from shared import telemetry  # noqa: PLC0415 - optional extra, imported when used
+
+        carried = telemetry.inject_trace_context()
+        if not ctx._next:  # the common case: the item's completion goes with the others of its batch
+            won = await self._complete_one((ctx, dict(result or {}), carried))
+        else:  # what the handler queued goes in the completion's own transaction
+            async with self._db.transaction():
+                won = bool(
+                    await self._db.fetch(_COMPLETE, [ctx.run_id], [ctx.attempt_id], [dict(result or {})], [carried])
                 )
-            if row["then_stage"] is not None and row["done"] == row["expected"]:
-                await self._queue.submit(
-                    ctx.job_id,
-                    row["then_stage"],
-                    payload=row["then_payload"] or {},
-                    max_attempts=row["then_max_attempts"] or 3,
-                )
+                for step in ctx._next if won else ():  # the worker reads what the handler queued
+                    await self._queue.submit(
+                        ctx.job_id, step.stage, items=step.items, then=step.then, then_payload=step.then_payload
+                    )
+        if not won:
+            _log.warning("stage %s item %r was taken over; its result is dropped", ctx.stage, ctx.item)
 
     async def _retry_or_fail(
         self, ctx: StageContext, exc: BaseException, max_attempts: int, retry_after: float | None
@@ -530,28 +731,38 @@ def load_stages(target: str) -> Stages:
 
 
 async def run_worker(settings: Settings, target: str, *, concurrency: int = 4, ready_file: str | None = None) -> None:
-    """``python -m shared worker module[:attr]``: open the pool, run the handlers, drain on SIGTERM."""
-    from shared.database import init_database  # noqa: PLC0415
+    """``python -m shared worker module[:attr]``: start the module's container, run the handlers, drain on SIGTERM.
+
+    The container is ``Stages(container=...)`` or shared's own :class:`~shared.container.Container`, built with
+    ``settings`` and started like every entry point's (:func:`shared.lifecycle.lifespan`): JSON logs, the pool,
+    Redis and the HTTP client; handlers reach it as ``ctx.container`` and paid calls as ``ctx.paid``.
+    """
+    from dependency_injector import providers  # noqa: PLC0415
+
+    from shared.container import Container  # noqa: PLC0415 - the worker's own imports, paid once at start
+    from shared.lifecycle import lifespan, resolve  # noqa: PLC0415
 
     stages = load_stages(target)
-    async with contextlib.aclosing(init_database(settings)) as opened:
-        async for db in opened:
-            worker = StageWorker(
-                stages,
-                db=db,
-                dsn=settings.database_dsn,
-                statement_cache_size=settings.statement_cache_size,
-                heartbeat_interval=settings.stage_heartbeat_interval_seconds,
-                concurrency=concurrency,
-            )
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, worker.stop)
+    container = (stages.container or Container)()
+    container.settings.override(providers.Object(settings))
+    async with lifespan(container):
+        worker = StageWorker(
+            stages,
+            db=await resolve(container.db),
+            dsn=settings.database_dsn,
+            statement_cache_size=settings.statement_cache_size,
+            heartbeat_interval=settings.stage_heartbeat_interval_seconds,
+            concurrency=concurrency,
+            container=container,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
 
-            def ready(worker: StageWorker = worker) -> None:
-                _log.info("worker %s ready: stages %s", worker.name, sorted(stages.handlers))
-                if ready_file:
-                    with open(ready_file, "w", encoding="utf-8") as out:
-                        out.write(worker.name)
+        def ready() -> None:
+            _log.info("worker %s ready: stages %s", worker.name, sorted(stages.handlers))
+            if ready_file:
+                with open(ready_file, "w", encoding="utf-8") as out:
+                    out.write(worker.name)
 
-            await worker.run(ready)
+        await worker.run(ready)

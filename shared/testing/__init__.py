@@ -7,6 +7,8 @@ a check of ``@inject`` annotations.
 - ``fake_container``, ``real_container`` and ``fakes`` are pytest fixtures that need no conftest line: installing
   ``videogen-shared[testing]`` registers them (see :mod:`shared.testing.fixtures`); a conftest that also names
   ``pytest_plugins = ["shared.testing.fixtures"]`` still works (the fixtures load once).
+- :func:`run_stage` runs a module's stage handler on the fakes under the worker's failure policy;
+  :class:`FakeRateLimiter` lets ``ctx.paid`` admit there, :class:`FakeStageQueue` records submits.
 - :func:`assert_injections` fails when an ``@inject`` parameter is annotated with a type its provider does
   not produce (``Provide[...]`` is ``Any`` to mypy, so mypy cannot).
 """
@@ -15,6 +17,8 @@ from shared.testing.cache import FakeCache
 from shared.testing.costs import FakeCostTracker
 from shared.testing.injections import InjectionProblem, assert_injections, check_injections
 from shared.testing.jobs import FakeJobStore
+from shared.testing.limiter import FakeRateLimiter
+from shared.testing.stages import FakeStageQueue, StageRun, run_stage
 from shared.testing.storage import FakeStorage
 from shared.testing.world import FakeWorld
 
@@ -22,9 +26,13 @@ __all__ = [
     "FakeCache",
     "FakeCostTracker",
     "FakeJobStore",
+    "FakeRateLimiter",
+    "FakeStageQueue",
     "FakeStorage",
     "FakeWorld",
     "InjectionProblem",
+    "StageRun",
     "assert_injections",
     "check_injections",
+    "run_stage",
 ]

@@ -40,7 +40,9 @@ from shared.testing.cache import FakeCache
 from shared.testing.costs import FakeCostTracker
 from shared.testing.databases import database_for_test
 from shared.testing.jobs import FakeJobStore
+from shared.testing.limiter import FakeRateLimiter
 from shared.testing.no_database import NoDatabase
+from shared.testing.stages import FakeStageQueue
 from shared.testing.storage import FakeStorage
 from shared.testing.world import FakeWorld
 
@@ -105,6 +107,8 @@ class Fakes:
     cache: FakeCache
     storage: FakeStorage
     world: FakeWorld = field(default_factory=FakeWorld)
+    limiter: FakeRateLimiter = field(default_factory=FakeRateLimiter)  # paid admission's slots (ctx.paid)
+    queue: FakeStageQueue = field(default_factory=FakeStageQueue)  # what was submitted (Container.stages)
 
     async def add_job(self, *, budget_limit: Decimal | None = None, prompt: str = "a test prompt") -> Job:
         """Create a user and a queued job (known to the cost tracker too, as in the database)."""
@@ -118,6 +122,9 @@ def override_with_fakes(container: Container, fakes: Fakes) -> None:
 
     ``db`` becomes a :class:`~shared.testing.no_database.NoDatabase` (nothing opens a pool): a query through it
     raises :class:`~shared.errors.NoDatabaseError`, which says to use ``real_container`` or override ``db``.
+    ``rate_limiter`` becomes a :class:`~shared.testing.limiter.FakeRateLimiter`, so ``paid_calls`` admits on the
+    fakes (the fake ledger holds the budget), and ``stages`` a :class:`~shared.testing.stages.FakeStageQueue`
+    that records submits (run them with :func:`~shared.testing.stages.run_stage`).
     """
     replacements: dict[str, object] = {
         "db": NoDatabase(),
@@ -125,6 +132,8 @@ def override_with_fakes(container: Container, fakes: Fakes) -> None:
         "jobs": fakes.jobs,
         "cost_tracker": fakes.costs,
         "storage": fakes.storage,
+        "rate_limiter": fakes.limiter,
+        "stages": fakes.queue,
     }
     for name, fake in replacements.items():
         getattr(container, name).override(providers.Object(fake))

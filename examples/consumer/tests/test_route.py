@@ -13,6 +13,7 @@ from shared.testing.fixtures import Fakes
 
 from title_stage.app import create_app
 from title_stage.container import StageContainer
+from title_stage.stage import STAGE
 
 
 @pytest.fixture
@@ -20,14 +21,18 @@ def api_app(api_container: StageContainer) -> FastAPI:
     return create_app(api_container)
 
 
-def test_post_title_runs_the_stage_for_the_jobs_owner(
+def test_post_title_queues_the_stage_once_for_the_jobs_owner(
     api_client: TestClient, fakes: Fakes, make_token: MakeToken
 ) -> None:
     job = asyncio.run(fakes.add_job(budget_limit=Decimal(1), prompt="glass birds at dawn"))  # fakes bind no loop
-    answer = api_client.post(f"/jobs/{job.id}/title", headers={"Authorization": f"Bearer {make_token(job.user_id)}"})
-    assert 200 == answer.status_code, answer.text
-    assert "Glass Birds At Dawn" == answer.json()["title"]
-    assert Decimal("0.0200") == fakes.world.jobs[job.id].total_cost
+    headers = {"Authorization": f"Bearer {make_token(job.user_id)}"}
+    answer = api_client.post(f"/jobs/{job.id}/title", headers=headers)
+    assert 202 == answer.status_code, answer.text
+    assert {"job_id": str(job.id), "stage": STAGE.value, "queued": True} == answer.json()
+    again = api_client.post(f"/jobs/{job.id}/title", headers=headers)
+    assert (202, False) == (again.status_code, again.json()["queued"])  # asked before: nothing more is queued
+    [submitted] = fakes.queue.submitted
+    assert (job.id, STAGE.value, [""]) == (submitted.job_id, submitted.stage, list(submitted.items))
 
 
 def test_another_users_job_is_404_and_anonymous_is_401(
@@ -37,7 +42,7 @@ def test_another_users_job_is_404_and_anonymous_is_401(
     stranger = api_client.post(f"/jobs/{job.id}/title", headers={"Authorization": f"Bearer {make_token()}"})
     assert (404, "job_not_found") == (stranger.status_code, stranger.json()["error"]["code"])
     assert 401 == api_client.post(f"/jobs/{job.id}/title").status_code
-    assert Decimal(0) == fakes.world.jobs[job.id].total_cost  # nothing ran for either
+    assert [] == fakes.queue.submitted  # nothing was queued for either
 
 
 def test_health_route_reports_each_service(api_client: TestClient) -> None:

@@ -7,11 +7,12 @@ from typing import assert_type
 
 import asyncpg
 import pytest
+from shared.testing import run_stage
 from shared.testing.fixtures import Fakes
 from shared.testing.users import create_job_for_new_user
 
 from title_stage.container import StageContainer
-from title_stage.stage import title_job
+from title_stage.stage import STAGE, stages
 
 
 async def test_rows_are_typed_records(real_container: StageContainer) -> None:
@@ -32,4 +33,6 @@ async def test_the_stage_reads_its_own_setting(
     monkeypatch.setenv("TITLE_MAX_WORDS", "2")
     fake_container.title_settings.reset()  # built at start from the environment of then
     job = await fakes.add_job(prompt="neon rain over a sleeping city")
-    assert "Neon Rain" == (await title_job(job.id)).title
+    run = await run_stage(stages, STAGE.value, container=fake_container, job_id=job.id)
+    assert run.result is not None
+    assert "Neon Rain" == run.result["title"]

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
-from shared.errors import RetryableError
+import httpx
 
-__all__ = ["PRICE_PER_CALL", "SimulatedTitleApi", "TitleApi", "TitleSuggestion"]
+__all__ = ["MODEL", "SimulatedTitleApi", "TitleApi", "TitleSuggestion"]
 
-PRICE_PER_CALL = Decimal("0.02")
+MODEL = "gpt-4o-mini"
 
 
 @dataclass(frozen=True, slots=True)
 class TitleSuggestion:
-    """What one call returns: the title and what the call cost."""
+    """What one call returns: the title and the provider's answer, whose ``usage`` prices the call."""
 
     title: str
-    cost: Decimal
+    answer: dict[str, Any]
 
 
 class TitleApi(Protocol):
@@ -28,7 +27,7 @@ class TitleApi(Protocol):
 
 
 class SimulatedTitleApi:
-    """A stand-in for the paid API: fails ``failures`` times with a 503, then answers at PRICE_PER_CALL."""
+    """A stand-in for the paid API: answers HTTP 503 ``failures`` times, then a title with OpenAI-shaped usage."""
 
     def __init__(self, failures: int = 0) -> None:
         self.failures = failures
@@ -36,12 +35,16 @@ class SimulatedTitleApi:
         self.closed = False
 
     async def suggest_title(self, prompt: str) -> TitleSuggestion:
-        """Return a title made from the prompt; the first ``failures`` calls raise a retryable error."""
+        """Return a title made from the prompt; the first ``failures`` calls raise httpx's 503 error."""
         self.calls += 1
         if self.calls <= self.failures:
-            raise RetryableError("the title API answered 503; try again", retry_after=0.01)
+            request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions")
+            busy = httpx.Response(503, headers={"Retry-After": "0"}, request=request)
+            raise httpx.HTTPStatusError("503 Service Unavailable", request=request, response=busy)
         words = prompt.split()[:6]
-        return TitleSuggestion(title=" ".join(word.capitalize() for word in words), cost=PRICE_PER_CALL)
+        usage = {"prompt_tokens": 60 + 4 * len(prompt.split()), "completion_tokens": 4 * len(words)}
+        answer = {"object": "chat.completion", "model": "gpt-4o-mini-2024-07-18", "usage": usage}
+        return TitleSuggestion(title=" ".join(word.capitalize() for word in words), answer=answer)
 
     async def aclose(self) -> None:
         """Close the client (the real one closes its HTTP connections)."""

@@ -1,4 +1,4 @@
-"""The stage's HTTP route: POST /jobs/{job_id}/title runs the stage for the job's owner, on videogen-shared's glue."""
+"""The stage's HTTP route: POST /jobs/{job_id}/title queues the title stage for the job's owner (202)."""
 
 from __future__ import annotations
 
@@ -9,43 +9,49 @@ from pydantic import BaseModel
 from shared.api import CurrentUser, add_health_route, container_lifespan, install_error_handlers
 from shared.errors import JobNotFoundError
 from shared.jobs import JobStore
+from shared.stages import StageQueue
 from shared.wiring import Provide, inject
 
-from title_stage import stage
 from title_stage.container import StageContainer
+from title_stage.stage import STAGE
 
-__all__ = ["TitleResponse", "create_app"]
+__all__ = ["TitleQueued", "create_app"]
 
 
-class TitleResponse(BaseModel):
-    """The body of a successful title request."""
+class TitleQueued(BaseModel):
+    """The body of an accepted title request: ``queued`` is false when the job's title was asked for before."""
 
-    title: str
-    url: str
+    job_id: UUID
+    stage: str
+    queued: bool
 
 
 @inject
-async def _title_for(
-    job_id: UUID, user: CurrentUser, *, jobs: JobStore = Provide[StageContainer.jobs]
-) -> TitleResponse:
+async def _queue_title(
+    job_id: UUID,
+    user: CurrentUser,
+    *,
+    jobs: JobStore = Provide[StageContainer.jobs],
+    queue: StageQueue = Provide[StageContainer.stages],
+) -> TitleQueued:
     job = await jobs.get_job(job_id)
     if not user.can_act_for(job.user_id):
         raise JobNotFoundError(job_id=job_id)  # another user's job answers as a missing one
-    result = await stage.title_job(job_id)
-    return TitleResponse(title=result.title, url=result.url)
+    new = await queue.submit(job_id, STAGE.value, payload={})  # a worker runs it: title_stage.stage
+    return TitleQueued(job_id=job_id, stage=STAGE.value, queued=bool(new))
 
 
 def create_app(container: StageContainer | None = None) -> FastAPI:
-    """Return the app; its lifespan wires the stage and opens the container in the server's loop."""
+    """Return the app; its lifespan wires the route and opens the container in the server's loop."""
     app = FastAPI(
         title="title stage",
-        lifespan=container_lifespan(container or StageContainer(), modules=[stage, __name__], build=["token_verifier"]),
+        lifespan=container_lifespan(container or StageContainer(), modules=[__name__], build=["token_verifier"]),
     )
     install_error_handlers(app)  # every PipelineError -> the JSON error body with its status
     add_health_route(app)
 
-    @app.post("/jobs/{job_id}/title")
-    async def title(job_id: UUID, user: CurrentUser) -> TitleResponse:
-        return await _title_for(job_id, user)
+    @app.post("/jobs/{job_id}/title", status_code=202)
+    async def title(job_id: UUID, user: CurrentUser) -> TitleQueued:
+        return await _queue_title(job_id, user)
 
     return app

@@ -1,66 +1,52 @@
-"""The stage: read the job, call the paid API with retries inside a budget reservation, store, cache, complete."""
+"""The stage: title a job's video with a paid API, as a handler the stage engine runs.
+
+Run it with ``python -m shared worker title_stage.stage`` (as many processes as you like); the route in
+:mod:`title_stage.app`, or any other service, submits the job's ``prompt_generation`` item. The handler admits the
+paid call under the job's budget (``ctx.paid``: estimate, rate slot and concurrency slot together), prices it from
+the answer's usage, stores and caches the title and moves the job's progress. The API's 503 leaves the admission
+as a RetryableError and the engine runs the item again; a budget that cannot hold the estimate fails the job
+before the API is called.
+"""
 
 from __future__ import annotations
 
 import logging
-from uuid import UUID
+from typing import Any
 
-from shared.cost_tracking import CostLedger
-from shared.errors import StageConflictError
-from shared.jobs import JobStore
 from shared.logging import job_context
 from shared.models import StageName
-from shared.redis_client import Cache
-from shared.retry import retry_with_backoff
-from shared.storage import Storage
-from shared.wiring import Provide, inject
+from shared.stages import StageContext, Stages
 
-from title_stage.api import PRICE_PER_CALL, TitleApi, TitleSuggestion
+from title_stage.api import MODEL, TitleApi
 from title_stage.container import StageContainer
 from title_stage.settings import TitleSettings
 
-__all__ = ["BUCKET", "STAGE", "TitleResult", "title_job"]
+__all__ = ["BUCKET", "ESTIMATE", "STAGE", "stages", "title_job"]
 
 STAGE = StageName.PROMPT_GENERATION
 BUCKET = "artifacts"
+ESTIMATE = {"input_tokens": 400, "output_tokens": 60}  # the most one title may use: what the budget holds
 _log = logging.getLogger("title_stage")
 
-
-class TitleResult:
-    """What the stage produced: the title and where its artifact is stored."""
-
-    __slots__ = ("title", "url")
-
-    def __init__(self, title: str, url: str) -> None:
-        self.title = title
-        self.url = url
+stages = Stages(container=StageContainer)  # the worker builds it; the handler reaches it as ctx.container
 
 
-@inject
-async def title_job(
-    job_id: UUID,
-    *,
-    jobs: JobStore = Provide[StageContainer.jobs],
-    ledger: CostLedger = Provide[StageContainer.cost_tracker],
-    cache: Cache = Provide[StageContainer.redis],
-    storage: Storage = Provide[StageContainer.storage],
-    api: TitleApi = Provide[StageContainer.title_api],
-    settings: TitleSettings = Provide[StageContainer.title_settings],
-) -> TitleResult:
-    """Title the job's video; raises BudgetExceededError, before any call, when the budget cannot pay for one."""
-    with job_context(job_id=job_id, stage=STAGE.value):
-        job = await jobs.get_job(job_id)
-        try:
-            await jobs.start_stage(job_id, STAGE)
-        except StageConflictError:  # 0.2.0: a completed stage is never reopened; a new title is one more paid call
-            _log.info("the job was titled before; titling it again")
-        call = retry_with_backoff(max_attempts=3, logger=_log)(api.suggest_title)
-        async with ledger.reserve(job_id, STAGE, "openai", PRICE_PER_CALL) as reservation:
-            suggestion: TitleSuggestion = await call(job.user_prompt)
-            await reservation.commit(suggestion.cost)
+@stages.handler(STAGE.value, max_attempts=3)
+async def title_job(ctx: StageContext) -> dict[str, Any]:
+    """Title the job's video; its result is ``{"title": ..., "title_url": ...}``."""
+    container = ctx.container
+    settings: TitleSettings = container.title_settings()
+    api: TitleApi = container.title_api()
+    with job_context(job_id=ctx.job_id, stage=ctx.stage):
+        job = await container.jobs().get_job(ctx.job_id)
+        async with ctx.paid.admit(provider="openai", model=MODEL, estimate=ESTIMATE, name="title") as call:
+            suggestion = await api.suggest_title(job.user_prompt)
+            cost = await call.settle_openai(suggestion.answer)  # priced from the answer's usage, recorded once
         title = " ".join(suggestion.title.split()[: settings.max_words])
-        _log.info("titled the video %r for %s", title, suggestion.cost)
-        url = await storage.upload_file(BUCKET, f"{job_id}/title.txt", title.encode(), "text/plain", upsert=True)
-        await cache.set(f"title:{job_id}", title, ttl=3600)
-        await jobs.complete_stage(job_id, STAGE, {"title_url": url})
-        return TitleResult(title, url)
+        _log.info("titled the video %r for %s", title, cost.cost)
+        url = await container.storage().upload_file(
+            BUCKET, f"{ctx.job_id}/title.txt", title.encode(), "text/plain", upsert=True
+        )
+        await container.redis().set(f"title:{ctx.job_id}", title, ttl=3600)
+        await ctx.progress(25)
+        return {"title": title, "title_url": url}
