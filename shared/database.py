@@ -359,7 +359,10 @@ class DatabaseClient:
         """
         metrics = instruments()
         waiting = time.perf_counter() if metrics is not None else 0.0
-        connection: PoolConnectionProxy = await self._pool.acquire()
+        # Pool.acquire() without its layers: the idle holder it would take, taken as its _acquire_impl does.
+        holder = self._pool._queue.get_nowait()  # type: ignore[attr-defined] # asyncpg private (0.32, pinned)
+        connection: PoolConnectionProxy = await holder.acquire()  # open and current: returns without waiting
+        holder._timeout = None
         if metrics is not None:
             metrics.pool_acquire_wait.record(time.perf_counter() - waiting)
         raw = connection._con  # type: ignore[attr-defined] # asyncpg's proxied connection, not in the stubs
@@ -371,6 +374,8 @@ class DatabaseClient:
             if isinstance(exc, _DRIVER_ERRORS):
                 raise translate_error(exc, action=_action(method, timeout)) from exc
             raise
+        if _release_now(self._pool, connection):
+            return result
         try:
             await _release_kept(self._pool, connection)
         except _DRIVER_ERRORS:
@@ -435,6 +440,8 @@ class DatabaseClient:
             if kept is not None:
                 if held.busy:  # a statement of another task still runs on it
                     self._release_later(kept)
+                elif _release_now(self._pool, kept):
+                    pass
                 elif _releases_at_once(kept):  # nothing to wait for: no cancellation can land in it
                     await _release_kept(self._pool, kept)
                 else:
@@ -618,7 +625,7 @@ def _idle_ready(pool: asyncpg.Pool) -> bool:
     asyncpg's holder queue hands out the newest open connection first (asyncpg private, 0.32, pinned).
     """
     holders = pool._queue._queue  # type: ignore[attr-defined] # asyncpg's LIFO queue of idle holders
-    if not holders:
+    if not holders or pool.is_closing():
         return False
     holder = holders[-1]
     con = holder._con
@@ -637,6 +644,38 @@ def _releases_at_once(connection: PoolConnectionProxy) -> bool:
     """Return whether :func:`_release_kept` will give ``connection`` back without waiting on anything."""
     raw = connection._con  # type: ignore[attr-defined] # asyncpg's proxied connection
     return raw is not None and isinstance(raw, _Connection) and not raw.is_in_transaction()
+
+
+def _release_now(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> bool:
+    """Give back, at once, a connection that ran only this client's statements and has nothing to clean up.
+
+    Return False, having done nothing, for any other (a pool opened elsewhere, a transaction or listener left, a
+    cancellation in flight, a connection closed, expired or at its query limit): :func:`_release_kept` or the
+    pool's own release handles those. What asyncpg's release would do here (its reset and our reset hook) is
+    nothing, so this is its last step alone: the holder goes back to the queue. asyncpg private (0.32, pinned).
+    """
+    holder: Any = connection._holder  # asyncpg's holder of the proxied connection
+    if not isinstance(holder._con, _Connection):
+        return False
+    raw: Any = holder._con
+    if (
+        holder._in_use is None
+        or holder._max_inactive_time
+        or holder._generation != pool._generation  # type: ignore[attr-defined]
+        or raw.is_closed()
+        or raw.is_in_transaction()
+        or raw._top_xact is not None
+        or raw._listeners
+        or raw._log_listeners
+        or raw._protocol._is_cancelling()
+        or raw._protocol.queries_count >= holder._max_queries
+    ):
+        return False
+    raw.idle_since = time.monotonic()
+    raw._on_release()  # what Pool.release does first
+    holder._timeout = None
+    holder._release()
+    return True
 
 
 async def _release_kept(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> None:
