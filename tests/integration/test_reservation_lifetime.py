@@ -153,6 +153,35 @@ async def test_a_release_that_cannot_reach_postgres_is_logged_with_its_reservati
     assert 0 == await money.active(job)
 
 
+async def test_a_renewal_that_fails_is_tried_again_and_the_hold_lives_on(
+    money: Money, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await money.new_job(Decimal(1))
+    async for short in init_database(make_settings(database_url=money.dsn, db_command_timeout_seconds=0.5)):
+        # A 3 s TTL: a renewal every second, each bounded at 0.5 s by the client.
+        tracker = CostTracker(short, default_budget=Decimal(50), reservation_ttl=timedelta(seconds=3))
+        loop = asyncio.get_running_loop()
+        with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+            async with tracker.reserve(job, CLIPS, "replicate", "0.60") as reservation:
+                first_expiry = loop.time() + 3
+                async with money.locked("select 1 from job_cost_reservations where job_id = $1 for update", job):
+                    await money.waiting("greatest(expires_at")  # the first renewal waits for the row
+                    names = {task.get_name() for task in asyncio.all_tasks()}
+                    assert f"lease of reservation {reservation.id}" in names
+                    for _ in range(400):  # it times out: a DatabaseError, logged
+                        if any("could not renew" in r.getMessage() for r in caplog.records):
+                            break
+                        await asyncio.sleep(0.01)
+                    else:
+                        pytest.fail("the blocked renewal never failed")
+                # Past the first expiry, and past one a late-landing renewal would have given (3 s after the lock).
+                await asyncio.sleep(max(first_expiry - loop.time(), 0) + 2.5)
+                # The failed renewal was tried again a second later: the hold still counts.
+                assert Decimal("0.60") == (await tracker.get_budget(job)).reserved
+                await reservation.commit("0.60")
+    assert Decimal("0.60") == (await money.tracker().get_budget(job)).spent
+
+
 async def test_timeout_while_reserve_waits_in_postgres_leaves_no_hold(money: Money) -> None:
     job = await money.new_job(Decimal(1))
     tracker = money.tracker()
