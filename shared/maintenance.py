@@ -8,7 +8,9 @@ A running stage's worker keeps a heartbeat (``async with stage_heartbeat(jobs, j
 2. releases active reservations that expired more than ``RESERVATION_RELEASE_GRACE_SECONDS`` ago (their
    worker stopped renewing them: it died, or is paused), so they stop being rows anyone has to skip; each is
    marked lapsed, and a paused worker's later commit is still recorded (as an overrun);
-3. deletes committed and released reservation rows older than ``RESERVATION_RETENTION_DAYS``. The cost
+3. hands to pgqueuer again every stage item that lost its delivery (queued, or running with a stale heartbeat,
+   and no delivery left: a worker that failed between pgqueuer's pick and its claim), so no item waits forever;
+4. deletes committed and released reservation rows older than ``RESERVATION_RETENTION_DAYS``. The cost
    history is untouched: what a committed reservation spent is its ``job_costs`` row, which no reservation
    row is needed for.
 
@@ -155,6 +157,7 @@ class MaintenanceReport:
     pruned_reservations: int
     batches: int
     seconds: float
+    redelivered_stages: int = 0  # stage items handed to pgqueuer again (their delivery was lost)
 
     def summary(self) -> str:
         """Return the console summary, one line per task."""
@@ -162,10 +165,39 @@ class MaintenanceReport:
             [
                 f"failed {self.failed_jobs} job(s) with no heartbeat ({self.failed_stages} running stage(s))",
                 f"released {self.released_reservations} expired reservation(s)",
+                f"queued {self.redelivered_stages} stage item(s) whose delivery was lost",
                 f"pruned {self.pruned_reservations} finished reservation row(s)",
                 f"{self.batches} batch(es) in {self.seconds:.2f} s",
             ]
         )
+
+
+# Stage items (shared.stages) that are live but have no pgqueuer delivery: one is queued for each, once its own
+# timestamp is older than the stage timeout (a fresh item always has its delivery: submit, requeue and the
+# worker's hand-back insert it in the same statement as the item's change).
+_REDELIVER_ORPHANS = """
+with orphans as (
+    select r.id, r.stage, r.job_id
+      from public.stage_runs r
+     where r.status in ('queued', 'running')
+       and coalesce(r.heartbeat_at, r.queued_at) < now() - $1::interval
+       and not exists (select from pgqueuer.pgqueuer q where q.payload = convert_to(r.id::text, 'UTF8'))
+     order by r.id
+     limit $2
+       for update skip locked
+),
+q as (
+    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+    select 0, o.stage, convert_to(o.id::text, 'UTF8'), now(), 'queued' from orphans o
+    returning id, entrypoint, priority
+),
+l as (
+    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+    select id, 'queued', entrypoint, priority from q
+)
+select count(*) as moved, array(select id from orphans) as ids, array(select job_id from orphans) as job_ids
+  from orphans
+"""
 
 
 async def maintain(db: Database, policy: MaintenancePolicy) -> MaintenanceReport:
@@ -196,9 +228,15 @@ async def maintain(db: Database, policy: MaintenancePolicy) -> MaintenanceReport
         db, _RELEASE_EXPIRED, policy.release_grace, policy.batch_size, action="released expired reservation(s)"
     )
     batches += count
+    redelivered, count = await _in_batches(
+        db, _REDELIVER_ORPHANS, policy.stage_timeout, policy.batch_size, action="queued a lost stage delivery"
+    )
+    batches += count
     pruned, count = await _in_batches(db, _PRUNE_FINISHED, policy.retention, policy.batch_size)
     batches += count
-    report = MaintenanceReport(failed_jobs, failed_stages, released, pruned, batches, time.perf_counter() - started)
+    report = MaintenanceReport(
+        failed_jobs, failed_stages, released, pruned, batches, time.perf_counter() - started, redelivered
+    )
     _log.info(
         "maintenance: failed %d silent job(s), released %d expired reservation(s), pruned %d finished "
         "reservation row(s) in %d batch(es)",
@@ -210,6 +248,7 @@ async def maintain(db: Database, policy: MaintenancePolicy) -> MaintenanceReport
             "failed_jobs": failed_jobs,
             "failed_stages": failed_stages,
             "released_reservations": released,
+            "redelivered_stages": redelivered,
             "pruned_reservations": pruned,
             "batches": batches,
             "duration_ms": round(report.seconds * 1000, 1),

@@ -277,7 +277,7 @@ def print_job(timeline: JobTimeline, out: TextIO) -> None:
     events: list[tuple[datetime, str]] = []
     for run in timeline.stage_runs:
         name = run["stage"] + (f"/{run['item']}" if run["item"] else "")
-        events.append((run["queued_at"], f"stage {name} queued (attempts {run['max_attempts']})"))
+        events.append((run["queued_at"], f"stage {name} queued (attempts {run['max_attempts'] or 'per handler'})"))
         if run["started_at"] is not None:
             events.append(
                 (run["started_at"], f"stage {name} attempt {run['attempt']} started on {run['worker'] or '?'}")

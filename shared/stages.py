@@ -45,8 +45,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from shared.config import Settings
+from shared.cost_tracking import _to_the_end
 from shared.database import DatabaseClient
-from shared.errors import ConfigError, InvalidStateError, PipelineError, RetryableError, StageConflictError
+from shared.errors import (
+    BudgetExceededError,
+    ConfigError,
+    InvalidStateError,
+    PipelineError,
+    RetryableError,
+    StageConflictError,
+)
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -54,7 +62,7 @@ if TYPE_CHECKING:
     from shared.container import Container
     from shared.models import JobCost, StageName
     from shared.paid.admission import PaidCall, PaidCalls
-    from shared.paid.pricing import Usage
+    from shared.paid.pricing import PricedUsage, Usage
 
 __all__ = ["AttemptPaidCalls", "StageContext", "StageQueue", "StageWorker", "Stages", "load_stages", "run_worker"]
 
@@ -65,6 +73,7 @@ R = TypeVar("R")
 Handler = Callable[["StageContext"], Coroutine[Any, Any, Mapping[str, Any] | None]]
 STAGE_BEAT_SECONDS = 0.5
 _ACTIVE = ["queued", "processing"]
+_GOES_ON = [*_ACTIVE, "completed"]  # a job its items may go on running for (see _BEAT)
 
 # One statement: the items, their group (the fan-in count) and a pgqueuer delivery each, or nothing for items
 # already submitted (a resent submit adds nothing).
@@ -96,12 +105,24 @@ select id from runs
 # Claims and completions go in batches (migration 20261206001600_stage_batches.sql): see _Coalesced.
 _CLAIM = "select * from public.stage_claim($1::uuid[], $2, $3::interval, $4::text[])"
 _COMPLETE = "select public.stage_complete($1::uuid[], $2::uuid[], $3::jsonb[], $4::jsonb[]) as id"
+# Beat for every item the worker holds; say of each whether it is still ours (else another attempt took it
+# over) and whether its job goes on. A job that completed goes on for the items still running (its last stage
+# may complete it before its own item completes); a failed one stops them.
 _BEAT = """
-update public.stage_runs r set heartbeat_at = now()
-  from unnest($1::uuid[], $2::uuid[]) as held(id, attempt_id)
- where r.id = held.id and r.attempt_id = held.attempt_id and r.status = 'running'
-   and exists (select from public.jobs j where j.id = r.job_id and j.status = any($3::text[]))
-returning r.id
+with held as (
+    select * from unnest($1::uuid[], $2::uuid[]) as h(id, attempt_id)
+),
+beat as (
+    update public.stage_runs r set heartbeat_at = now()
+      from held h
+     where r.id = h.id and r.attempt_id = h.attempt_id and r.status = 'running'
+       and exists (select from public.jobs j where j.id = r.job_id and j.status = any($3::text[]))
+    returning r.id
+)
+select h.id, b.id is not null as alive, r.attempt_id = h.attempt_id and r.status = 'running' as ours
+  from held h
+  left join beat b on b.id = h.id
+  left join public.stage_runs r on r.id = h.id
 """
 _REQUEUE = """
 with again as (
@@ -136,6 +157,10 @@ with r as (
 ended as (
     update public.stage_runs s set status = 'cancelled', error = 'the job ended', finished_at = now()
       from r where s.id = r.id and not r.active and s.status = 'queued'
+    returning s.id
+),
+owed as (
+    select public.stage_record_owed(array(select id from ended))
 ),
 q as (
     insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
@@ -143,17 +168,29 @@ q as (
            greatest(now(), r.heartbeat_at + $3::interval + interval '50 milliseconds'), 'queued'
       from r where r.active and r.status = 'running'
     returning id, entrypoint, priority
+),
+l as (
+    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+    select id, 'queued', entrypoint, priority from q
 )
-insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-select id, 'queued', entrypoint, priority from q
+select * from owed
 """
+# An item that ends without running again records the paid calls it still owes (stage_record_owed).
 _END = """
-update public.stage_runs set status = $3, error = $4, finished_at = now()
- where id = $1 and (attempt_id = $2 or $2 is null) and status in ('queued', 'running')
+with ended as (
+    update public.stage_runs set status = $3, error = $4, finished_at = now()
+     where id = $1 and (attempt_id = $2 or $2 is null) and status in ('queued', 'running')
+    returning id
+)
+select public.stage_record_owed(array(select id from ended))
 """
 _CANCEL_QUEUED = """
-update public.stage_runs set status = 'cancelled', error = $2, finished_at = now()
- where job_id = $1 and status = 'queued'
+with ended as (
+    update public.stage_runs set status = 'cancelled', error = $2, finished_at = now()
+     where job_id = $1 and status = 'queued'
+    returning id
+)
+select public.stage_record_owed(array(select id from ended))
 """
 
 
@@ -253,12 +290,16 @@ class StageQueue:
         items: Mapping[str, Mapping[str, Any]] | None = None,
         then: str | None = None,
         then_payload: Mapping[str, Any] | None = None,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
     ) -> list[UUID]:
         """Queue ``stage`` for the job: one item (``payload``) or many (``items``); ``then`` runs once after all.
 
-        Submitting the same items again adds nothing (the ids returned are the new items only).
+        ``max_attempts`` overrides the handler's own (``@stages.handler(max_attempts=)``) for these items and
+        their ``then`` stage. Submitting the same items again adds nothing (the ids returned are the new items).
         """
+        if max_attempts is not None and not 1 <= max_attempts <= 100:
+            msg = f"max_attempts must be between 1 and 100, not {max_attempts}"
+            raise ConfigError(msg)
         if items is not None and payload is not None:
             msg = "give either payload (one item) or items (a fan-out), not both"
             raise InvalidStateError(msg, job_id=job_id)
@@ -316,6 +357,26 @@ class _Services:
         return self._paid
 
 
+def _recorded_call(calls: PaidCalls, provider: str, model: str, hardware: str | None, cost: JobCost) -> PaidCall:
+    """Return a call an earlier attempt recorded at its estimate: settling it prices the usage, records nothing."""
+    from shared.paid.admission import PaidCall  # noqa: PLC0415 - the paid imports, when a handler pays
+
+    class RecordedCall(PaidCall):
+        async def _commit(self, priced: PricedUsage) -> JobCost:
+            self.priced = priced
+            return cost
+
+    call = RecordedCall.__new__(RecordedCall)  # nothing is held: no grant, no reservation
+    call._calls = calls
+    call.provider = provider
+    call.model = model
+    call._hardware = hardware
+    call.priced = None
+    call.cost = cost
+    call.traced = None
+    return call
+
+
 class AttemptPaidCalls:
     """``ctx.paid``: paid-call admission bound to the stage attempt (job, stage and effect keys filled in)."""
 
@@ -350,22 +411,74 @@ class AttemptPaidCalls:
 
         ``name`` tells the attempt's paid calls apart (``f"clip-{n}"``): the limiter's request id and the
         reservation belong to the attempt, so a re-run after a worker's death never holds the same money twice.
+
+        A call whose handle was kept (``ctx.checkpoint`` inside the block) is out at the provider, which bills it.
+        When the job fails and the worker cancels the handler before it settled, no attempt will come back for it:
+        the estimate is recorded as its cost (``PaidCall.settle_estimate``), never released unrecorded. Taken over
+        or drained, the item runs again and the next attempt resumes the handle and settles the real usage.
         """
         stage = self._stage()
         calls = await self._ctx._services.paid_calls()
+        ctx = self._ctx
+        recorded = await ctx._kept(f"paid:{name}")
+        if recorded is not None:  # an earlier attempt recorded this call: resume it, hold and record nothing
+            from shared.models import JobCost  # noqa: PLC0415
+
+            kept = {field: recorded[field] for field in JobCost.model_fields if field in recorded}
+            yield _recorded_call(calls, provider, model, hardware, JobCost.model_validate(kept))
+            return
+        before = ctx._handles_out
         async with calls.admit(
-            self._ctx.job_id,
+            ctx.job_id,
             stage,
             provider=provider,
             model=model,
             estimate=estimate,
             api_key=api_key,
             hardware=hardware,
-            attempt=self._ctx,
+            attempt=ctx,
             name=name,
             max_wait=max_wait,
         ) as call:
-            yield call
+            try:
+                yield call
+            except (Exception, asyncio.CancelledError) as exc:
+                out = ctx._handles_out > before
+                # Taken over or drained, the item runs again at once and its next attempt settles the call.
+                again = isinstance(exc, asyncio.CancelledError) and ctx._stop_reason in ("taken over", "drain")
+                await _to_the_end(self._after(call, estimate, name, out=out, again=again))
+                raise
+            await _to_the_end(self._after(call, estimate, name, out=ctx._handles_out > before, again=False))
+
+    async def _after(self, call: PaidCall, estimate: Usage, name: str, *, out: bool, again: bool) -> None:
+        """Leave what the next attempt (or the engine, when there is none) needs so the call is recorded once.
+
+        Settled: ``paid:<name>`` keeps its cost row, so a later attempt resumes the handle without recording the
+        call again. Out but unsettled (a 429 while polling, a failed job, a handler that forgot to settle): the
+        estimate is recorded at once, from the hold the budget kept for it (never past the budget, never lost;
+        at most the estimate where the usage would have said less). Taken over or drained, the item runs again
+        at once and the next attempt settles the real usage; ``owed:<name>`` keeps the estimate in case none
+        comes (the job fails first), and the engine records it then (``stage_record_owed``).
+        """
+        ctx = self._ctx
+        if call.cost is None and out and not again:
+            _log.warning(
+                "a paid call of stage %s item %r went out but was not settled: it is recorded at its estimate",
+                ctx.stage,
+                ctx.item,
+            )
+            await call.settle_estimate(estimate)
+        if call.cost is not None:
+            await ctx._mark(f"paid:{name}", call.cost.model_dump(mode="json"), drop=f"owed:{name}")
+        elif out:
+            priced = call.priced_estimate(estimate)
+            owed = {
+                "stage": ctx.stage,
+                "api_name": f"{call.provider}/{call.model}",
+                "cost": str(priced.cost),
+                "usage": priced.metadata(),
+            }
+            await ctx._mark(f"owed:{name}", owed)
 
     async def track_usage(
         self, *, provider: str, model: str, usage: Usage, name: str = "call", hardware: str | None = None
@@ -393,6 +506,9 @@ class StageContext:
         self._services = services or _Services(None)
         self.db = db  # the worker's pool, for the handler's own writes (key them with ctx.key)
         self.paid = AttemptPaidCalls(self)
+        self._handles_out = 0  # handles kept, resumed or being sent: a paid call the provider bills is out
+        self._stop_reason: str | None = None  # why the worker cancels the handler: job ended, taken over, drain
+        self.max_attempts: int = row.get("max_attempts") or 1
         self.run_id: UUID = row["id"]
         self.job_id: UUID = row["job_id"]
         self.stage: str = row["stage"]
@@ -420,28 +536,59 @@ class StageContext:
         Keep an external call's handle (a Replicate prediction id) before awaiting its result, so a re-run
         resumes it instead of paying again.
         """
-        kept = await self._db.fetchval(
-            "select value from public.stage_checkpoints where run_id = $1 and name = $2", self.run_id, name
-        )
+        kept = await self._kept(name)
         if kept is not None:
+            self._handles_out += 1
             return kept  # type: ignore[no-any-return]  # the pool decodes jsonb
-        value = await start()
+        try:
+            value = await start()
+        except asyncio.CancelledError:
+            self._handles_out += 1  # stopped while it was being sent: the provider may bill it
+            raise
+        self._handles_out += 1
+        if not await self._keep(name, value):
+            raise StageConflictError(stage=self.stage, item=self.item, current="taken", job_id=self.job_id)
+        return value
+
+    async def _keep(self, name: str, value: Any) -> bool:
+        """Keep ``value`` under ``name`` if this attempt still holds the item and nothing is kept there yet."""
         stored = await self._db.fetchval(
             """
             insert into public.stage_checkpoints (run_id, name, value, attempt)
             select id, $2, $3, attempt from public.stage_runs
              where id = $1 and attempt_id = $4 and status = 'running'
             on conflict (run_id, name) do nothing
-            returning value
+            returning 1
             """,
             self.run_id,
             name,
             value,
             self.attempt_id,
         )
-        if stored is None:
-            raise StageConflictError(stage=self.stage, item=self.item, current="taken", job_id=self.job_id)
-        return value
+        return stored is not None
+
+    async def _mark(self, name: str, value: Mapping[str, Any], *, drop: str | None = None) -> None:
+        """Keep ``value`` under ``name`` (replacing it), and drop checkpoint ``drop``, in one statement."""
+        await self._db.execute(
+            """
+            with kept as (
+                insert into public.stage_checkpoints (run_id, name, value, attempt)
+                values ($1, $2, $3, $4)
+                on conflict (run_id, name) do update set value = excluded.value, attempt = excluded.attempt
+            )
+            delete from public.stage_checkpoints where run_id = $1 and name = $5
+            """,
+            self.run_id,
+            name,
+            value,
+            self.attempt,
+            drop,
+        )
+
+    async def _kept(self, name: str) -> Any:
+        return await self._db.fetchval(
+            "select value from public.stage_checkpoints where run_id = $1 and name = $2", self.run_id, name
+        )
 
     async def progress(self, percent: int) -> None:
         """Move the job's progress forward to ``percent`` (never back)."""
@@ -478,7 +625,7 @@ class StageContext:
 @dataclass
 class _Running:
     task: asyncio.Task[Mapping[str, Any] | None]
-    attempt_id: UUID
+    ctx: StageContext
     reason: list[str] = field(default_factory=list)
 
 
@@ -555,7 +702,14 @@ class StageWorker:
                         if self._stopping:  # picked but not started: hand it back for another worker
                             await self._db.execute(_REDELIVER, run_id, spec.stage)
                             return
-                        await self._deliver(spec, run_id)
+                        try:
+                            await self._deliver(spec, run_id)
+                        except PipelineError:
+                            # A claim or an end that could not be written (the database is away): hand the
+                            # delivery back, so the item is not left without one (maintain is the last resort).
+                            with contextlib.suppress(PipelineError):
+                                await self._db.execute(_REDELIVER, run_id, spec.stage)
+                            raise
 
                 return deliver
 
@@ -587,6 +741,7 @@ class StageWorker:
     def _requeue_in_flight(self) -> None:
         for running in self._running.values():
             running.reason.append("drain")
+            running.ctx._stop_reason = "drain"
             running.task.cancel()
 
     async def _deliver(self, spec: _Handler, run_id: UUID) -> None:
@@ -595,8 +750,10 @@ class StageWorker:
             await self._drop(run_id)
             return
         ctx = StageContext(self._db, row, self._services)
-        if ctx.attempt > row["max_attempts"]:
-            await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={row['max_attempts']})")
+        max_attempts = row["max_attempts"] or spec.max_attempts  # the submit's, else the handler's
+        ctx.max_attempts = max_attempts
+        if ctx.attempt > max_attempts:
+            await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={max_attempts})")
             return
         from shared import telemetry  # noqa: PLC0415
 
@@ -604,7 +761,7 @@ class StageWorker:
         with telemetry.stage_span(
             job_id=ctx.job_id, stage=ctx.stage, item=ctx.item, attempt=ctx.attempt, trace_context=carried
         ):
-            await self._attempt(spec, ctx, row["max_attempts"])
+            await self._attempt(spec, ctx, max_attempts)
 
     async def _drop(self, run_id: UUID) -> None:
         """A delivery that claimed nothing: the item is done, its job ended, or another attempt holds it.
@@ -617,7 +774,7 @@ class StageWorker:
 
     async def _attempt(self, spec: _Handler, ctx: StageContext, max_attempts: int) -> None:
         task: asyncio.Task[Mapping[str, Any] | None] = asyncio.create_task(spec.run(ctx))
-        running = _Running(task, ctx.attempt_id)
+        running = _Running(task, ctx)
         self._running[ctx.run_id] = running
         try:
             result = await task
@@ -631,6 +788,15 @@ class StageWorker:
             return
         except RetryableError as exc:
             await self._retry_or_fail(ctx, exc, max_attempts, exc.retry_after)
+            return
+        except BudgetExceededError as exc:
+            if exc.spent + exc.requested <= exc.limit:  # only other items' holds stand in the way: wait for them
+                delay = self._base * (1 + random.random())  # noqa: S311 - jitter, not a secret
+                await self._db.execute(
+                    _REQUEUE, ctx.run_id, ctx.attempt_id, str(exc)[:1000], timedelta(seconds=delay), 1
+                )
+            else:
+                await self._fail(ctx, str(exc))
             return
         except PipelineError as exc:
             await self._fail(ctx, str(exc))
@@ -652,16 +818,17 @@ class StageWorker:
                 continue
             try:
                 rows = await self._db.fetch(
-                    _BEAT, list(held), [running.attempt_id for running in held.values()], _ACTIVE
+                    _BEAT, list(held), [running.ctx.attempt_id for running in held.values()], _GOES_ON
                 )
             except PipelineError:
                 _log.warning("stage heartbeat failed; trying again", exc_info=True)
                 continue
-            alive = {row["id"] for row in rows}
-            for run_id, running in held.items():
+            for row in rows:
+                running = self._running.get(row["id"])
                 # The job ended or another attempt took the item: stop it (unless it finished meanwhile).
-                if run_id not in alive and self._running.get(run_id) is running:
-                    running.reason.append("stopped")
+                if not row["alive"] and running is not None and running is held[row["id"]]:
+                    running.reason.append("job ended" if row["ours"] else "taken over")
+                    running.ctx._stop_reason = running.reason[-1]
                     running.task.cancel()
 
     async def _claim_batch(self, run_ids: list[UUID]) -> list[Mapping[str, Any] | None]:

@@ -107,6 +107,18 @@ class PaidCall:
         priced = self._calls.catalogue.price_replicate({**prediction, "model": self.model}, hardware=self._hardware)
         return await self._commit(priced)
 
+    def priced_estimate(self, estimate: Usage) -> PricedUsage:
+        """Price ``estimate`` as this call's catalogue entry does (what its reservation held)."""
+        return self._calls.catalogue.price(self.provider, self.model, estimate, hardware=self._hardware)
+
+    async def settle_estimate(self, estimate: Usage) -> JobCost:
+        """Record the estimate as the cost of a call that went out but whose usage will never be known.
+
+        For a call the provider bills that nobody will settle (its worker was stopped because the job failed):
+        the money is recorded at the most the call could cost, never released unrecorded.
+        """
+        return await self._commit(self.priced_estimate(estimate))
+
     async def _commit(self, priced: PricedUsage) -> JobCost:
         if self.cost is not None:
             return self.cost

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
@@ -81,7 +81,7 @@ class FakeStageQueue:
         items: Mapping[str, Mapping[str, Any]] | None = None,
         then: str | None = None,
         then_payload: Mapping[str, Any] | None = None,
-        max_attempts: int = 3,
+        max_attempts: int | None = None,
     ) -> list[UUID]:
         """Record the items (a resent submit of the same items adds nothing, as in the database)."""
         del max_attempts
@@ -119,12 +119,18 @@ class _MemoryContext(StageContext):
         self._run = run
         self._results = results
 
-    async def checkpoint(self, name: str, start: Callable[[], Awaitable[T]]) -> T:
-        if name in self._run.checkpoints:
-            return self._run.checkpoints[name]  # type: ignore[no-any-return]  # kept by an earlier attempt
-        value = await start()
-        self._run.checkpoints[name] = value
-        return value
+    # The checkpoints (and the paid calls' marks) live in the run: the worker's logic runs on top of these.
+    async def _kept(self, name: str) -> Any:
+        return self._run.checkpoints.get(name)
+
+    async def _keep(self, name: str, value: Any) -> bool:
+        self._run.checkpoints.setdefault(name, value)
+        return True
+
+    async def _mark(self, name: str, value: Mapping[str, Any], *, drop: str | None = None) -> None:
+        self._run.checkpoints[name] = dict(value)
+        if drop is not None:
+            self._run.checkpoints.pop(drop, None)
 
     async def progress(self, percent: int) -> None:
         await self.container.jobs().update_progress(self.job_id, _stage_name(self.stage), percent)

@@ -19,8 +19,9 @@ import pytest
 
 from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient
-from shared.errors import ConfigError
+from shared.errors import BudgetExceededError, ConfigError, RetryableError
 from shared.jobs import JobRepository
+from shared.maintenance import MaintenancePolicy, maintain
 from shared.models import StageName
 from shared.stages import StageContext, StageQueue, Stages, StageWorker
 from tests.fixtures.postgres import MakeUser
@@ -217,3 +218,146 @@ async def test_a_delivery_that_finds_its_item_held_comes_back_when_the_holder_wo
     assert 2 == await db.fetchval("select attempt from stage_runs where id = $1", run)
     # Run again once the holder's heartbeat was stale (1.5 x the interval), not dropped with the delivery.
     assert claimed[0] - held >= 1.5
+
+
+async def test_the_handlers_max_attempts_holds_when_the_submit_gives_none(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str
+) -> None:
+    stages = Stages()
+    tries: list[int] = []
+
+    @stages.handler("clip_generation", max_attempts=2)
+    async def clip(ctx: StageContext) -> dict[str, Any]:
+        tries.append(ctx.attempt)
+        raise RetryableError("the provider is busy", retry_after=0.05)
+
+    job = await new_job(jobs, make_user)
+    [run] = await StageQueue(db).submit(job, "clip_generation", payload={})
+    async with running(stages, db, pg_dsn):
+        await wait_for(db, "select status = 'failed' from stage_runs where id = $1", run)
+    assert [1, 2] == tries
+    assert "failed after 2 attempts" in await db.fetchval("select error_message from jobs where id = $1", job)
+    with pytest.raises(ConfigError, match="between 1 and 100"):
+        await StageQueue(db).submit(job, "composition", payload={}, max_attempts=0)
+
+
+async def test_the_last_stage_completing_its_job_is_not_stopped_by_its_heartbeat(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str
+) -> None:
+    stages = Stages()
+
+    @stages.handler("composition", max_attempts=1)
+    async def compose(ctx: StageContext) -> dict[str, Any]:
+        await JobRepository(ctx.db).complete_job(ctx.job_id, "file:///video.mp4")
+        await asyncio.sleep(1.2)  # beats go on while the handler finishes its work after completing the job
+        return {"video": "file:///video.mp4"}
+
+    job = await new_job(jobs, make_user)
+    [run] = await StageQueue(db).submit(job, "composition", payload={})
+    async with running(stages, db, pg_dsn, interval=0.6):
+        await wait_for(db, "select status in ('completed', 'cancelled') from stage_runs where id = $1", run)
+    assert "completed" == await db.fetchval("select status from stage_runs where id = $1", run)
+
+
+async def test_a_budget_refusal_only_because_of_others_holds_waits_and_a_spent_budget_fails(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str
+) -> None:
+    stages = Stages()
+    tracker = CostTracker(db, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+    refused: list[int] = []
+
+    @stages.handler("clip_generation", max_attempts=1)
+    async def clip(ctx: StageContext) -> dict[str, Any]:
+        try:
+            async with tracker.reserve(ctx.job_id, StageName.CLIP_GENERATION, "replicate", Decimal("0.50")) as held:
+                await held.commit(Decimal("0.50"))
+        except BudgetExceededError:
+            refused.append(ctx.attempt)
+            raise
+        return {}
+
+    job = await new_job(jobs, make_user)
+    await db.execute("update jobs set budget_limit = 1 where id = $1", job)
+    async with contextlib.AsyncExitStack() as holds:
+        # Another item holds 0.80: 0.50 more does not fit now, but would once that hold is gone.
+        other = await holds.enter_async_context(
+            tracker.reserve(job, StageName.CLIP_GENERATION, "replicate", Decimal("0.80"))
+        )
+        [run] = await StageQueue(db).submit(job, "clip_generation", payload={})
+        async with running(stages, db, pg_dsn):
+            await wait_for(db, "select count(*) > 0 from stage_runs where id = $1 and error like 'Budget%'", run)
+            await other.commit(Decimal("0.30"))  # the other item spent less than it held
+            await wait_for(db, "select status = 'completed' from stage_runs where id = $1", run)
+            # Its wait was not an attempt (max_attempts=1).
+            assert 1 == await db.fetchval("select attempt from stage_runs where id = $1", run)
+            assert refused
+            # Now 0.80 is spent: another 0.50 can never fit, and the job fails with the budget's message.
+            [second] = await StageQueue(db).submit(job, "clip_generation", items={"again": {}})
+            await wait_for(db, "select status = 'failed' from stage_runs where id = $1", second)
+    assert "raise the job's budget" in await db.fetchval("select error_message from jobs where id = $1", job)
+
+
+async def test_a_call_left_to_a_next_attempt_that_never_comes_is_recorded_once_when_the_item_ends(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser
+) -> None:
+    job = await new_job(jobs, make_user)
+    queue = StageQueue(db)
+    [run] = await queue.submit(job, "clip_generation", items={"7": {}})
+    usage = {
+        "provider": "replicate",
+        "model": "m",
+        "units": {"predict_time_seconds": "60"},
+        "unit_prices": {"predict_time_seconds": "0.0014"},
+        "cost": "0.084",
+        "price_version": "test",
+    }
+    owed = {"stage": "clip_generation", "api_name": "replicate/m", "cost": "0.084", "usage": usage}
+    # A drained attempt left its call to the next one (owed), which never runs: the job fails first.
+    await db.execute(
+        "insert into stage_checkpoints (run_id, name, value, attempt) values ($1, 'owed:clip', $2, 1)", run, owed
+    )
+    await queue.cancel_job(job, "the budget ran out")
+    await queue.cancel_job(job, "the budget ran out")  # again: nothing more
+    rows = await db.fetch("select cost, idempotency_key, usage from job_costs where job_id = $1", job)
+    assert [(Decimal("0.0840"), f"owed:{run}:clip", usage)] == [tuple(row) for row in rows]
+    assert Decimal("0.084") == await db.fetchval("select total_cost from jobs where id = $1", job)
+    assert "cancelled" == await db.fetchval("select status from stage_runs where id = $1", run)
+    assert await db.fetchval("select value from stage_checkpoints where run_id = $1 and name = 'paid:clip'", run)
+    # A call an attempt settled (paid:) is not recorded again, even if an owed mark was left behind.
+    [other] = await queue.submit(job, "composition", payload={})
+    await db.execute(
+        "insert into stage_checkpoints (run_id, name, value, attempt)"
+        " values ($1, 'owed:x', $2, 1), ($1, 'paid:x', '{}', 1)",
+        other,
+        owed,
+    )
+    assert 0 == await db.fetchval("select public.stage_record_owed(array[$1::uuid])", other)
+
+
+async def test_maintain_hands_an_item_that_lost_its_delivery_back_to_the_queue(
+    db: DatabaseClient, jobs: JobRepository, make_user: MakeUser, pg_dsn: str
+) -> None:
+    stages = Stages()
+
+    @stages.handler("clip_generation")
+    async def clip(ctx: StageContext) -> dict[str, Any]:
+        return {"ok": True}
+
+    job = await new_job(jobs, make_user)
+    [lost, fresh] = await StageQueue(db).submit(job, "clip_generation", items={"lost": {}, "fresh": {}})
+    # Both lose their delivery; only the one queued long ago is past the stage timeout.
+    await db.execute("delete from pgqueuer.pgqueuer")
+    await db.execute("update stage_runs set queued_at = now() - interval '1 hour' where id = $1", lost)
+    policy = MaintenancePolicy(
+        stage_timeout=timedelta(minutes=10),
+        release_grace=timedelta(0),
+        retention=timedelta(days=30),
+        batch_size=100,
+    )
+    report = await maintain(db, policy)
+    assert 1 == report.redelivered_stages
+    assert "queued 1 stage item(s) whose delivery was lost" in report.summary()
+    assert 0 == (await maintain(db, policy)).redelivered_stages  # it has its delivery now
+    async with running(stages, db, pg_dsn):
+        await wait_for(db, "select status = 'completed' from stage_runs where id = $1", lost)
+    assert "queued" == await db.fetchval("select status from stage_runs where id = $1", fresh)

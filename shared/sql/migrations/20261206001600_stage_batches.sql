@@ -4,6 +4,10 @@
 -- moved once per batch instead of once per item. Each function takes its row locks in one order (by id), so
 -- two batches that overlap never wait on each other in a cycle.
 
+-- An item's max_attempts is the submit's when it gave one, else (null) the handler's own
+-- (`@stages.handler(max_attempts=)`), which the worker knows.
+alter table public.stage_runs alter column max_attempts drop not null, alter column max_attempts drop default;
+
 -- Claim the items of `p_ids` that are queued, or running with a heartbeat older than `p_stale` (their worker
 -- died): a new attempt each. Their jobs move to processing; the reservations a taken-over attempt still held
 -- are released as lapsed (a paused worker's late commit is still recorded, as an overrun). Returns the rows
@@ -87,7 +91,7 @@ begin
     ),
     nxt as (
         select g.job_id, g.then_stage as stage, coalesce(g.then_payload, '{}'::jsonb) as payload,
-               coalesce(g.then_max_attempts, 3) as max_attempts, g.trace
+               g.then_max_attempts as max_attempts, g.trace
           from g where g.then_stage is not null and g.done = g.expected
     ),
     runs as (
@@ -118,3 +122,52 @@ revoke all on function public.stage_claim(uuid[], text, interval, text[]) from p
 revoke all on function public.stage_complete(uuid[], uuid[], jsonb[], jsonb[]) from public, anon, authenticated;
 grant execute on function public.stage_claim(uuid[], text, interval, text[]) to service_role;
 grant execute on function public.stage_complete(uuid[], uuid[], jsonb[], jsonb[]) to service_role;
+
+-- A paid call whose handle went out (the provider bills it) but that its attempt left unsettled, expecting the
+-- item to run again and settle it, is kept as a checkpoint `owed:<name>` (the estimate's cost, api and usage).
+-- When the item ends without running again (its job failed and it was cancelled, or it failed), the owed calls
+-- no attempt settled (no `paid:<name>` checkpoint) are recorded at their estimate, once (the key names the run
+-- and the call), and marked `paid:<name>`. Returns how many were recorded.
+create function public.stage_record_owed(p_run_ids uuid[])
+returns integer
+language plpgsql
+volatile
+set search_path = public, pg_temp
+as $$
+declare
+    v_recorded integer := 0;
+    v_owed record;
+    v_cost public.job_costs%rowtype;
+begin
+    for v_owed in
+        select r.id as run_id, r.job_id, substr(c.name, 6) as call, c.value
+          from public.stage_checkpoints c
+          join public.stage_runs r on r.id = c.run_id
+         where c.run_id = any(p_run_ids) and c.name like 'owed:%'
+           and not exists (
+               select from public.stage_checkpoints p where p.run_id = c.run_id and p.name = 'paid:' || substr(c.name, 6)
+           )
+         order by r.job_id, c.run_id, c.name
+    loop
+        -- The job row's lock first (as track_cost takes it), then the cost row and the running total.
+        perform 1 from public.jobs j where j.id = v_owed.job_id for no key update;
+        insert into public.job_costs (job_id, stage_name, api_name, cost, idempotency_key, usage)
+        values (v_owed.job_id, v_owed.value ->> 'stage', v_owed.value ->> 'api_name', (v_owed.value ->> 'cost')::numeric,
+                'owed:' || v_owed.run_id::text || ':' || v_owed.call, v_owed.value -> 'usage')
+        on conflict (job_id, idempotency_key) do nothing
+        returning * into v_cost;
+        if found then
+            update public.jobs set total_cost = total_cost + v_cost.cost where id = v_owed.job_id;
+            v_recorded := v_recorded + 1;
+        end if;
+        insert into public.stage_checkpoints (run_id, name, value, attempt)
+        select v_owed.run_id, 'paid:' || v_owed.call, to_jsonb(c), 0 from public.job_costs c
+         where c.job_id = v_owed.job_id and c.idempotency_key = 'owed:' || v_owed.run_id::text || ':' || v_owed.call
+        on conflict (run_id, name) do nothing;
+    end loop;
+    return v_recorded;
+end
+$$;
+
+revoke all on function public.stage_record_owed(uuid[]) from public, anon, authenticated;
+grant execute on function public.stage_record_owed(uuid[]) to service_role;
