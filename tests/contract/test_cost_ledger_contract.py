@@ -258,6 +258,18 @@ async def test_a_lapsed_commit_within_the_budget_is_warned_without_a_refusal(
     )
 
 
+@pytest.mark.parametrize("bad", [Decimal(-1), "abc", float("nan")])
+async def test_a_bad_actual_cost_is_refused_by_name_and_records_nothing(ledger: Ledger, bad: object) -> None:
+    job = await ledger.make_job(Decimal(10))
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", 1) as reservation:
+        with pytest.raises(ValidationError) as refused:
+            await reservation.commit(bad)  # type: ignore[arg-type] # the point: a value of the wrong kind
+        assert "actual_cost" == refused.value.field
+        assert reservation.committed is None
+        committed = await reservation.commit("0.80")  # a good amount afterwards is recorded
+    assert Decimal("0.80") == committed.cost == await ledger.tracker.get_total_cost(job)
+
+
 async def test_commit_after_its_own_block_released_it_is_refused(ledger: Ledger) -> None:
     job = await ledger.make_job(None)
     async with ledger.tracker.reserve(job, CLIPS, "replicate", 1) as reservation:
