@@ -267,15 +267,15 @@ def warn_lapsed(job_id: UUID, reservation_id: UUID, *, actual: Decimal, spent: D
     )
 
 
-async def _to_the_end(work: Coroutine[Any, Any, _T]) -> _T:
+async def _to_the_end(work: Coroutine[Any, Any, _T], *, cancelled: bool = False) -> _T:
     """Run ``work`` to its end even if the caller is cancelled meanwhile (again and again), then go on cancelling.
 
     ``asyncio.shield`` alone would let the caller leave while the work still runs; money moves must be finished
     when the block is left. A cancellation, from ``task.cancel()`` or ``asyncio.timeout``, is re-raised once the
-    work is done, so the task still ends cancelled (and a timeout still becomes TimeoutError).
+    work is done, so the task still ends cancelled (and a timeout still becomes TimeoutError). ``cancelled``: the
+    caller was cancelled already (the work finishes an interrupted one), so it goes on cancelling in any case.
     """
     task = asyncio.ensure_future(work)
-    cancelled = False
     while not task.done():
         try:
             await asyncio.wait([task])
@@ -328,7 +328,7 @@ class _DbReservation:
             try:
                 await self._record(actual)
             except asyncio.CancelledError:
-                await _to_the_end(self._record(actual))
+                await _to_the_end(self._record(actual), cancelled=True)
                 raise
         assert self._committed is not None  # noqa: S101 - set by _record
         return self._committed

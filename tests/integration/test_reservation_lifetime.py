@@ -26,7 +26,13 @@ import pytest
 
 from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient, init_database
-from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError, ValidationError
+from shared.errors import (
+    BudgetExceededError,
+    DatabaseTimeoutError,
+    InvalidStateError,
+    JobNotFoundError,
+    ValidationError,
+)
 from shared.jobs import JobRepository
 from shared.maintenance import MaintenancePolicy, maintain
 from shared.models import StageName
@@ -180,6 +186,34 @@ async def test_a_renewal_that_fails_is_tried_again_and_the_hold_lives_on(
                 assert Decimal("0.60") == (await tracker.get_budget(job)).reserved
                 await reservation.commit("0.60")
     assert Decimal("0.60") == (await money.tracker().get_budget(job)).spent
+
+
+async def spend_when_told(tracker: CostTracker, job: uuid.UUID, entered: asyncio.Event, go: asyncio.Event) -> None:
+    async with tracker.reserve(job, CLIPS, "replicate", "0.60") as reservation:
+        entered.set()
+        await go.wait()
+        await reservation.commit("0.55")
+
+
+async def test_a_commit_cancelled_and_then_failing_is_logged_with_its_cause(
+    money: Money, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled mid-commit, the commit is sent again; when that fails too, the log says why before the cancel."""
+    job = await money.new_job(Decimal(1))
+    async for short in init_database(make_settings(database_url=money.dsn, db_command_timeout_seconds=5)):
+        tracker = CostTracker(short, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+        entered, go = asyncio.Event(), asyncio.Event()
+        with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+            task = asyncio.create_task(spend_when_told(tracker, job, entered, go))
+            await entered.wait()
+            async with money.locked("select 1 from jobs where id = $1 for update", job):
+                go.set()
+                await money.waiting("commit_job_reservation")
+                task.cancel()  # the commit is sent again, and times out on the row lock as well
+                await cancelled(task)
+        (record,) = [r for r in caplog.records if r.getMessage() == "interrupted work failed as well"]
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], DatabaseTimeoutError)
 
 
 async def test_timeout_while_reserve_waits_in_postgres_leaves_no_hold(money: Money) -> None:
