@@ -27,7 +27,7 @@ _TOTAL_ALWAYS_REPLACED = (
     "grand-total row even when the job has no cost rows (and no row at all is JobNotFoundError, raised before)"
 )
 EQUIVALENT: dict[str, str] = {
-    "shared.cost_tracking.xǁCostTrackerǁcost_summary__mutmut_10": _TOTAL_ALWAYS_REPLACED,
+    "shared.cost_tracking.xǁCostTrackerǁcost_summary__mutmut_18": _TOTAL_ALWAYS_REPLACED,
     "shared.cost_tracking.xǁCostTrackerǁcost_summary__mutmut_13": _TOTAL_ALWAYS_REPLACED,
     "shared.cost_tracking.xǁCostTrackerǁcost_summary__mutmut_14": _TOTAL_ALWAYS_REPLACED,
     "shared.cost_tracking.xǁCostTrackerǁcost_summary__mutmut_15": _TOTAL_ALWAYS_REPLACED,
