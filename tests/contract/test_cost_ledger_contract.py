@@ -253,6 +253,8 @@ async def test_a_lapsed_commit_within_the_budget_is_warned_without_a_refusal(
     assert str(job) in message
     assert str(paused.id) in message
     assert "over its budget" not in message  # 0.70 of 10: nothing is refused
+    spent, limit = record.spent, record.limit  # type: ignore[attr-defined] # log extras
+    assert f"spent {spent} of its budget {limit}" in message  # the figures in the line, not only in its extras
     assert (Decimal("0.70"), Decimal("0.70"), Decimal(10)) == tuple(
         Decimal(getattr(record, name)) for name in ("actual_cost", "spent", "limit")
     )
