@@ -24,7 +24,7 @@ REAL_SERVICES_PATH := $(shell find $(REAL_SERVICES_SEARCH) -maxdepth 3 -name 'su
 endif
 export REAL_SERVICES_PATH
 
-.PHONY: help venv system-deps services print-real-services storage-server lint typecheck test test-fast consumer demo bench bench-scale mutate lock clean
+.PHONY: help venv system-deps services print-real-services storage-server lint typecheck test test-fast consumer api-docs demo bench bench-scale mutate lock clean
 
 help:
 	@echo "make demo   run one simulated job end to end against the local services"
@@ -33,6 +33,7 @@ help:
 	@echo "make consumer  the example module project on the built wheel, in a fresh venv"
 	@echo "make bench-scale  the growth table at 1k, 100k and 1M jobs (a few minutes; several GB of disk)"
 	@echo "make mutate mutation testing of cost_tracking.py and jobs.py (mutmut; minutes)"
+	@echo "make api-docs  regenerate docs/api.md (every public name and method) after changing the public API"
 	@echo "make lint | typecheck | lock | clean"
 
 # The interpreter's own pip (23.2.1 on a fresh Python 3.11 venv) only installs the pinned, hashed pip of
@@ -93,6 +94,10 @@ test-fast: venv system-deps services storage-server
 # The example module project (examples/consumer) on the built wheel, in a fresh venv: its tests, mypy, ruff.
 consumer: venv services
 	bash .ci/consumer.sh
+
+# docs/api.md from the docstrings; tests/unit/test_api_reference.py fails when it lacks a public name or method.
+api-docs: venv
+	$(BIN)/python .ci/api_reference.py write
 
 demo: venv services
 	$(BIN)/python -m shared demo

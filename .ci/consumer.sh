@@ -53,4 +53,13 @@ cd "$work/consumer"
 "$work/venv/bin/ruff" format --check .
 "$work/venv/bin/mypy"
 "$work/venv/bin/python" -m pytest -p no:cacheprovider -q
-echo "consumer: done in $((SECONDS - started)) s"
+echo "consumer: the example consumer passed in $((SECONDS - started)) s"
+
+# The second consumer: tests written against 0.1.0's names and docs, unchanged, on the new wheel. It passes, and
+# each name that moved warns with its new home (pytest shows those DeprecationWarnings; any other warning fails).
+cp -r "$root/examples/previous_release" "$work/previous_release"
+cp "$root/.ci/public_api/0.1.0.json" "$work/previous_release/tests/public_api_0.1.0.json"
+cd "$work/previous_release"
+"$work/venv/bin/ruff" check .
+"$work/venv/bin/python" -m pytest -p no:cacheprovider -q
+echo "consumer: the previous release's consumer passed; done in $((SECONDS - started)) s"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mutmut.mutation.diff_apply import get_diff_for_mutant
 
-MODULES = ["shared/cost_tracking.py", "shared/jobs.py", "shared/rules.py"]
+MODULES = ["shared/cost_tracking.py", "shared/_lease.py", "shared/jobs.py", "shared/rules.py"]
 TARGET = 0.85
 SQL_WORDS = ("select ", "update ", "insert ", " from ", "$1", "public.")
 MESSAGE_NAMES = ("shown", "known", "msg")

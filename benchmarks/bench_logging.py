@@ -193,7 +193,7 @@ def main() -> str:
         f"Profile of the `lean=False` run: the standard library's findCaller (for the `module` field) takes "
         f"{find_share:.0%} of the time and LogRecord's constructor {record_share:.0%}. The default (`lean`) "
         "builds records with a constructor that does only what a line uses and finds the caller by comparing "
-        "code objects' file names (shared.logging._LeanRecord). Target: at least 0.7 x structlog.",
+        "code objects' file names (shared._lean_records._LeanRecord). Target: at least 0.7 x structlog.",
     ]
     rows += [
         "",

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         help="processes that each open a pool of DB_POOL_MAX_SIZE (API workers, stage workers, maintain), for the "
         "connection budget check",
     )
+    doctor.add_argument(
+        "--container",
+        default="shared.container:Container",
+        help="module:Class of the container whose declared services are checked (a module's own adds its services)",
+    )
     commands.add_parser(
         "status", help="queues, running and stuck stages, holds, spend today per API, top failure reasons (read only)"
     )
@@ -101,9 +106,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return EXIT_CONFIG
     try:
         if args.command == "doctor":
-            from shared.doctor import run_doctor  # noqa: PLC0415 - each command loads only what it uses
+            from shared.doctor import load_container, run_doctor  # noqa: PLC0415 - each command loads what it uses
 
-            return asyncio.run(run_doctor(settings, out=stream, timeout=args.timeout, processes=args.processes))
+            container = load_container(args.container)
+            return asyncio.run(
+                run_doctor(settings, out=stream, timeout=args.timeout, processes=args.processes, container=container)
+            )
         if args.command == "demo":
             from shared.demo import run_demo  # noqa: PLC0415
 

@@ -17,6 +17,7 @@ from dependency_injector import containers, providers
 
 from shared.config import Settings
 from shared.errors import ConfigError
+from shared.health import health_checked
 from shared.logging import LoggerFactory
 from shared.storage import LocalStorage, SupabaseStorage, create_supabase_client
 from shared.telemetry import init_telemetry
@@ -205,6 +206,11 @@ def make_token_verifier(settings: Settings, http_client: httpx.AsyncClient) -> T
     )
 
 
+def _storage_imports(settings: Settings) -> tuple[str, ...]:
+    """Name what the storage check imports: httpx and supabase (0.4 s) for Supabase Storage, nothing more for local."""
+    return ("httpx", "supabase") if settings.storage_backend == "supabase" else ()
+
+
 class Container(containers.DeclarativeContainer):
     """Every collaborator of a pipeline module; override any of them with ``container.x.override(...)``."""
 
@@ -212,8 +218,13 @@ class Container(containers.DeclarativeContainer):
     logger_factory = providers.Resource(init_logger_factory, settings=settings)
 
     # --- components: each area adds its resource function above and its providers below ---
-    db = providers.Resource(init_database, settings=settings)
-    redis = providers.Resource(init_redis, settings=settings)
+    # health_checked: /health and `python -m shared doctor` check these (shared.health.service_checks).
+    db = health_checked(
+        providers.Resource(init_database, settings=settings), name="postgres", imports=("shared.database",)
+    )
+    redis = health_checked(
+        providers.Resource(init_redis, settings=settings), name="redis", imports=("shared.redis_client",)
+    )
     telemetry = providers.Resource(init_telemetry, settings=settings, db=db)
     jobs = providers.Factory(make_job_repository, db=db)
     stages = providers.Factory(make_stage_queue, db=db)
@@ -236,6 +247,10 @@ class Container(containers.DeclarativeContainer):
     )
     storage_local = providers.Singleton(local_storage, settings=settings)
     # After `async with lifespan(container)`, every provider returns the object itself: `container.storage()`.
-    storage = providers.Selector(settings.provided.storage_backend, supabase=storage_supabase, local=storage_local)
+    storage = health_checked(
+        providers.Selector(settings.provided.storage_backend, supabase=storage_supabase, local=storage_local),
+        name="storage",
+        imports=_storage_imports,
+    )
 
     token_verifier = providers.Singleton(make_token_verifier, settings=settings, http_client=http_client)

@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 from uuid import UUID
 
 from shared._container_only import container_only
+from shared._lease import Lease
 from shared.database import Database, Record
 from shared.errors import (
     BudgetExceededError,
@@ -95,6 +97,8 @@ select j.total_cost,
   from public.jobs j
  where j.id = $1
 """
+_COMMIT = "select * from public.commit_job_reservation($1, $2)"
+_COMMIT_WITH_USAGE = "select * from public.commit_job_reservation($1, $2, $3::jsonb)"
 _COST_SUMMARY = """
 select grouping(c.stage_name, c.api_name) as grouping, c.stage_name, c.api_name,
        count(c.id) as calls, coalesce(sum(c.cost), 0) as cost, count(j.id) as joined
@@ -161,7 +165,7 @@ class Reservation(Protocol):  # pragma: no mutate block
     def estimated_cost(self) -> Decimal: ...
     @property
     def committed(self) -> JobCost | None: ...
-    async def commit(self, actual_cost: MoneyLike) -> JobCost: ...
+    async def commit(self, actual_cost: MoneyLike, *, usage: Mapping[str, Any] | None = None) -> JobCost: ...
 
 
 @runtime_checkable
@@ -316,74 +320,27 @@ class _DbReservation:
         """Return the cost row once committed."""
         return self._committed
 
-    async def commit(self, actual_cost: MoneyLike) -> JobCost:
+    async def commit(self, actual_cost: MoneyLike, *, usage: Mapping[str, Any] | None = None) -> JobCost:
         """Record the actual cost (once: a second commit returns the first row and counts nothing).
 
-        The money was spent, so a commit in flight finishes even when the task is cancelled meanwhile: it runs
-        in the caller's task (no task of its own on the common path), and a cancellation that lands in it sends
-        the commit again, keyed by the reservation's id so that it counts once, and waits for it to the end.
+        ``usage`` (what priced the cost, shared.paid's ``PricedUsage.metadata()``) is written on the cost row in
+        the same statement. The money was spent, so a commit in flight finishes even when the task is cancelled
+        meanwhile: it runs in the caller's task (no task of its own on the common path), and a cancellation that
+        lands in it sends the commit again, keyed by the reservation's id so that it counts once, and waits for
+        it to the end.
         """
         if self._committed is None:
             actual = to_money(actual_cost, field="actual_cost")
             try:
-                await self._record(actual)
+                await self._record(actual, usage)
             except asyncio.CancelledError:
-                await _to_the_end(self._record(actual), cancelled=True)
+                await _to_the_end(self._record(actual, usage), cancelled=True)
                 raise
         assert self._committed is not None  # noqa: S101 - set by _record
         return self._committed
 
-    async def _record(self, actual: Decimal) -> None:
-        self._committed = await self._tracker._commit(self, actual)
-
-
-class _Lease:
-    """Renew a reservation every ``interval`` seconds: a timer, and a renewal task only while one is due.
-
-    A call shorter than the interval (the common case) costs a timer and no task.
-    """
-
-    def __init__(self, tracker: CostTracker, reservation: _DbReservation, interval: float) -> None:
-        self._tracker = tracker
-        self._reservation = reservation
-        self._interval = interval
-        self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._timer = self._loop.call_later(interval, self._due)
-
-    def idle(self) -> bool:
-        """Return whether no renewal is in flight."""
-        return self._task is None or self._task.done()
-
-    def _due(self) -> None:
-        self._task = asyncio.create_task(self._renew(), name=f"lease of reservation {self._reservation.id}")
-
-    async def _renew(self) -> None:
-        try:
-            active = await self._tracker.renew(self._reservation)
-        except DatabaseError:
-            # The next renewal may get through; if none does, the hold ends at its TTL like a dead worker's.
-            _log.warning("could not renew reservation %s; trying again", self._reservation.id, exc_info=True)
-            active = True
-        if active and not self._stopped:
-            self._timer = self._loop.call_later(self._interval, self._due)
-
-    def stop(self) -> None:
-        """Renew no more."""
-        self._stopped = True
-        self._timer.cancel()
-
-    async def stop_and_wait(self) -> None:
-        """Renew no more, and wait until a renewal in flight has ended."""
-        self.stop()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait([self._task])
-            if not self._task.cancelled() and self._task.exception() is not None:
-                _log.warning(
-                    "the lease of reservation %s failed", self._reservation.id, exc_info=self._task.exception()
-                )
+    async def _record(self, actual: Decimal, usage: Mapping[str, Any] | None) -> None:
+        self._committed = await self._tracker._commit(self, actual, usage)
 
 
 class LedgerRules:
@@ -599,7 +556,11 @@ class CostTracker(LedgerRules):
             raise BudgetExceededError(
                 job_id=job_id, spent=row["spent"], reserved=row["reserved"], limit=row["budget"], requested=estimate
             )
-        lease = _Lease(self, reservation, self._ttl.total_seconds() / 3)
+        lease = Lease(
+            functools.partial(self.renew, reservation),
+            self._ttl.total_seconds() / 3,
+            name=f"reservation {reservation.id}",
+        )
         try:
             yield reservation
         finally:
@@ -625,16 +586,21 @@ class CostTracker(LedgerRules):
         )
         return status == "UPDATE 1"
 
-    async def _close(self, reservation: _DbReservation, lease: _Lease) -> None:
+    async def _close(self, reservation: _DbReservation, lease: Lease) -> None:
         """Stop the lease, then release the reservation unless it was committed."""
         await lease.stop_and_wait()
         if reservation.committed is None:
             await self._release(reservation)
 
     @traced("cost.commit")
-    async def _commit(self, reservation: _DbReservation, actual: Decimal) -> JobCost:
+    async def _commit(
+        self, reservation: _DbReservation, actual: Decimal, usage: Mapping[str, Any] | None = None
+    ) -> JobCost:
         try:
-            row = await self._db.fetchrow("select * from public.commit_job_reservation($1, $2)", reservation.id, actual)
+            if usage is None:
+                row = await self._db.fetchrow(_COMMIT, reservation.id, actual)
+            else:
+                row = await self._db.fetchrow(_COMMIT_WITH_USAGE, reservation.id, actual, usage)
         except DatabaseError as error:
             if error.sqlstate == _RAISED:
                 msg = "this reservation was released when its block was left; reserve again before spending"
@@ -699,8 +665,7 @@ _COST_FIELDS = tuple(JobCost.model_fields)
 
 
 def _cost(row: Record) -> JobCost:
-    # commit_job_reservation returns the cost row's columns as they were before job_costs.usage existed: a field
-    # the row lacks takes the model's default (usage is written afterwards, by PaidCalls.record_usage).
+    # A field the row lacks (track_cost's statements name no usage) takes the model's default.
     columns = set(row.keys())
     return JobCost.model_validate({name: row[name] for name in _COST_FIELDS if name in columns})
 

@@ -1,7 +1,9 @@
 """``python -m shared doctor``: load the settings (every problem at once) and check each service, with latency.
 
-Each service is opened on its own, with one attempt and a short timeout, so one that is down is reported
-as down (with what to do) instead of hanging the command or hiding the others. Exit status 1 when any is down.
+The services are the ones the container declares checked (:func:`shared.health.service_checks`, the list that
+the health route reads too). Each is opened on its own, through the container's own wiring, with one attempt and
+a short timeout, so one that is down is reported as down (with what to do) instead of hanging the command or
+hiding the others. Exit status 1 when any is down.
 
 It tells the truth on a busy host:
 
@@ -29,9 +31,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+from dependency_injector import providers
+
 from shared.config import Settings
-from shared.errors import PipelineError
-from shared.health import HealthStatus
+from shared.container import Container
+from shared.errors import ConfigError, PipelineError
+from shared.health import HealthStatus, service_checks
+from shared.lifecycle import resolve, stop_resources
 
 __all__ = [
     "CHECKS",
@@ -40,7 +46,10 @@ __all__ = [
     "accepted_tokens",
     "check_connection_budget",
     "check_services",
+    "container_check",
+    "load_container",
     "run_doctor",
+    "service_check_functions",
 ]
 
 CHECK_TIMEOUT_SECONDS = 5.0
@@ -63,37 +72,51 @@ def _quick(settings: Settings, timeout: float) -> Settings:
     )
 
 
-async def check_postgres(settings: Settings) -> HealthStatus:
-    """Open a one-connection pool to DATABASE_URL and run ``select 1``."""
-    from shared.database import init_database  # noqa: PLC0415 - imported by _prepare before the clock starts
+def container_check(container: type[Any], provider: str) -> Check:
+    """Return a check that opens ``provider`` alone, in a container of its own, and asks its ``health_check()``.
 
-    async with contextlib.aclosing(init_database(_quick(settings, CHECK_TIMEOUT_SECONDS))) as opened:
-        async for db in opened:
-            return await db.health_check()
-    raise AssertionError  # pragma: no cover - init_database always yields once
+    The container is ``container`` itself (the pipeline's wiring, so the doctor checks what the pipeline would
+    use) with one connection, one attempt and a connect timeout within the check's budget; only the resources
+    ``provider`` needs open, and they close before the check returns.
+    """
+
+    async def check(settings: Settings) -> HealthStatus:
+        opened = container()
+        opened.settings.override(providers.Object(_quick(settings, CHECK_TIMEOUT_SECONDS)))
+        try:
+            service = await resolve(getattr(opened, provider))
+            return await service.health_check()  # type: ignore[no-any-return]  # each service's own health_check
+        finally:
+            try:
+                await stop_resources(opened, timeout=CLEANUP_SECONDS)
+            except PipelineError:
+                _log.debug("closing the %s check's resources failed", provider, exc_info=True)
+
+    return check
 
 
-async def check_redis(settings: Settings) -> HealthStatus:
-    """PING REDIS_URL within the cache's time bound."""
-    from shared.redis_client import init_redis  # noqa: PLC0415
+def load_container(target: str) -> type[Any]:
+    """Import ``module[:Class]`` (default class ``Container``), a module's container for ``doctor --container``.
 
-    async with contextlib.aclosing(init_redis(settings)) as opened:
-        async for cache in opened:
-            return await cache.health_check()
-    raise AssertionError  # pragma: no cover - init_redis always yields once
+    Raises:
+        ConfigError: the module cannot be imported, or the name is not a container class.
+    """
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        msg = f"cannot import the container module {module_name!r} ({exc}); check the name and PYTHONPATH"
+        raise ConfigError(msg) from exc
+    found = getattr(module, attribute or "Container", None)
+    if not (isinstance(found, type) and issubclass(found, Container)):
+        msg = f"{target} names no subclass of shared.container.Container; pass module:ContainerClass"
+        raise ConfigError(msg)
+    return found
 
 
-async def check_storage(settings: Settings) -> HealthStatus:
-    """Ask the configured storage backend (Supabase Storage or the local folder) whether it answers."""
-    # The container's own builders, so the doctor checks what the pipeline would use.
-    from shared.container import init_http_client, local_storage, supabase_client, supabase_storage  # noqa: PLC0415
-
-    if settings.storage_backend == "local":
-        return await local_storage(settings).health_check()
-    async with contextlib.aclosing(init_http_client(settings)) as opened:
-        async for http in opened:
-            return await supabase_storage(settings, http, supabase_client(settings, http)).health_check()
-    raise AssertionError  # pragma: no cover - init_http_client always yields once
+def service_check_functions(container: type[Any] = Container) -> dict[str, Check]:
+    """Return a check for each service ``container`` declares (:func:`shared.health.service_checks`), by name."""
+    return {check.name: container_check(container, check.provider) for check in service_checks(container)}
 
 
 _BUDGET = """
@@ -147,23 +170,19 @@ async def check_connection_budget(settings: Settings, processes: int = 1) -> Hea
     return HealthStatus("connections", "ok", latency, f"{claim} within {source}")
 
 
-CHECKS: dict[str, Check] = {"postgres": check_postgres, "redis": check_redis, "storage": check_storage}
+# The shared Container's services, read from the one list that the health route reads too.
+CHECKS: dict[str, Check] = service_check_functions(Container)
+check_postgres, check_redis, check_storage = CHECKS["postgres"], CHECKS["redis"], CHECKS["storage"]
 
-# What each check imports, loaded before its clock starts (a slow import is not a slow service).
-_IMPORTS: dict[str, tuple[str, ...]] = {
-    "postgres": ("shared.database",),
-    "connections": ("shared.database",),
-    "redis": ("shared.redis_client",),
-    "storage": ("shared.container",),
-}
+# What the checks that are no container service import, loaded before their clock starts.
+_IMPORTS: dict[str, tuple[str, ...]] = {"connections": ("shared.database",)}
 
 
-def _prepare(name: str, settings: Settings) -> None:
-    """Import what the check ``name`` will use (supabase too when it is the storage backend)."""
-    modules = _IMPORTS.get(name, ())
-    if name == "storage" and settings.storage_backend == "supabase":
-        modules = (*modules, "httpx", "supabase")
-    for module in modules:
+def _prepare(name: str, settings: Settings, container: type[Any]) -> None:
+    """Import what the check ``name`` will use (declared beside its service, or in :data:`_IMPORTS`)."""
+    declared = {check.name: check for check in service_checks(container)}
+    modules = declared[name].modules(settings) if name in declared else ()
+    for module in (*modules, *_IMPORTS.get(name, ())):
         importlib.import_module(module)
 
 
@@ -219,17 +238,20 @@ async def check_services(
     *,
     timeout: float = CHECK_TIMEOUT_SECONDS,
     processes: int | None = None,
+    container: type[Any] = Container,
 ) -> list[HealthStatus]:
     """Import what every check needs, then run the checks side by side, each within ``timeout``.
 
     Args:
         settings: the settings whose services are checked.
-        checks: the checks by name (default :data:`CHECKS`: postgres, redis, storage).
+        checks: the checks by name (default: every service ``container`` declares, as the health route reads
+            them: postgres, redis, storage for the shared Container).
         timeout: seconds each check may take before its service is reported down.
         processes: with the default checks, also check that this many processes' pools fit in the database's
             connections (``connections``); None skips it.
+        container: the container class whose services are checked (a module's own, with its services).
     """
-    chosen = dict(CHECKS if checks is None else checks)
+    chosen = dict(service_check_functions(container) if checks is None else checks)
     if checks is None and processes is not None:
 
         async def budget(values: Settings) -> HealthStatus:
@@ -237,7 +259,7 @@ async def check_services(
 
         chosen["connections"] = budget
     for name in chosen:
-        _prepare(name, settings)
+        _prepare(name, settings, container)
     loop = asyncio.get_running_loop()
     previous = loop.get_exception_handler()
     loop.set_exception_handler(_quiet_handler)
@@ -254,15 +276,17 @@ async def run_doctor(
     checks: dict[str, Check] | None = None,
     timeout: float = CHECK_TIMEOUT_SECONDS,
     processes: int | None = 1,
+    container: type[Any] = Container,
 ) -> int:
     """Print the configuration summary and each service's health; return 0 when all are up, else 1.
 
     ``timeout`` is the seconds each check may take (5 by default; ``python -m shared doctor --timeout``);
-    ``processes`` the processes that each open a pool of DB_POOL_MAX_SIZE (``--processes``).
+    ``processes`` the processes that each open a pool of DB_POOL_MAX_SIZE (``--processes``); ``container`` the
+    container class whose declared services are checked (the shared Container by default).
     """
     print(f"settings: ok (environment {settings.environment}, storage {settings.storage_backend})", file=out)
     print(f"auth:     {accepted_tokens(settings)}", file=out)
-    results = await check_services(settings, checks, timeout=timeout, processes=processes)
+    results = await check_services(settings, checks, timeout=timeout, processes=processes, container=container)
     for result in results:
         line = f"{result.name:<10} {result.status:<5} {result.latency_ms:8.1f} ms"
         print(line + (f"  {result.detail}" if result.detail else ""), file=out)

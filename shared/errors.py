@@ -4,8 +4,9 @@ Every error that leaves this package is a :class:`PipelineError`. Branch on what
 
     PipelineError                        code                  what the caller does next
     ├── ConfigError                      config_error          fix the settings (lists every problem)
-    │   └── NoDatabaseError              no_database           the fakes have no database: use the real
-    │                                                          container or override `db`
+    │   ├── NoDatabaseError              no_database           the fakes have no database: use the real
+    │   │                                                      container or override `db`
+    │   └── WiringError                  wiring_error          fix the named providers of the container
     ├── LifecycleError                   lifecycle_error       the container could not start or stop in time
     ├── ContainerOnlyError               container_only        (also an ImportError) a module-level object
     │                                                          that does not exist: take it from the container
@@ -106,6 +107,7 @@ __all__ = [
     "UnknownPriceError",
     "UserNotFoundError",
     "ValidationError",
+    "WiringError",
 ]
 
 JobId = UUID | str
@@ -215,6 +217,25 @@ class NoDatabaseError(ConfigError):
             f"the fake container has no database (db.{self.attribute} was asked for): use `real_container` for "
             "a test that reads or writes the database, or override `db` on the fake container with your own "
             "fake, e.g. `fake_container.db.override(providers.Object(my_fake_db))`"
+        )
+
+
+class WiringError(ConfigError):
+    """The container's wiring is wrong, found when it starts; ``providers`` names each provider at fault.
+
+    ``problems`` says, one line per problem, what is wrong with each (it cannot be built, it is given an argument
+    of another type, or a subclass replaced it with another type).
+    """
+
+    default_code = "wiring_error"
+    providers: tuple[str, ...] = ()
+
+    def _describe(self) -> str:
+        count = len(self.problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        return (
+            f"The container cannot start: {count} provider problem{'s' if count != 1 else ''} "
+            f"({', '.join(self.providers)}); fix these providers in the container class:\n{lines}"
         )
 
 

@@ -1,9 +1,9 @@
 """Start and stop a container's resources the one way every entry point uses (CLI, FastAPI, tests).
 
-``async with lifespan(container):`` opens every Resource within a time limit; when one fails to open it
-closes those already open before raising (dependency-injector leaves them open), and on the way out it
-closes all of them within a time limit. :func:`overridden` swaps providers and resets the singletons that
-were built before, so an override is never silently ignored.
+``async with lifespan(container):`` checks the container's wiring, then opens every Resource within a time
+limit; when one fails to open it closes those already open before raising (dependency-injector leaves them
+open), and on the way out it closes all of them within a time limit. :func:`overridden` swaps providers and
+resets the singletons that were built before, so an override is never silently ignored.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dependency_injector import containers, providers
 from pydantic_settings import BaseSettings
 
 from shared._di import bind_loop, loop_of, pin_started, reset_resource, unbind_loop, unpin
-from shared.errors import LifecycleError, PipelineError
+from shared.container_check import validate_container
+from shared.errors import ConfigError, LifecycleError, PipelineError
 
 __all__ = ["LifecycleError", "lifespan", "overridden", "resolve", "start_resources", "stop_resources"]
 
@@ -64,23 +65,35 @@ async def _settle(container: Any) -> None:
 
 def _build_settings(container: Any) -> None:
     """Build every settings object the container provides (Settings, a module's ModuleSettings) before anything
-    opens, so that a bad value in any of them stops the start at once with its ConfigError."""
+    opens, so that a bad value in any of them stops the start at once with its ConfigError, which names the
+    provider too."""
+    names = {id(provider): name for name, provider in getattr(container, "providers", {}).items()}
     for provider in container.traverse(types=[providers.Singleton]):
         provides = getattr(provider, "provides", None)
         if isinstance(provides, type) and issubclass(provides, BaseSettings):
-            provider()
+            try:
+                provider()
+            except ConfigError as error:
+                where = f"(provider {names.get(id(provider), provides.__name__)!r}, {provides.__name__})"
+                if not error.problems:
+                    raise
+                raise ConfigError(problems=tuple(f"{problem} {where}" for problem in error.problems)) from error
 
 
 async def start_resources(container: Any, *, timeout: float | None = None) -> None:
     """Open every resource within ``timeout`` seconds; on failure close what had opened, then raise.
 
-    Every settings provider is built first: an invalid module setting fails the start like a shared one.
+    The wiring is checked first (:func:`shared.container_check.validate_container`: a provider that cannot be
+    built, or is given or replaced by the wrong type, stops the start before anything opens), then every settings
+    provider is built: an invalid module setting fails the start like a shared one.
 
     Raises:
+        WiringError: a provider of the container is wired wrong (the error names each one).
         ConfigError: a setting of the shared Settings or of a module's own settings is invalid.
         LifecycleError: the start took longer than the limit (nothing is left open).
         PipelineError: a resource failed to open (its own error, e.g. DatabaseUnavailableError).
     """
+    validate_container(container)
     startup, shutdown = _timeouts(container, timeout, None)
     _build_settings(container)
     owner = loop_of(container)

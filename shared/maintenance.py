@@ -179,24 +179,18 @@ _REDELIVER_ORPHANS = """
 with orphans as (
     select r.id, r.stage, r.job_id
       from public.stage_runs r
-     where r.status in ('queued', 'running')
-       and coalesce(r.heartbeat_at, r.queued_at) < now() - $1::interval
+     where ((r.status = 'running' and r.heartbeat_at < now() - $1::interval)
+            or (r.status = 'queued' and r.heartbeat_at is null and r.queued_at < now() - $1::interval))
        and not exists (select from pgqueuer.pgqueuer q where q.payload = convert_to(r.id::text, 'UTF8'))
      order by r.id
      limit $2
        for update skip locked
 ),
-q as (
-    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
-    select 0, o.stage, convert_to(o.id::text, 'UTF8'), now(), 'queued' from orphans o
-    returning id, entrypoint, priority
-),
-l as (
-    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-    select id, 'queued', entrypoint, priority from q
+delivered as (
+    select public.stage_deliver(array(select id from orphans), array(select stage from orphans), now()) as n
 )
-select count(*) as moved, array(select id from orphans) as ids, array(select job_id from orphans) as job_ids
-  from orphans
+select (select n from delivered) as moved, array(select id from orphans) as ids,
+       array(select job_id from orphans) as job_ids
 """
 
 

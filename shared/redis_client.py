@@ -139,6 +139,11 @@ def validate_value(value: bytes | str, max_bytes: int = DEFAULT_MAX_VALUE_BYTES)
 
 
 def ttl_milliseconds(ttl: Ttl) -> int | None:
+    """Return ``ttl`` (seconds as an int, or a timedelta) in milliseconds; None stays None (no expiry).
+
+    Raises:
+        ValidationError: ``ttl`` is neither, or not positive.
+    """
     if ttl is None:
         return None
     if isinstance(ttl, timedelta):
@@ -163,6 +168,11 @@ def _default(value: Any) -> Any:
 
 
 def encode_json(value: Any) -> bytes:
+    """Return ``value`` as JSON bytes: pydantic models, dataclasses, Decimal (as a string, lossless) and sets too.
+
+    Raises:
+        ValidationError: ``value`` holds something JSON cannot say.
+    """
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump_json().encode()
     try:

@@ -1,11 +1,10 @@
 """Retry sync and async calls with exponential backoff, built on tenacity.
 
 ``delay = base_delay * 2**attempt`` (by default 3 calls in all: 2 s, then 4 s, between them), optionally with
-full jitter and a cap; a
-:class:`~shared.errors.RetryableError`'s ``retry_after`` is honoured; an optional total ``deadline`` is never
-passed, not even when a Retry-After asks for it. Every retry is logged with the attempt, the delay, the error
-and the job id, never with the function's arguments (they can hold keys or signed URLs). The last exception
-is re-raised unchanged, and an exception not named in ``retry_on`` is never retried.
+full jitter and a cap; a :class:`~shared.errors.RetryableError`'s ``retry_after`` is honoured; an optional total
+``deadline`` is never passed, not even when a Retry-After asks for it. Every retry is logged with the attempt,
+the delay, the error and the job id, never with the function's arguments (they can hold keys or signed URLs).
+The last exception is re-raised unchanged, and an exception not named in ``retry_on`` is never retried.
 
 The defaults are written once, in :class:`RetryPolicy`'s signature; :func:`retry_with_backoff` passes on only
 the arguments it is given. :func:`set_testing` (after ``stamina.set_testing``) makes every wait zero for a test

@@ -91,16 +91,10 @@ g as (
     select $1, $2, count(*), $5, $6, $8 from runs having count(*) > 0
     on conflict (job_id, stage) do update set expected = g.expected + excluded.expected
 ),
-q as (
-    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
-    select 0, stage, convert_to(id::text, 'UTF8'), now(), 'queued' from runs
-    returning id, entrypoint, priority
-),
-l as (
-    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-    select id, 'queued', entrypoint, priority from q
+delivered as (
+    select public.stage_deliver(array(select id from runs), array(select stage from runs), now()) as n
 )
-select id from runs
+select id from runs, delivered
 """
 # Claims and completions go in batches (migration 20261206001600_stage_batches.sql): see _Coalesced.
 _CLAIM = "select * from public.stage_claim($1::uuid[], $2, $3::interval, $4::text[])"
@@ -130,24 +124,10 @@ with again as (
        set status = 'queued', error = $3, attempt = attempt - $5::integer, heartbeat_at = null
      where id = $1 and attempt_id = $2 and status = 'running'
     returning id, stage
-),
-q as (
-    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
-    select 0, stage, convert_to(id::text, 'UTF8'), now() + $4::interval, 'queued' from again
-    returning id, entrypoint, priority
 )
-insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-select id, 'queued', entrypoint, priority from q
+select public.stage_deliver(array(select id from again), array(select stage from again), now() + $4::interval)
 """
-_REDELIVER = """
-with q as (
-    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
-    values (0, $2, convert_to($1::text, 'UTF8'), now(), 'queued')
-    returning id, entrypoint, priority
-)
-insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-select id, 'queued', entrypoint, priority from q
-"""
+_REDELIVER = "select public.stage_deliver(array[$1::uuid], array[$2::text], now())"
 _DROP = """
 with r as (
     select r.id, r.stage, r.status, r.heartbeat_at, j.status = any($2::text[]) as active
@@ -162,18 +142,16 @@ ended as (
 owed as (
     select public.stage_record_owed(array(select id from ended))
 ),
-q as (
-    insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
-    select 0, r.stage, convert_to(r.id::text, 'UTF8'),
-           greatest(now(), r.heartbeat_at + $3::interval + interval '50 milliseconds'), 'queued'
-      from r where r.active and r.status = 'running'
-    returning id, entrypoint, priority
+held as (
+    select * from r where r.active and r.status = 'running'
 ),
-l as (
-    insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-    select id, 'queued', entrypoint, priority from q
+delivered as (
+    select public.stage_deliver(
+        array(select id from held), array(select stage from held),
+        greatest(now(), (select heartbeat_at from held) + $3::interval + interval '50 milliseconds')
+    ) as n
 )
-select * from owed
+select * from owed, delivered
 """
 # An item that ends without running again records the paid calls it still owes (stage_record_owed).
 _END = """
@@ -275,6 +253,28 @@ class _Next:
     then_payload: Mapping[str, Any] | None
 
 
+def submitted_items(
+    job_id: UUID,
+    stage: str,
+    *,
+    payload: Mapping[str, Any] | None,
+    items: Mapping[str, Mapping[str, Any]] | None,
+    max_attempts: int | None,
+) -> dict[str, Mapping[str, Any]]:
+    """Check a submit's arguments (the queue's and its fake's one rule) and return its items by key."""
+    if max_attempts is not None and not 1 <= max_attempts <= 100:
+        msg = f"max_attempts must be between 1 and 100, not {max_attempts}"
+        raise ConfigError(msg)
+    if items is not None and payload is not None:
+        msg = "give either payload (one item) or items (a fan-out), not both"
+        raise InvalidStateError(msg, job_id=job_id)
+    chosen = dict(items) if items is not None else {"": payload or {}}
+    if not chosen:
+        msg = f"stage {stage} was submitted with no items; give at least one"
+        raise InvalidStateError(msg, job_id=job_id)
+    return chosen
+
+
 class StageQueue:
     """Submit stage items and stop a job's stages (``Container.stages``)."""
 
@@ -297,16 +297,7 @@ class StageQueue:
         ``max_attempts`` overrides the handler's own (``@stages.handler(max_attempts=)``) for these items and
         their ``then`` stage. Submitting the same items again adds nothing (the ids returned are the new items).
         """
-        if max_attempts is not None and not 1 <= max_attempts <= 100:
-            msg = f"max_attempts must be between 1 and 100, not {max_attempts}"
-            raise ConfigError(msg)
-        if items is not None and payload is not None:
-            msg = "give either payload (one item) or items (a fan-out), not both"
-            raise InvalidStateError(msg, job_id=job_id)
-        chosen = dict(items) if items is not None else {"": payload or {}}
-        if not chosen:
-            msg = f"stage {stage} was submitted with no items; give at least one"
-            raise InvalidStateError(msg, job_id=job_id)
+        chosen = submitted_items(job_id, stage, payload=payload, items=items, max_attempts=max_attempts)
         from shared import telemetry  # noqa: PLC0415 - optional extra, imported when used
 
         rows = await self._db.fetch(

@@ -147,6 +147,7 @@ class ServerConfig(uvicorn.Config):
     """
 
     def load(self) -> None:
+        """Load the app as uvicorn does, wrapped in :class:`AccessJobId`."""
         super().load()
         self.loaded_app = AccessJobId(self.loaded_app)
 
@@ -209,6 +210,7 @@ class Supervisor(Multiprocess):
         return process
 
     def init_processes(self) -> None:
+        """Start the workers, each timed from its start for the grace period."""
         for _ in range(self.processes_num):
             self.processes.append(self._start(Process(self.config, self.sockets)))
 
@@ -227,6 +229,7 @@ class Supervisor(Multiprocess):
         return None
 
     def keep_subprocess_alive(self) -> None:
+        """Replace each worker that died, or that is past its grace and does not answer the health ping."""
         if self.should_exit.is_set():
             return
         for index, process in enumerate(self.processes):

@@ -9,24 +9,31 @@
 
 Admission is two round trips: one Lua script in Redis (rate + concurrency, all or nothing) and one statement in
 PostgreSQL (``CostTracker.reserve``, the budget), the budget first so that the rate slot is taken right before
-the call. Leaving the block gives all three back: the reservation is committed with the cost priced from the
-usage (:meth:`PaidCall.settle`) or released; the concurrency lease is freed and the tokens-per-minute weight
-reconciled with the real usage. A budget refusal takes no rate slot at all. Cancellation at any await point
-leaves no hold (the releases run to their end), and a worker that dies leaves leases that run out (concurrency:
+the call. Leaving the block is two more: the commit, with the priced usage written on the cost row in the same
+statement (:meth:`PaidCall.settle`), or the release; and the limiter's give-back (the concurrency lease freed,
+the tokens-per-minute weight reconciled with the real usage). The limiter's scripts of one process share round
+trips: what its callers ask while a batch is in flight goes in the next one (:class:`RateLimiter`), so under
+load the Redis side costs a fraction of a round trip per call. A budget refusal takes no rate slot at all.
+Cancellation at any await point leaves no hold (the commit or release runs to its end, the give-back is queued
+before its first await), and a worker that dies leaves leases that run out (concurrency:
 ``PAID_CONCURRENCY_LEASE_SECONDS``, budget: ``RESERVATION_TTL_SECONDS``). A provider refusal raised in the
 block (HTTP 429/503, the SDKs' rate-limit errors) leaves it as a RetryableError with ``retry_after``, and a
 429 slows the shared rate for every process.
 
+The budget and the rate slot are asked one after the other, not at once (``asyncio.gather``): at once would
+save one round trip of latency per call, nothing of the CPU that bounds throughput, and would take a rate slot
+before the budget is known, so a refused budget would spend a slot until its give-back and widen the delay
+between the grant and the call's arrival at the provider (the jitter that made the saturation test meet 429s).
+
 With a stage attempt (``attempt=ctx``) the limiter's request id derives from ``ctx.attempt_id`` (uuid5 with the
-effect's ``name``), and :meth:`PaidCalls.track_usage` keys its cost row with ``ctx.key(name)``, the same across
-attempts, so a re-run never records it twice. The reservation's own id is chosen by ``CostTracker.reserve``
-(its commit is keyed by it); tying it to the attempt needs ``reserve`` to take one (the stages work adds
-``job_cost_reservations.attempt_id``).
+effect's ``name``), the reservation belongs to the attempt (``job_cost_reservations.attempt_id``, so the stage
+engine releases a taken-over attempt's holds when another worker claims the item), and
+:meth:`PaidCalls.track_usage` keys its cost row with ``ctx.key(name)``, the same across attempts, so a re-run
+never records it twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -35,7 +42,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from uuid import UUID
 
-from shared.cost_tracking import CostLedger, Reservation, _to_the_end
+from shared.cost_tracking import CostLedger, Reservation
 from shared.models import JobCost, StageName
 from shared.paid.errors import ProviderRateLimitedError, provider_error
 from shared.paid.limiter import Grant, RateLimiter, RateScope, key_id
@@ -125,39 +132,10 @@ class PaidCall:
         self.priced = priced
         if self.traced is not None:
             self.traced.usage(priced.units, priced.cost)
-        cost = await self.reservation.commit(priced.cost)
-        await _to_the_end(self._calls.record_usage(cost, priced))
+        # The priced usage rides in the commit's own statement: one round trip, and never a cost row without it.
+        cost = await self.reservation.commit(priced.cost, usage=priced.metadata())
         self.cost = cost
         return cost
-
-
-class _LeaseRenewal:
-    """Renew a concurrency lease every third of its length while the call runs (a timer; a task only when due)."""
-
-    def __init__(self, limiter: RateLimiter, grant: Grant) -> None:
-        self._limiter = limiter
-        self._grant = grant
-        self._interval = limiter.lease_seconds / 3
-        self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[None] | None = None
-        self._timer = self._loop.call_later(self._interval, self._due) if grant.concurrency else None
-
-    def _due(self) -> None:
-        self._task = asyncio.create_task(self._renew(), name=f"lease of {self._grant.request_id}")
-
-    async def _renew(self) -> None:
-        try:
-            await self._limiter.renew(self._grant)
-        except Exception:  # noqa: BLE001 - a documented boundary: the next renewal may get through
-            _log.warning("could not renew the concurrency lease of %s", self._grant.scope, exc_info=True)
-        self._timer = self._loop.call_later(self._interval, self._due)
-
-    async def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.wait([self._task])
 
 
 class PaidCalls:
@@ -221,7 +199,10 @@ class PaidCalls:
         # The budget first, the rate slot last: the slot is taken right before the call is sent, so the delay
         # between the grant and the call's arrival at the provider (the window's jitter) is the smallest.
         with paid_call_span(provider=provider, model=model) as traced:
-            async with self.ledger.reserve(job_id, stage, f"{provider}/{model}", priced.cost) as reservation:
+            attempt_id = attempt.attempt_id if attempt is not None else None
+            async with self.ledger.reserve(
+                job_id, stage, f"{provider}/{model}", priced.cost, attempt_id=attempt_id
+            ) as reservation:
                 waiting = time.perf_counter()
                 with span("paid.rate_slot"):
                     grant = await self.limiter.acquire(scope, request_id, priced.tokens, limits, max_wait=wait)
@@ -235,7 +216,7 @@ class PaidCalls:
                     self, grant=grant, reservation=reservation, provider=provider, model=model, hardware=hardware
                 )
                 call.traced = traced
-                renewal = _LeaseRenewal(self.limiter, grant)
+                self.limiter.keep(grant)  # its concurrency lease renewed while the call runs
                 try:
                     yield call
                 except Exception as exc:
@@ -248,10 +229,10 @@ class PaidCalls:
                 finally:
                     if metrics is not None and grant.concurrency:
                         metrics.concurrency_in_use.add(-1, labels)
-                    await _to_the_end(renewal.stop())
                     # The lease freed; the token weight reconciled with the real usage (the estimate if unsettled).
+                    # Queued before release's first await: a cancellation here never loses it.
                     tokens = call.priced.tokens if call.priced is not None else None
-                    await _to_the_end(self.limiter.release(grant, tokens=tokens))
+                    await self.limiter.release(grant, tokens=tokens)
 
     def _estimate(self, provider: str, model: str, estimate: Usage, hardware: str | None) -> PricedUsage:
         key = (provider, model, hardware, tuple(sorted(estimate.items())))

@@ -21,7 +21,7 @@ from shared.errors import (
 )
 from shared.paid.errors import parse_retry_after  # the one public home of the Retry-After parser
 
-__all__ = ["error_from_response", "from_api_error", "from_os_error", "parse_retry_after", "translate"]
+__all__ = ["error_from_response", "expect_status", "from_api_error", "from_os_error", "parse_retry_after", "translate"]
 
 # Error codes (``code`` or legacy ``error``) whose meaning does not depend on the status they came with.
 _PERMISSION_CODES = frozenset(
@@ -126,6 +126,24 @@ def error_from_response(
         http_status=status_code,
         retry_after=parse_retry_after(headers.get("retry-after")),
         signed_url=signed_url,
+    )
+
+
+def expect_status(response: Any, status: int, *, bucket: str, path: str) -> None:
+    """Raise our error for a response other than ``status``, chained to httpx's own (its ``__cause__``)."""
+    if response.status_code == status:
+        return
+    try:
+        response.raise_for_status()
+    except Exception as exc:  # httpx.HTTPStatusError; httpx is imported lazily, so not named here
+        raise error_from_response(
+            response.status_code, response.content, response.headers, bucket=bucket, path=path
+        ) from exc
+    raise StorageError(
+        f"Storage answered HTTP {response.status_code} for {bucket}/{path} where {status} was expected",
+        bucket=bucket,
+        path=path,
+        status=response.status_code,
     )
 
 

@@ -3,17 +3,12 @@
 storage3 serves small uploads (multipart ``POST /object/{bucket}/{path}``), signed URLs, ``exists`` and
 deletes. It cannot stream: its ``download`` holds the whole object and its ``upload`` the whole file. So
 ``download_to`` streams ``GET /object/{bucket}/{path}`` through httpx, and bodies over 6 MiB (or over a smaller
-``chunk_size``) go through the resumable (TUS) endpoint ``/upload/resumable``, streamed from the file in
-PATCHes of ``chunk_size`` bytes (:func:`tus_chunk_size`: 6 MiB on Supabase's platform, the whole body in one
-PATCH on a self-hosted server), with the same headers on every request (apikey, bearer, and x-upsert: the
-server checks it on each PATCH, not only at creation).
+``chunk_size``) go through the resumable (TUS) endpoint with :class:`~shared.storage._tus.TusClient`, streamed
+from the file and resumed from the server's offset after a failure.
 Every call is retried by :func:`~shared.retry.retry_with_backoff` on :class:`~shared.errors.RetryableError`
 for up to ``retry_window`` seconds (``STORAGE_RETRY_WINDOW_SECONDS``, 30 s by default: a Storage server
-restart takes 3 to 16 s); each attempt reads the body again from its start, except a resumable upload's:
-after a failed PATCH it asks the server's offset (HEAD) and sends only the rest, and it creates the upload
-again only when the server no longer has it (404/410). When the answer to the last PATCH is lost, a PATCH of
-no bytes finishes the object again; without upsert the server then answers that the object exists (a
-StorageConflictError, although this upload most likely wrote it).
+restart takes 3 to 16 s); each attempt reads the body again from its start, except a resumable upload's, which
+sends only what the server does not hold yet.
 
 What the real server (revision 4fa61fba) answers, and what this class makes of it:
 
@@ -33,28 +28,23 @@ import base64
 import binascii
 import functools
 import json
-import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote
 
 from shared.errors import (
     PipelineError,
-    RetryableError,
     StorageError,
     StorageNotFoundError,
     StoragePermissionError,
-    StorageUnavailableError,
     ValidationError,
 )
 from shared.health import HealthStatus
 from shared.retry import retry_with_backoff
 from shared.storage._common import (
-    READ_SIZE,
     Body,
     UploadData,
     atomic_destination,
@@ -67,7 +57,8 @@ from shared.storage._common import (
     validate_expires_in,
     validate_path,
 )
-from shared.storage._errors import error_from_response, translate
+from shared.storage._errors import error_from_response, expect_status, translate
+from shared.storage._tus import HOSTED_CHUNK_BYTES, MIN_CHUNK_BYTES, TusClient, tus_chunk_size
 from shared.telemetry import traced
 
 if TYPE_CHECKING:
@@ -91,14 +82,7 @@ _WRITE_BATCH = 8 * 1024 * 1024
 R = TypeVar("R")
 Sleep = Callable[[float], Awaitable[None]]
 
-MIN_CHUNK_BYTES = 5 * 1024 * 1024  # S3 multipart minimum
-HOSTED_CHUNK_BYTES = 6 * 1024 * 1024  # what Supabase's hosted platform documents for its TUS endpoint
 SMALL_UPLOAD_BYTES = 6 * 1024 * 1024  # up to this, one standard request; above, TUS
-HOSTED_SUFFIXES = (".supabase.co", ".supabase.in")
-TUS_VERSION = "1.0.0"
-_log = logging.getLogger("shared.storage")
-_TUS_GONE = frozenset({404, 410})  # the server no longer has the upload (expired, or never had it)
-_GONE = "the upload is gone from the server; it starts again"
 DEFAULT_RETRY_WINDOW = 30.0  # seconds; outlasts a Storage server restart (3 to 16 s observed)
 LIST_PAGE = 1000
 
@@ -138,50 +122,6 @@ def create_supabase_client(url: str, service_key: str, http_client: httpx.AsyncC
     return AsyncClient(url, service_key, AsyncClientOptions(httpx_client=http_client))
 
 
-def tus_chunk_size(url: str, chunk_size: int | None = None) -> int | None:
-    """Return the bytes per TUS PATCH for the Storage at ``url``: ``chunk_size`` if given, else by the host.
-
-    Supabase's hosted platform (``*.supabase.co``, ``*.supabase.in``) documents 6 MiB chunks, so it gets them.
-    Any other host is a self-hosted Storage server, whose TUS stores take a PATCH of any size (the file store
-    streams it to disk, the S3 store cuts it into ``TUS_PART_SIZE`` parts itself): it gets the whole body in
-    one PATCH (None), because every PATCH costs that server a lock, several queries and an auth check, which
-    made 6 MiB chunks 0.5 to 0.9 times as fast as one PATCH. A failed PATCH resumes from the server's offset,
-    so a large one costs nothing extra when it fails; one refused as too large (HTTP 413, from a proxy's body
-    limit in front of the server) goes on in 6 MiB chunks from that offset, with a warning in the log.
-    """
-    if chunk_size is not None:
-        return chunk_size
-    host = (urlsplit(url).hostname or "").lower()
-    return HOSTED_CHUNK_BYTES if host.endswith(HOSTED_SUFFIXES) else None
-
-
-@dataclass(slots=True)
-class _TusUpload:
-    """Where one resumable upload stands: its URL (None before creation or once gone) and the server's offset.
-
-    ``confirmed`` is False while a PATCH is under way or after one failed: the offset must then be asked.
-    """
-
-    chunk: int
-    headers: dict[str, str]
-    location: str | None = None
-    offset: int = 0
-    confirmed: bool = True
-
-
-def _tus_retry(response: httpx.Response, bucket: str, path: str, what: str) -> StorageUnavailableError:
-    return StorageUnavailableError(
-        f"Storage answered HTTP {response.status_code} to a resumable upload of {bucket}/{path}: {what}",
-        bucket=bucket,
-        path=path,
-        status=response.status_code,
-    )
-
-
-def _b64(value: str) -> str:
-    return base64.b64encode(value.encode()).decode()
-
-
 def _api_code(error: BaseException) -> str | None:
     """Return the Storage API error code behind one of our errors (the response body's ``code``, else storage3's)."""
     found: str | None = None
@@ -200,24 +140,6 @@ def _api_code(error: BaseException) -> str | None:
             found = code
         current = current.__cause__
     return found
-
-
-def _expect(response: httpx.Response, status: int, *, bucket: str, path: str) -> None:
-    """Raise our error for a response other than ``status``, chained to httpx's own (its ``__cause__``)."""
-    if response.status_code == status:
-        return
-    try:
-        response.raise_for_status()
-    except Exception as exc:  # httpx.HTTPStatusError; httpx is imported lazily, so not named here
-        raise error_from_response(
-            response.status_code, response.content, response.headers, bucket=bucket, path=path
-        ) from exc
-    raise StorageError(
-        f"Storage answered HTTP {response.status_code} for {bucket}/{path} where {status} was expected",
-        bucket=bucket,
-        path=path,
-        status=response.status_code,
-    )
 
 
 class SupabaseStorage:
@@ -266,6 +188,14 @@ class SupabaseStorage:
         self._client = client
         self._max_upload_bytes = max_upload_bytes
         self._tus_chunk_size = tus_chunk_size(self._url, chunk_size)
+        self._tus = TusClient(
+            http_client,
+            self._storage_url,
+            self._headers,
+            chunk_size=self._tus_chunk_size,
+            cache_control=str(cache_control),
+            retrying=self._retrying,
+        )
         # The standard upload holds the body in memory (storage3 takes bytes): only small ones go that way.
         self._small_limit = min(chunk_size or SMALL_UPLOAD_BYTES, SMALL_UPLOAD_BYTES)
         self._cache_control = str(cache_control)
@@ -334,7 +264,7 @@ class SupabaseStorage:
             if body.size <= self._small_limit:
                 await self._retrying(bucket, path, lambda: self._upload_small(bucket, path, body, kind, upsert))
             else:
-                await self._upload_resumable(bucket, path, body, kind, upsert)
+                await self._tus.upload(bucket, path, body, kind, upsert=upsert)
         return object_url(self._objects, bucket, path)
 
     async def _upload_small(self, bucket: str, path: str, body: Body, content_type: str, upsert: bool) -> None:
@@ -347,117 +277,6 @@ class SupabaseStorage:
         }
         # storage3 percent-decodes the path it is given, so a literal '%' would change the key: quote it.
         await self._bucket(bucket).upload(quote(path, safe="/"), content, options)
-
-    async def _upload_resumable(self, bucket: str, path: str, body: Body, content_type: str, upsert: bool) -> None:
-        """Send ``body`` through TUS, resuming from the server's offset after a failure instead of starting again.
-
-        One retry round (the module's policy) covers creation and the PATCHes; a failed PATCH leaves the offset
-        unconfirmed, so the next attempt asks the server for it (HEAD) and sends the rest from there. A window
-        counts from the round's start, however long its PATCHes ran, so a round that failed after the server
-        had taken more of the body earns a fresh one: a fault late in a long upload is still retried, and a
-        server that takes nothing ends the upload within one window.
-        """
-        upload = _TusUpload(self._tus_chunk_size or body.size, self._tus_headers(upsert))
-        while True:
-            start = upload.offset
-            try:
-                await self._retrying(bucket, path, lambda: self._tus_attempt(upload, bucket, path, body, content_type))
-            except RetryableError:
-                if upload.location is None:
-                    raise
-                await self._retrying(bucket, path, lambda: self._tus_sync(upload, bucket, path))
-                if upload.location is None or upload.offset <= start:
-                    raise
-                continue
-            return
-
-    def _tus_headers(self, upsert: bool) -> dict[str, str]:
-        return {
-            **self._headers,
-            "Tus-Resumable": TUS_VERSION,
-            "x-upsert": "true" if upsert else "false",  # checked on every PATCH, not only at creation
-        }
-
-    async def _tus_attempt(self, upload: _TusUpload, bucket: str, path: str, body: Body, content_type: str) -> None:
-        """Create the upload if there is none, learn the offset if a PATCH failed, then PATCH the rest."""
-        if upload.location is not None and not upload.confirmed:
-            await self._tus_sync(upload, bucket, path)
-        if upload.location is None:
-            await self._tus_create(upload, bucket, path, body.size, content_type)
-        location = upload.location
-        assert location is not None  # noqa: S101 - set by _tus_create
-        # Each PATCH streams from the file in READ_SIZE pieces with its length declared, so neither we nor
-        # httpx's write path ever holds a whole chunk. After a lost answer to the last PATCH the server may
-        # hold every byte: a PATCH of none at that offset finishes the object again (idempotent with upsert).
-        while True:
-            offset = upload.offset
-            length = min(upload.chunk, body.size - offset)
-            upload.confirmed = False
-            response = await self._http.patch(
-                location,
-                content=body.chunks(READ_SIZE, offset=offset, length=length),
-                headers={
-                    **upload.headers,
-                    "Upload-Offset": str(offset),
-                    "Content-Length": str(length),
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
-            if response.status_code in _TUS_GONE:
-                upload.location = None
-                raise _tus_retry(response, bucket, path, _GONE)
-            if response.status_code == 413 and length > HOSTED_CHUNK_BYTES:
-                # A proxy in front of the server (Cloudflare's 100 MB, an nginx client_max_body_size) refused a
-                # PATCH this large: go on in the chunks Supabase documents, from the offset the server holds.
-                _log.warning(
-                    "Storage refused a TUS PATCH of %d bytes (HTTP 413); sending %d-byte chunks instead. Set "
-                    "STORAGE_TUS_CHUNK_MB below the limit of the proxy in front of Storage to skip this attempt",
-                    length,
-                    HOSTED_CHUNK_BYTES,
-                    extra={"bucket": bucket, "bytes": length},
-                )
-                upload.chunk = HOSTED_CHUNK_BYTES
-                await self._tus_sync(upload, bucket, path)
-                if upload.location is None:
-                    raise _tus_retry(response, bucket, path, _GONE)
-                continue
-            if response.status_code == 409 and b"Upload-Offset" in response.content:
-                raise _tus_retry(response, bucket, path, "the server's offset differs; it is asked again")
-            _expect(response, 204, bucket=bucket, path=path)
-            upload.offset = int(response.headers.get("upload-offset", offset + length))
-            upload.confirmed = True
-            if upload.offset >= body.size:
-                return
-
-    async def _tus_create(self, upload: _TusUpload, bucket: str, path: str, size: int, content_type: str) -> None:
-        metadata = ",".join(
-            f"{name} {_b64(value)}"
-            for name, value in (
-                ("bucketName", bucket),
-                ("objectName", path),
-                ("contentType", content_type),
-                ("cacheControl", self._cache_control),
-            )
-        )
-        endpoint = f"{self._storage_url}/upload/resumable"
-        created = await self._http.post(
-            endpoint, headers={**upload.headers, "Upload-Length": str(size), "Upload-Metadata": metadata}
-        )
-        _expect(created, 201, bucket=bucket, path=path)
-        upload.location = urljoin(endpoint + "/", created.headers["location"])
-        upload.offset = 0
-        upload.confirmed = True
-
-    async def _tus_sync(self, upload: _TusUpload, bucket: str, path: str) -> None:
-        """Read the server's offset of the upload (HEAD); forget the upload when the server no longer has it."""
-        assert upload.location is not None  # noqa: S101 - only called with an upload
-        response = await self._http.head(upload.location, headers=upload.headers)
-        if response.status_code in _TUS_GONE:
-            upload.location = None
-            return
-        _expect(response, 200, bucket=bucket, path=path)
-        upload.offset = int(response.headers["upload-offset"])
-        upload.confirmed = True
 
     # --- downloads ---
 
@@ -481,7 +300,7 @@ class SupabaseStorage:
         async with atomic_destination(target) as sink, self._http.stream("GET", url, headers=self._headers) as response:
             if response.status_code != 200:
                 await response.aread()
-                _expect(response, 200, bucket=bucket, path=path)
+                expect_status(response, 200, bucket=bucket, path=path)
             # The pieces as they arrive (no re-chunking copy), written a batch per thread hop: a hop per MiB was
             # the gap to a raw streamed httpx GET (0.76 x, issue 24).
             written = 0
@@ -575,7 +394,7 @@ class SupabaseStorage:
         response = await self._http.post(
             f"{self._objects}/list-v2/{quote(bucket, safe='')}", json=body, headers=self._headers
         )
-        _expect(response, 200, bucket=bucket, path=prefix)
+        expect_status(response, 200, bucket=bucket, path=prefix)
         page: dict[str, Any] = response.json()
         return page
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from uuid import UUID
 
 from shared.cost_tracking import (
@@ -63,9 +64,10 @@ class _FakeReservation:
     def committed(self) -> JobCost | None:
         return self._committed
 
-    async def commit(self, actual_cost: MoneyLike) -> JobCost:
+    async def commit(self, actual_cost: MoneyLike, *, usage: Mapping[str, Any] | None = None) -> JobCost:
         if self._committed is None:
-            self._committed = self._tracker._commit(self.id, self._held, to_money(actual_cost, field="actual_cost"))
+            actual = to_money(actual_cost, field="actual_cost")
+            self._committed = self._tracker._commit(self.id, self._held, actual, usage)
         return self._committed
 
 
@@ -258,11 +260,16 @@ class FakeCostTracker(LedgerRules):
             if reservation.committed is None and held.status == "active":
                 held.status = "released"
 
-    def _commit(self, reservation_id: UUID, held: _Held, actual: Decimal) -> JobCost:
+    def _commit(
+        self, reservation_id: UUID, held: _Held, actual: Decimal, usage: Mapping[str, Any] | None = None
+    ) -> JobCost:
         if held.status == "released" and not held.lapsed:
             msg = "this reservation was released when its block was left; reserve again before spending"
             raise InvalidStateError(msg, current="released", requested="committed", job_id=held.job_id)
         row, new = self._record(held.job_id, held.stage, held.api_name, actual, f"reservation:{reservation_id}")
+        if new and usage is not None:  # written in the commit's own statement, as commit_job_reservation does
+            costs = self._jobs[held.job_id].costs
+            row = costs[-1] = row.model_copy(update={"usage": dict(usage)})
         held.status, held.actual = "committed", actual
         job = self._jobs[held.job_id]
         if new and _overrun(held) > 0:

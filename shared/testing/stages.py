@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from shared.errors import ConfigError, InvalidStateError, PipelineError, RetryableError
+from shared.errors import ConfigError, PipelineError, RetryableError
 from shared.models import StageName
-from shared.stages import StageContext, Stages, _Services
+from shared.stages import StageContext, Stages, _Services, submitted_items
 from shared.testing.no_database import NoDatabase
 
 if TYPE_CHECKING:
@@ -84,11 +84,7 @@ class FakeStageQueue:
         max_attempts: int | None = None,
     ) -> list[UUID]:
         """Record the items (a resent submit of the same items adds nothing, as in the database)."""
-        del max_attempts
-        if items is not None and payload is not None:
-            msg = "give either payload (one item) or items (a fan-out), not both"
-            raise InvalidStateError(msg, job_id=job_id)
-        chosen = dict(items) if items is not None else {"": payload or {}}
+        chosen = submitted_items(job_id, stage, payload=payload, items=items, max_attempts=max_attempts)
         known = {(s.job_id, s.stage, key) for s in self.submitted for key in s.items}
         new = {key: value for key, value in chosen.items() if (job_id, stage, key) not in known}
         if new:

@@ -215,15 +215,27 @@ async def test_the_old_optional_cursor_form_was_a_filter_under_the_generic_plan(
 async def test_each_maintenance_batch_reads_only_its_rows_through_an_index(captured: Captured) -> None:
     """A batch's cutoff is an Index Cond (a volatile clock_timestamp() there made it a Filter over every row)."""
     policy = MaintenancePolicy(timedelta(minutes=10), timedelta(minutes=5), timedelta(days=30), batch_size=10)
+    # Stage items as the engine leaves them: thousands finished, a few live (the partial index holds those).
+    job = await captured.jobs.create_job(user_id=captured.user, audio_url="a.wav", user_prompt="p")
+    await captured.db.execute(
+        "insert into stage_runs (job_id, stage, item, status, finished_at)"
+        " select $1, 'clip_generation', n::text, 'completed', now() from generate_series(1, 5000) n",
+        job.id,
+    )
+    await captured.db.execute("analyze stage_runs")
+    captured.sent.clear()
     await maintain(captured.db, policy)
     # asyncpg introspects a type it meets first (the id arrays maintain returns): its own statements, not ours.
     ours = [sent for sent in captured.sent if sent.args and not _asyncpg_introspection(sent.query)]
     plans = [await generic_plan(captured.db, sent) for sent in ours]
 
-    assert 3 == len(plans)
+    assert 4 == len(plans)
     for plan in plans:
         assert [] == [node for node in plan if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in TABLES]
-    fail_jobs, release, prune = plans
+    fail_jobs, release, redeliver, prune = plans
+    # Stage items that lost their delivery are looked for among the live items only (a partial index).
+    assert [] == [n for n in redeliver if n["Node Type"] == "Seq Scan" and n.get("Relation Name") == "stage_runs"]
+    assert "stage_runs_live_idx" in {n.get("Index Name") for n in redeliver}, redeliver
     # Silent jobs are looked for among the jobs in flight only (a partial index), each one's stages by its key.
     assert {"jobs_active_status_idx", "job_stages_one_per_job_and_stage"} <= {n.get("Index Name") for n in fail_jobs}
     for plan, column in ((release, "expires_at"), (prune, "created_at")):

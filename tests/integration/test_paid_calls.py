@@ -25,6 +25,7 @@ from shared.errors import BudgetExceededError, ValidationError
 from shared.lifecycle import lifespan
 from shared.models import StageName
 from shared.paid import (
+    Grant,
     PaidCalls,
     ProviderRateLimitedError,
     RateLimiter,
@@ -253,6 +254,56 @@ async def test_a_dead_workers_lease_runs_out(paid: Paid) -> None:
     assert not isinstance(await limiter.try_acquire(scope, "next", 1, limits), float)
 
 
+async def test_callers_of_one_process_share_round_trips_and_the_limits_still_hold(
+    paid: Paid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    limiter = paid.calls.limiter
+    scripts = 0
+    run = limiter._run
+
+    async def counted(*args: Any) -> Any:
+        nonlocal scripts
+        scripts += 1
+        return await run(*args)
+
+    monkeypatch.setattr(limiter, "_run", counted)
+    scope = RateScope("openai", MODEL, "batch-test")
+    answers = await asyncio.gather(
+        *(limiter.try_acquire(scope, f"caller {i}", 1, RateLimits(rpm=20, concurrency=50)) for i in range(60))
+    )
+    grants = [answer for answer in answers if isinstance(answer, Grant)]
+    assert 20 == len(grants)  # in one batch the entries run in order: the 21st sees the first 20
+    assert all(answer > 0 for answer in answers if not isinstance(answer, Grant))
+    assert scripts < 10  # 60 callers, a handful of round trips
+    keys = scope.keys(paid.container.settings().paid_key_prefix)
+    raw = paid.container.redis().raw
+    assert sorted(grant.request_id.encode() for grant in grants) == sorted(await raw.zrange(keys[0], 0, -1))
+    await asyncio.gather(*(limiter.release(grant) for grant in grants))
+    assert 0 == await raw.zcard(keys[2])
+
+
+async def test_an_acquire_cancelled_in_flight_gives_its_slot_back(paid: Paid) -> None:
+    limiter = paid.calls.limiter
+    scope = RateScope("openai", MODEL, "cancel-test")
+    limits = RateLimits(rpm=10, concurrency=1)
+    waiter = asyncio.create_task(limiter.try_acquire(scope, "cancelled", 1, limits))
+    await asyncio.sleep(0)  # its entry is queued and its batch about to be sent
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    grant = None
+    for _ in range(20):  # the batch's answer arrives, and the grant nobody waits for is given back
+        grant = await limiter.try_acquire(scope, "next", 1, limits)
+        if isinstance(grant, Grant):
+            break
+        await asyncio.sleep(0.05)
+    assert isinstance(grant, Grant)
+    keys = scope.keys(paid.container.settings().paid_key_prefix)
+    raw = paid.container.redis().raw
+    assert [grant.request_id.encode()] == await raw.zrange(keys[0], 0, -1)
+    await limiter.release(grant)
+
+
 async def test_waiting_longer_than_allowed_is_retryable(paid: Paid) -> None:
     limiter = paid.calls.limiter
     scope = RateScope("openai", MODEL, "wait-test")
@@ -287,6 +338,34 @@ async def test_a_stage_attempt_keys_the_cost_once(paid: Paid) -> None:
     rows = await paid.container.cost_tracker().list_costs(job)
     assert 1 == len(rows)
     assert f"{job}:clips:17:music" == rows[0].idempotency_key
+
+
+async def test_an_admitted_call_reserves_for_its_stage_attempt(paid: Paid) -> None:
+    """The reservation records the attempt, so the stage engine can release a taken-over attempt's holds."""
+
+    @dataclass
+    class Attempt:
+        job_id: uuid.UUID
+        attempt_id: uuid.UUID
+
+        def key(self, name: str) -> str:
+            return f"{self.job_id}:clips:3:{name}"
+
+    job = await paid.job()
+    attempt = Attempt(job, uuid.uuid4())
+    db = paid.container.db()
+    async with paid.calls.admit(
+        job, CLIPS, provider="openai", model=MODEL, estimate=ESTIMATE, api_key="sk-test", attempt=attempt
+    ) as call:
+        held = await db.fetchval(
+            "select attempt_id from job_cost_reservations where id = $1 and status = 'active'", call.reservation.id
+        )
+        assert attempt.attempt_id == held
+        await call.settle({"input_tokens": 10, "output_tokens": 10})
+    async with paid.calls.admit(job, CLIPS, provider="openai", model=MODEL, estimate=ESTIMATE) as call:
+        assert await db.fetchval(
+            "select attempt_id is null from job_cost_reservations where id = $1", call.reservation.id
+        )
 
 
 # --- the limiter's store down: fail closed ---------------------------------------------------------------------

@@ -6,6 +6,7 @@ import logging
 from decimal import Decimal
 
 import pytest
+from shared.container_check import check_container
 from shared.models import JobStatus
 from shared.testing import run_stage
 from shared.testing.fixtures import Fakes
@@ -43,3 +44,8 @@ async def test_the_container_keeps_every_shared_provider_and_adds_its_own(fake_c
     shared = {"settings", "db", "redis", "jobs", "stages", "cost_tracker", "paid_calls", "storage", "http_client"}
     assert shared | {"title_api", "title_settings"} <= names
     assert not fake_container.title_api().closed
+
+
+def test_the_container_is_wired_right_with_every_type_checked() -> None:
+    """lifespan checks this at start; the test also imports every type an annotation names."""
+    assert [] == check_container(StageContainer, every_type=True)

@@ -4,6 +4,28 @@
 -- moved once per batch instead of once per item. Each function takes its row locks in one order (by id), so
 -- two batches that overlap never wait on each other in a cycle.
 
+-- A pgqueuer delivery for each stage item of `p_ids` (their stages `p_stages`, same order), due at `p_after`:
+-- the queue row and its log row, as pgqueuer's own enqueue writes them. Every statement of the engine that
+-- queues an item calls this, in the same statement as the item's change. Returns how many were queued.
+create function public.stage_deliver(p_ids uuid[], p_stages text[], p_after timestamptz)
+returns integer
+language sql
+volatile
+set search_path = public, pg_temp
+as $$
+    with q as (
+        insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
+        select 0, t.stage, convert_to(t.id::text, 'UTF8'), p_after, 'queued'
+          from unnest(p_ids, p_stages) as t(id, stage)
+        returning id, entrypoint, priority
+    ),
+    l as (
+        insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
+        select q.id, 'queued', q.entrypoint, q.priority from q
+    )
+    select count(*)::integer from q
+$$;
+
 -- An item's max_attempts is the submit's when it gave one, else (null) the handler's own
 -- (`@stages.handler(max_attempts=)`), which the worker knows.
 alter table public.stage_runs alter column max_attempts drop not null, alter column max_attempts drop default;
@@ -105,19 +127,15 @@ begin
         select r.job_id, r.stage, 1, r.max_attempts from runs r
         on conflict (job_id, stage) do update set expected = g.expected + 1
     ),
-    q as (
-        insert into pgqueuer.pgqueuer (priority, entrypoint, payload, execute_after, status)
-        select 0, r.stage, convert_to(r.id::text, 'UTF8'), now(), 'queued' from runs r
-        returning id, entrypoint, priority
-    ),
-    l as (
-        insert into pgqueuer.pgqueuer_log (job_id, status, entrypoint, priority)
-        select q.id, 'queued', q.entrypoint, q.priority from q
+    delivered as (
+        select public.stage_deliver(array(select id from runs), array(select stage from runs), now()) as n
     )
-    select d.id from done d;
+    select d.id from done d, delivered;
 end
 $$;
 
+revoke all on function public.stage_deliver(uuid[], text[], timestamptz) from public, anon, authenticated;
+grant execute on function public.stage_deliver(uuid[], text[], timestamptz) to service_role;
 revoke all on function public.stage_claim(uuid[], text, interval, text[]) from public, anon, authenticated;
 revoke all on function public.stage_complete(uuid[], uuid[], jsonb[], jsonb[]) from public, anon, authenticated;
 grant execute on function public.stage_claim(uuid[], text, interval, text[]) to service_role;
