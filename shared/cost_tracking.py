@@ -300,15 +300,15 @@ def warn_lapsed(job_id: UUID, reservation_id: UUID, *, actual: Decimal, spent: D
     )
 
 
-async def _to_the_end(work: Coroutine[Any, Any, _T]) -> _T:
+async def _to_the_end(work: Coroutine[Any, Any, _T], *, cancelled: bool = False) -> _T:
     """Run ``work`` to its end even if the caller is cancelled meanwhile (again and again), then go on cancelling.
 
     ``asyncio.shield`` alone would let the caller leave while the work still runs; money moves must be finished
     when the block is left. A cancellation, from ``task.cancel()`` or ``asyncio.timeout``, is re-raised once the
-    work is done, so the task still ends cancelled (and a timeout still becomes TimeoutError).
+    work is done, so the task still ends cancelled (and a timeout still becomes TimeoutError). ``cancelled``: the
+    caller was cancelled already (the work finishes an interrupted one), so it goes on cancelling in any case.
     """
     task = asyncio.ensure_future(work)
-    cancelled = False
     while not task.done():
         try:
             await asyncio.wait([task])
@@ -356,10 +356,17 @@ class _DbReservation:
 
         ``usage`` (what priced the cost, shared.paid's ``PricedUsage.metadata()``) is written on the cost row in
         the same statement. The money was spent, so a commit in flight finishes even when the task is cancelled
-        meanwhile.
+        meanwhile: it runs in the caller's task (no task of its own on the common path), and a cancellation that
+        lands in it sends the commit again, keyed by the reservation's id so that it counts once, and waits for
+        it to the end.
         """
         if self._committed is None:
-            await _to_the_end(self._record(to_money(actual_cost, field="actual_cost"), usage))
+            actual = to_money(actual_cost, field="actual_cost")
+            try:
+                await self._record(actual, usage)
+            except asyncio.CancelledError:
+                await _to_the_end(self._record(actual, usage), cancelled=True)
+                raise
         assert self._committed is not None  # noqa: S101 - set by _record
         return self._committed
 

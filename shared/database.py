@@ -325,6 +325,8 @@ class DatabaseClient:
         held = self._held.get()
         if held is not None and held.connection is not None and not held.busy:
             return await self._run_held(held, method, query, args, timeout=timeout, deadline=deadline)
+        if _idle_ready(self._pool):
+            return await self._run_idle(method, query, args, timeout=timeout, deadline=deadline)
         result: Any = _UNSET
         try:
             async with asyncio.timeout_at(deadline):
@@ -347,16 +349,54 @@ class DatabaseClient:
             _log.debug("a connection was not given back cleanly after its statement", exc_info=True)
         return result
 
+    async def _run_idle(
+        self, method: str, query: str, args: tuple[object, ...], *, timeout: float, deadline: float
+    ) -> Any:
+        """Run on a pooled connection that is idle and open: the acquire cannot wait, so no timer of ours runs.
+
+        The statement is bounded by asyncpg's own timer, set to what is left until ``deadline`` (on expiry asyncpg
+        raises TimeoutError at once and cancels the statement on the server); the release never waits.
+        """
+        metrics = instruments()
+        waiting = time.perf_counter() if metrics is not None else 0.0
+        # Pool.acquire() without its layers: the idle holder it would take, taken as its _acquire_impl does.
+        holder = self._pool._queue.get_nowait()  # type: ignore[attr-defined] # asyncpg private (0.32, pinned)
+        connection: PoolConnectionProxy = await holder.acquire()  # open and current: returns without waiting
+        holder._timeout = None
+        if metrics is not None:
+            metrics.pool_acquire_wait.record(time.perf_counter() - waiting)
+        raw = connection._con  # type: ignore[attr-defined] # asyncpg's proxied connection, not in the stubs
+        try:
+            with statement_span(method, query):
+                result = await getattr(raw, method)(query, *args, timeout=_left(deadline, method, timeout))
+        except BaseException as exc:
+            self._release_later(connection)
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise translate_error(exc, action=_action(method, timeout)) from exc
+            raise
+        if _release_now(self._pool, connection):
+            return result
+        try:
+            await _release_kept(self._pool, connection)
+        except _DRIVER_ERRORS:
+            # The statement ran; asyncpg closes a connection whose reset failed, and the pool opens another.
+            _log.debug("a connection was not given back cleanly after its statement", exc_info=True)
+        return result
+
     async def _run_held(
         self, held: _Held, method: str, query: str, args: tuple[object, ...], *, timeout: float, deadline: float
     ) -> Any:
-        """Run on the held connection; after any failure but PostgreSQL's own answer, stop using it."""
+        """Run on the held connection; after any failure but PostgreSQL's own answer, stop using it.
+
+        Bounded by asyncpg's own timer alone (what is left until ``deadline``): no acquire can wait here.
+        """
         connection = held.connection
         assert connection is not None  # noqa: S101 - checked by the caller
+        left = _left(deadline, method, timeout)
         held.busy = True
         try:
-            async with asyncio.timeout_at(deadline):
-                return await getattr(connection, method)(query, *args, timeout=timeout)
+            raw = connection._con  # type: ignore[attr-defined] # asyncpg's proxied connection
+            return await getattr(raw, method)(query, *args, timeout=left)
         except asyncpg.PostgresError as exc:
             if translate_error(exc).__class__ is DatabaseError:  # refused by PostgreSQL: the connection is fine
                 raise translate_error(exc, action=_action(method, timeout)) from exc
@@ -400,6 +440,10 @@ class DatabaseClient:
             if kept is not None:
                 if held.busy:  # a statement of another task still runs on it
                     self._release_later(kept)
+                elif _release_now(self._pool, kept):
+                    pass
+                elif _releases_at_once(kept):  # nothing to wait for: no cancellation can land in it
+                    await _release_kept(self._pool, kept)
                 else:
                     await _to_completion(_release_kept(self._pool, kept))
 
@@ -511,12 +555,13 @@ class _Connection(asyncpg.Connection):
     lock; tests/integration/test_round_trips.py counts the messages on the wire, so a change there fails it.
     """
 
-    __slots__ = ("_described", "_session_kept")
+    __slots__ = ("_described", "_session_kept", "idle_since")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._described: OrderedDict[tuple[str, object, bool], Any] = OrderedDict()
         self._session_kept = False
+        self.idle_since = time.monotonic()  # when it last went back to the pool (_IdleReaper)
 
     def keep_session(self) -> None:
         """Mark that only this client's statements ran since the connection was taken: release without a reset."""
@@ -574,6 +619,65 @@ class _Connection(asyncpg.Connection):
         super()._drop_local_statement_cache()  # type: ignore[misc] # asyncpg's private method
 
 
+def _idle_ready(pool: asyncpg.Pool) -> bool:
+    """Return whether ``pool.acquire()`` would return at once: an idle, open connection of the current generation.
+
+    asyncpg's holder queue hands out the newest open connection first (asyncpg private, 0.32, pinned).
+    """
+    holders = pool._queue._queue  # type: ignore[attr-defined] # asyncpg's LIFO queue of idle holders
+    if not holders or pool.is_closing():
+        return False
+    holder = holders[-1]
+    con = holder._con
+    return con is not None and not con.is_closed() and holder._generation == pool._generation  # type: ignore[attr-defined]
+
+
+def _left(deadline: float, method: str, limit: float) -> float:
+    """Return the seconds left until ``deadline``, or raise the call's timeout error when none are."""
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise _timed_out(method, limit)
+    return left
+
+
+def _releases_at_once(connection: PoolConnectionProxy) -> bool:
+    """Return whether :func:`_release_kept` will give ``connection`` back without waiting on anything."""
+    raw = connection._con  # type: ignore[attr-defined] # asyncpg's proxied connection
+    return raw is not None and isinstance(raw, _Connection) and not raw.is_in_transaction()
+
+
+def _release_now(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> bool:
+    """Give back, at once, a connection that ran only this client's statements and has nothing to clean up.
+
+    Return False, having done nothing, for any other (a pool opened elsewhere, a transaction or listener left, a
+    cancellation in flight, a connection closed, expired or at its query limit): :func:`_release_kept` or the
+    pool's own release handles those. What asyncpg's release would do here (its reset and our reset hook) is
+    nothing, so this is its last step alone: the holder goes back to the queue. asyncpg private (0.32, pinned).
+    """
+    holder: Any = connection._holder  # asyncpg's holder of the proxied connection
+    if not isinstance(holder._con, _Connection):
+        return False
+    raw: Any = holder._con
+    if (
+        holder._in_use is None
+        or holder._max_inactive_time
+        or holder._generation != pool._generation  # type: ignore[attr-defined]
+        or raw.is_closed()
+        or raw.is_in_transaction()
+        or raw._top_xact is not None
+        or raw._listeners
+        or raw._log_listeners
+        or raw._protocol._is_cancelling()
+        or raw._protocol.queries_count >= holder._max_queries
+    ):
+        return False
+    raw.idle_since = time.monotonic()
+    raw._on_release()  # what Pool.release does first
+    holder._timeout = None
+    holder._release()
+    return True
+
+
 async def _release_kept(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> None:
     """Give back a connection that ran only this client's statements, outside a transaction.
 
@@ -587,6 +691,7 @@ async def _release_kept(pool: asyncpg.Pool, connection: PoolConnectionProxy) -> 
         await pool.release(connection)
         return
     keep()
+    raw.idle_since = time.monotonic()
     raw._on_release()  # what Pool.release does first (asyncpg private)
     holder = connection._holder  # Pool.release without its shield
     await holder.release(holder._timeout)  # type: ignore[attr-defined] # the acquire's timeout
@@ -611,11 +716,52 @@ def _keep_session(connection: PoolConnectionProxy) -> None:
 
 async def _reset(connection: asyncpg.Connection) -> None:
     """Reset a connection going back to the pool, unless only this client's statements ran on it."""
-    if isinstance(connection, _Connection) and connection.take_session_kept():
-        return  # asyncpg has already rolled back a transaction left open, and dropped its listeners
+    if isinstance(connection, _Connection):
+        connection.idle_since = time.monotonic()
+        if connection.take_session_kept():
+            return  # asyncpg has already rolled back a transaction left open, and dropped its listeners
     query = connection.get_reset_query()
     if query:
         await connection.execute(query)
+
+
+# A pooled connection idle this long is closed, down to the pool's minimum size (asyncpg's default lifetime).
+_IDLE_LIFETIME = 300.0
+
+
+class _IdleReaper:
+    """Close pooled connections idle for ``lifetime`` seconds, down to the pool's minimum size.
+
+    asyncpg does this with a timer per connection, cancelled on every acquire and made again on every release:
+    two timer operations per statement (a timer in the event loop's heap costs dozens of Python calls), about a
+    tenth of a stage step's client CPU. Here one timer checks every connection each tenth of the lifetime, so a
+    connection is closed between ``lifetime`` and 1.1 x ``lifetime`` after it went back.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, lifetime: float = _IDLE_LIFETIME) -> None:
+        self._pool = pool
+        self._lifetime = lifetime
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(lifetime / 10, self._check)
+
+    def _check(self) -> None:
+        if self._pool.is_closing():
+            return
+        now = time.monotonic()
+        for holder in list(self._pool._holders):  # type: ignore[attr-defined] # asyncpg private (0.32, pinned)
+            con = holder._con
+            if (
+                holder._in_use is None
+                and isinstance(con, _Connection)
+                and not con.is_closed()
+                and now - con.idle_since >= self._lifetime
+            ):
+                holder._deactivate_inactive_connection()  # keeps the pool's minimum, as asyncpg's own timer does
+        self._handle = self._loop.call_later(self._lifetime / 10, self._check)
+
+    def stop(self) -> None:
+        """Check no more."""
+        self._handle.cancel()
 
 
 def _dumps(value: Any) -> str:
@@ -640,6 +786,7 @@ async def _open_pool(settings: Settings) -> asyncpg.Pool:
             init=_init_connection,
             reset=_reset,
             connection_class=_Connection,
+            max_inactive_connection_lifetime=0,  # _IdleReaper's one timer instead of two timer calls per statement
         )
     except _DRIVER_ERRORS as exc:
         parts = urlsplit(settings.database_dsn)
@@ -670,9 +817,11 @@ async def init_database(settings: Settings) -> AsyncGenerator[DatabaseClient, No
     client = DatabaseClient(
         pool, command_timeout=settings.db_command_timeout_seconds, attempts=settings.db_connect_attempts
     )
+    reaper = _IdleReaper(pool)
     try:
         yield client
     finally:
+        reaper.stop()
         await client.aclose()
 
 

@@ -239,6 +239,39 @@ async def test_commit_after_maintain_released_a_paused_workers_hold_is_recorded_
     assert "over its budget" in record.getMessage()
 
 
+async def test_a_lapsed_commit_within_the_budget_is_warned_without_a_refusal(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await ledger.make_job(Decimal(10))
+    with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+        async with ledger.tracker.reserve(job, CLIPS, "replicate", "0.70") as paused:
+            await ledger.lapse_reservations()
+            await paused.commit("0.70")
+    (record,) = [r for r in caplog.records if getattr(r, "reservation_id", None) == str(paused.id)]
+    message = record.getMessage()
+    assert "lapsed" in message
+    assert str(job) in message
+    assert str(paused.id) in message
+    assert "over its budget" not in message  # 0.70 of 10: nothing is refused
+    spent, limit = record.spent, record.limit  # type: ignore[attr-defined] # log extras
+    assert f"spent {spent} of its budget {limit}" in message  # the figures in the line, not only in its extras
+    assert (Decimal("0.70"), Decimal("0.70"), Decimal(10)) == tuple(
+        Decimal(getattr(record, name)) for name in ("actual_cost", "spent", "limit")
+    )
+
+
+@pytest.mark.parametrize("bad", [Decimal(-1), "abc", float("nan")])
+async def test_a_bad_actual_cost_is_refused_by_name_and_records_nothing(ledger: Ledger, bad: object) -> None:
+    job = await ledger.make_job(Decimal(10))
+    async with ledger.tracker.reserve(job, CLIPS, "replicate", 1) as reservation:
+        with pytest.raises(ValidationError) as refused:
+            await reservation.commit(bad)  # type: ignore[arg-type] # the point: a value of the wrong kind
+        assert "actual_cost" == refused.value.field
+        assert reservation.committed is None
+        committed = await reservation.commit("0.80")  # a good amount afterwards is recorded
+    assert Decimal("0.80") == committed.cost == await ledger.tracker.get_total_cost(job)
+
+
 async def test_commit_after_its_own_block_released_it_is_refused(ledger: Ledger) -> None:
     job = await ledger.make_job(None)
     async with ledger.tracker.reserve(job, CLIPS, "replicate", 1) as reservation:
@@ -360,3 +393,62 @@ async def test_a_released_effect_is_held_again_by_a_later_attempt_only(ledger: L
         assert Decimal("0.70") == (await ledger.tracker.get_budget(job)).reserved
         await later.commit("0.70")
     assert Decimal("0.70") == await ledger.tracker.get_total_cost(job)
+
+
+async def test_iteration_yields_every_row_once_in_order_whatever_the_page_size(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    for n in range(7):
+        await ledger.tracker.track_cost(job, CLIPS, "replicate", f"0.0{n + 1}", idempotency_key=f"k{n}")
+    everything = await ledger.tracker.list_costs(job)
+    assert 7 == len(everything)
+    for size in (1, 3, 4, 7, 8):  # a page's second row is not its last one (3, 4), a last page partly full
+        walked = [row.id async for row in ledger.tracker.iter_costs(job, page_size=size)]
+        assert [row.id for row in everything] == walked
+
+
+async def test_costs_recorded_at_one_instant_are_paged_by_id(db: DatabaseClient) -> None:
+    """Rows of one transaction share created_at: the cursor's id breaks the tie, so no row is lost or repeated."""
+    ledger = postgres_ledger(db)
+    job = await ledger.make_job(None)
+    async with db.transaction():  # now() is the transaction's start: every row gets the same created_at
+        for n in range(6):
+            await ledger.tracker.track_cost(job, CLIPS, "replicate", "0.01", idempotency_key=f"k{n}")
+    everything = await ledger.tracker.list_costs(job)
+    assert 1 == len({row.created_at for row in everything})
+    assert sorted(row.id for row in everything) == [row.id for row in everything]
+    for size in (1, 2, 4):
+        assert [row.id for row in everything] == [
+            row.id async for row in ledger.tracker.iter_costs(job, page_size=size)
+        ]
+
+
+async def test_a_job_without_costs_sums_to_zero(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    summary = await ledger.tracker.cost_summary(job)
+    assert (job, 0, Decimal(0), {}, {}) == (
+        summary.job_id,
+        summary.total.calls,
+        summary.total.cost,
+        summary.by_stage,
+        summary.by_api,
+    )
+    assert [] == [row async for row in ledger.tracker.iter_costs(job)]
+
+
+async def test_summary_names_its_job_and_unknown_jobs_are_named_in_the_error(ledger: Ledger) -> None:
+    job = await ledger.make_job(None)
+    await ledger.tracker.track_cost(job, CLIPS, "replicate", "0.50")
+    assert job == (await ledger.tracker.cost_summary(job)).job_id
+    missing = uuid.uuid4()
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: ledger.tracker.get_total_cost(missing),
+        lambda: ledger.tracker.get_budget(missing),
+        lambda: ledger.tracker.track_cost(missing, CLIPS, "replicate", 1),
+        lambda: ledger.tracker.check_budget(missing, 1),
+        lambda: ledger.tracker.enforce_budget_limit(missing),
+        lambda: ledger.tracker.cost_summary(missing),
+    ]
+    for call in calls:
+        with pytest.raises(JobNotFoundError) as caught:
+            await call()
+        assert missing == caught.value.job_id

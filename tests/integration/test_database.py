@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from shared.config import Settings
-from shared.database import DatabaseClient, init_database, translate_error
+from shared.database import DatabaseClient, _IdleReaper, init_database, translate_error
 from shared.errors import (
     DatabaseError,
     DatabaseTimeoutError,
@@ -241,3 +241,38 @@ def test_every_asyncpg_exception_class_is_mapped() -> None:
         translated = translate_error(cls("x"))
         assert isinstance(translated, DatabaseError), cls
         assert translated.message
+
+
+async def test_idle_connections_above_the_minimum_are_closed_after_their_lifetime(
+    make_settings: MakeSettings, pg_dsn: str
+) -> None:
+    settings = make_settings(database_url=pg_dsn, db_pool_min_size=1, db_pool_max_size=3)
+    async for db in init_database(settings):
+        # Three statements at once open three connections; each goes back idle.
+        await asyncio.gather(*(db.fetchval("select pg_sleep(0.05)") for _ in range(3)))
+        assert 3 == db.pool.get_size()
+        reaper = _IdleReaper(db.pool, lifetime=0.2)
+        try:
+            for _ in range(200):
+                if db.pool.get_size() == 1:
+                    break
+                await asyncio.sleep(0.02)
+            assert 1 == db.pool.get_size()  # down to the minimum, never below it
+            await asyncio.sleep(0.3)
+            assert 1 == db.pool.get_size()
+            assert 1 == await db.fetchval("select 1")  # the kept connection still serves
+        finally:
+            reaper.stop()
+
+
+async def test_a_connection_in_use_is_never_closed_as_idle(make_settings: MakeSettings, pg_dsn: str) -> None:
+    settings = make_settings(database_url=pg_dsn, db_pool_min_size=0, db_pool_max_size=2)
+    async for db in init_database(settings):
+        reaper = _IdleReaper(db.pool, lifetime=0.05)
+        try:
+            async with db.hold_connection():
+                pid = await db.fetchval("select pg_backend_pid()")
+                await asyncio.sleep(0.3)  # several checks while the connection is held
+                assert pid == await db.fetchval("select pg_backend_pid()")
+        finally:
+            reaper.stop()

@@ -26,7 +26,13 @@ import pytest
 
 from shared.cost_tracking import CostTracker
 from shared.database import DatabaseClient, init_database
-from shared.errors import BudgetExceededError, InvalidStateError, JobNotFoundError, ValidationError
+from shared.errors import (
+    BudgetExceededError,
+    DatabaseTimeoutError,
+    InvalidStateError,
+    JobNotFoundError,
+    ValidationError,
+)
 from shared.jobs import JobRepository
 from shared.maintenance import MaintenancePolicy, maintain
 from shared.models import StageName
@@ -131,6 +137,85 @@ async def test_cancel_while_reserve_waits_in_postgres_leaves_no_hold(money: Mone
     assert (await tracker.get_budget(job)).allows(Decimal("0.60"))
 
 
+async def test_a_release_that_cannot_reach_postgres_is_logged_with_its_reservation(
+    money: Money, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cancelled reserve whose release times out too: the hold ends at its TTL, and the log says which one."""
+    job = await money.new_job(Decimal(1))
+    async for short in init_database(make_settings(database_url=money.dsn, db_command_timeout_seconds=0.5)):
+        tracker = CostTracker(short, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+        with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+            async with money.locked("select 1 from jobs where id = $1 for update", job):
+                task = asyncio.create_task(hold(tracker, job))
+                await money.waiting("reserve_job_budget")
+                task.cancel()  # the release waits for the same row lock, past the client's 0.5 s bound
+                await cancelled(task)
+        (record,) = [r for r in caplog.records if "could not release reservation" in r.getMessage()]
+        (chosen,) = record.args or ()  # the id the reserve chose, which nothing else knows
+        assert isinstance(chosen, uuid.UUID)
+        assert str(chosen) in record.getMessage()
+        assert record.exc_info is not None
+        assert "timed out" in str(record.exc_info[1])
+    assert 0 == await money.active(job)
+
+
+async def test_a_renewal_that_fails_is_tried_again_and_the_hold_lives_on(
+    money: Money, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = await money.new_job(Decimal(1))
+    async for short in init_database(make_settings(database_url=money.dsn, db_command_timeout_seconds=0.5)):
+        # A 3 s TTL: a renewal every second, each bounded at 0.5 s by the client.
+        tracker = CostTracker(short, default_budget=Decimal(50), reservation_ttl=timedelta(seconds=3))
+        loop = asyncio.get_running_loop()
+        with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+            async with tracker.reserve(job, CLIPS, "replicate", "0.60") as reservation:
+                first_expiry = loop.time() + 3
+                async with money.locked("select 1 from job_cost_reservations where job_id = $1 for update", job):
+                    await money.waiting("greatest(expires_at")  # the first renewal waits for the row
+                    names = {task.get_name() for task in asyncio.all_tasks()}
+                    assert f"lease of reservation {reservation.id}" in names
+                    for _ in range(400):  # it times out: a DatabaseError, logged
+                        if any("could not renew" in r.getMessage() for r in caplog.records):
+                            break
+                        await asyncio.sleep(0.01)
+                    else:
+                        pytest.fail("the blocked renewal never failed")
+                # Past the first expiry, and past one a late-landing renewal would have given (3 s after the lock).
+                await asyncio.sleep(max(first_expiry - loop.time(), 0) + 2.5)
+                # The failed renewal was tried again a second later: the hold still counts.
+                assert Decimal("0.60") == (await tracker.get_budget(job)).reserved
+                await reservation.commit("0.60")
+    assert Decimal("0.60") == (await money.tracker().get_budget(job)).spent
+
+
+async def spend_when_told(tracker: CostTracker, job: uuid.UUID, entered: asyncio.Event, go: asyncio.Event) -> None:
+    async with tracker.reserve(job, CLIPS, "replicate", "0.60") as reservation:
+        entered.set()
+        await go.wait()
+        await reservation.commit("0.55")
+
+
+async def test_a_commit_cancelled_and_then_failing_is_logged_with_its_cause(
+    money: Money, make_settings: MakeSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled mid-commit, the commit is sent again; when that fails too, the log says why before the cancel."""
+    job = await money.new_job(Decimal(1))
+    async for short in init_database(make_settings(database_url=money.dsn, db_command_timeout_seconds=5)):
+        tracker = CostTracker(short, default_budget=Decimal(50), reservation_ttl=timedelta(minutes=15))
+        entered, go = asyncio.Event(), asyncio.Event()
+        with caplog.at_level(logging.WARNING, logger="shared.cost_tracking"):
+            task = asyncio.create_task(spend_when_told(tracker, job, entered, go))
+            await entered.wait()
+            async with money.locked("select 1 from jobs where id = $1 for update", job):
+                go.set()
+                await money.waiting("commit_job_reservation")
+                task.cancel()  # the commit is sent again, and times out on the row lock as well
+                await cancelled(task)
+        (record,) = [r for r in caplog.records if r.getMessage() == "interrupted work failed as well"]
+        assert record.exc_info is not None
+        assert isinstance(record.exc_info[1], DatabaseTimeoutError)
+
+
 async def test_timeout_while_reserve_waits_in_postgres_leaves_no_hold(money: Money) -> None:
     job = await money.new_job(Decimal(1))
     tracker = money.tracker()
@@ -167,6 +252,35 @@ async def test_cancel_while_commit_waits_records_the_money_once(money: Money) ->
         go.set()
         await money.waiting("commit_job_reservation")
         task.cancel()
+    await cancelled(task)
+    assert Decimal("0.55") == await tracker.get_total_cost(job)
+    assert 1 == await money.db.fetchval("select count(*) from job_costs where job_id = $1", job)
+    assert 0 == await money.active(job)
+
+
+async def test_cancels_while_commit_waits_leave_the_block_only_once_the_money_is_recorded(money: Money) -> None:
+    job = await money.new_job(Decimal(1))
+    tracker = money.tracker()
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def spend() -> None:
+        async with tracker.reserve(job, CLIPS, "replicate", "0.60") as reservation:
+            entered.set()
+            await go.wait()
+            await reservation.commit("0.55")
+            pytest.fail("the commit should have been cancelled")
+
+    task = asyncio.create_task(spend())
+    await entered.wait()
+    async with money.locked("select 1 from jobs where id = $1 for update", job):
+        go.set()
+        await money.waiting("commit_job_reservation")
+        task.cancel()  # lands in the commit's statement: the commit is sent again and waited for
+        await asyncio.sleep(0.05)
+        task.cancel()  # a second cancel while the commit still waits for the row
+        await asyncio.sleep(0.05)
+        assert not task.done()  # the block is not left before the money is recorded
+        assert 0 == await money.db.fetchval("select count(*) from job_costs where job_id = $1", job)
     await cancelled(task)
     assert Decimal("0.55") == await tracker.get_total_cost(job)
     assert 1 == await money.db.fetchval("select count(*) from job_costs where job_id = $1", job)
