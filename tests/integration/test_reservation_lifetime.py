@@ -227,7 +227,7 @@ async def test_timeout_while_reserve_waits_in_postgres_leaves_no_hold(money: Mon
     async with money.locked("select 1 from jobs where id = $1 for update", job):
         task = asyncio.create_task(within_a_timeout())
         await money.waiting("reserve_job_budget")
-        await money.waiting("'released', clock_timestamp() from job")  # timed out: it releases the id it chose
+        await money.waiting("'released', clock_timestamp(), $6 from job")  # timed out: it releases the id it chose
     with pytest.raises(TimeoutError):
         await task
     assert 0 == await money.active(job)
