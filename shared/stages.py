@@ -39,7 +39,7 @@ import random
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
@@ -408,10 +408,9 @@ class AttemptPaidCalls:
         ``name`` tells the attempt's paid calls apart (``f"clip-{n}"``): the limiter's request id and the
         reservation belong to the attempt, so a re-run after a worker's death never holds the same money twice.
 
-        A call whose handle was kept (``ctx.checkpoint`` inside the block) is out at the provider, which bills it.
-        When the job fails and the worker cancels the handler before it settled, no attempt will come back for it:
-        the estimate is recorded as its cost (``PaidCall.settle_estimate``), never released unrecorded. Taken over
-        or drained, the item runs again and the next attempt resumes the handle and settles the real usage.
+        The call is recorded once for the item, whatever its attempts do (see ``_after``): a settled call is not
+        recorded again by a later attempt, and one whose handle went out (``ctx.checkpoint`` inside the block)
+        but was not settled is recorded at its estimate (``PaidCall.settle_estimate``), never released unrecorded.
         """
         stage = self._stage()
         calls = await self._ctx._services.paid_calls()
@@ -504,7 +503,6 @@ class StageContext:
         self.paid = AttemptPaidCalls(self)
         self._handles_out = 0  # handles kept, resumed or being sent: a paid call the provider bills is out
         self._stop_reason: str | None = None  # why the worker cancels the handler: job ended, taken over, drain
-        self.max_attempts: int = row.get("max_attempts") or 1
         self.run_id: UUID = row["id"]
         self.job_id: UUID = row["job_id"]
         self.stage: str = row["stage"]
@@ -621,8 +619,7 @@ class StageContext:
 @dataclass
 class _Running:
     task: asyncio.Task[Mapping[str, Any] | None]
-    ctx: StageContext
-    reason: list[str] = field(default_factory=list)
+    ctx: StageContext  # its _stop_reason says why the worker cancels it
 
 
 class StageWorker:
@@ -737,7 +734,6 @@ class StageWorker:
 
     def _requeue_in_flight(self) -> None:
         for running in self._running.values():
-            running.reason.append("drain")
             running.ctx._stop_reason = "drain"
             running.task.cancel()
 
@@ -748,7 +744,6 @@ class StageWorker:
             return
         ctx = StageContext(self._db, row, self._services)
         max_attempts = row["max_attempts"] or spec.max_attempts  # the submit's, else the handler's
-        ctx.max_attempts = max_attempts
         if ctx.attempt > max_attempts:
             await self._fail(ctx, f"its worker stopped {ctx.attempt - 1} times (max_attempts={max_attempts})")
             return
@@ -778,7 +773,7 @@ class StageWorker:
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():  # type: ignore[union-attr]  # our own task is cancelled
                 raise
-            if "drain" in running.reason:
+            if running.ctx._stop_reason == "drain":
                 await self._db.execute(_REQUEUE, ctx.run_id, ctx.attempt_id, "the worker shut down", timedelta(0), 1)
             else:
                 await self._db.execute(_END, ctx.run_id, ctx.attempt_id, "cancelled", "the job ended")
@@ -824,8 +819,7 @@ class StageWorker:
                 running = self._running.get(row["id"])
                 # The job ended or another attempt took the item: stop it (unless it finished meanwhile).
                 if not row["alive"] and running is not None and running is held[row["id"]]:
-                    running.reason.append("job ended" if row["ours"] else "taken over")
-                    running.ctx._stop_reason = running.reason[-1]
+                    running.ctx._stop_reason = "job ended" if row["ours"] else "taken over"
                     running.task.cancel()
 
     async def _claim_batch(self, run_ids: list[UUID]) -> list[Mapping[str, Any] | None]:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
 from uuid import UUID
 
 import pytest
@@ -31,6 +30,7 @@ from shared.jobs import JobRepository
 from shared.stages import StageQueue
 from tests.fixtures.postgres import MakeUser
 from tests.fixtures.redis import REDIS_URL
+from tests.fixtures.stage_workers import WorkerProcesses
 
 pytestmark = [pytest.mark.slow, pytest.mark.time_limit(400)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +71,7 @@ def provider(tmp_path: Path) -> Iterator[Provider]:
 
 @pytest.fixture
 def start_workers(pg_dsn: str, redis_prefix: str, provider: Provider, tmp_path: Path) -> Iterator[StartWorkers]:
-    started: list[subprocess.Popen[bytes]] = []
-    logs: list[IO[bytes]] = []
+    workers = WorkerProcesses(tmp_path)
     env = {
         **os.environ,
         "ENVIRONMENT": "development",
@@ -92,40 +91,14 @@ def start_workers(pg_dsn: str, redis_prefix: str, provider: Provider, tmp_path: 
     }
 
     def start() -> list[subprocess.Popen[bytes]]:
-        ready = [tmp_path / f"ready-{n}" for n in range(WORKERS)]
-        for n in range(WORKERS):
-            logs.append((tmp_path / f"worker-{n}.log").open("wb"))
-            command = ["-m", "shared", "worker", "examples.clips", "--concurrency", str(CONCURRENCY)]
-            started.append(
-                subprocess.Popen(
-                    [sys.executable, *command, "--ready-file", str(ready[n])],
-                    env=env,
-                    cwd=tmp_path,  # no .env: the workers see only their environment
-                    stdout=subprocess.DEVNULL,
-                    stderr=logs[-1],
-                )
-            )
-        deadline = time.monotonic() + 120
-        while not all(path.exists() for path in ready):
-            assert all(p.poll() is None for p in started), [log.read_text() for log in tmp_path.glob("worker-*.log")]
-            assert time.monotonic() < deadline, "the workers did not become ready in 120 s"
-            time.sleep(0.1)
-        return started
+        command = ("--concurrency", str(CONCURRENCY))
+        # cwd: no .env there, the workers see only their environment
+        starting = [workers.start("examples.clips", *command, env=env, cwd=tmp_path) for _ in range(WORKERS)]
+        workers.wait_ready(starting, timeout=120, interval=0.1)
+        return workers.started
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in started:
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for out in logs:
-        out.close()
-    for log in sorted(tmp_path.glob("worker-*.log")):  # shown when the test fails
-        print(log.name, log.read_text()[-3000:])  # noqa: T201
+    workers.stop(timeout=30)
 
 
 async def settled(db: DatabaseClient, job: UUID, timeout: float = 300) -> str:

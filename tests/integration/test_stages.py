@@ -10,12 +10,10 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 from uuid import UUID
 
 import pytest
@@ -25,6 +23,7 @@ from shared.errors import ConfigError
 from shared.jobs import JobRepository
 from shared.stages import StageQueue, Stages, load_stages
 from tests.fixtures.postgres import MakeUser
+from tests.fixtures.stage_workers import WorkerProcesses
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,48 +37,22 @@ async def effects(db: DatabaseClient) -> None:
 
 @pytest.fixture
 def start_worker(pg_dsn: str, tmp_path: Path) -> Iterator[Start]:
-    started: list[subprocess.Popen[bytes]] = []
-    logs: list[IO[bytes]] = []
+    workers = WorkerProcesses(tmp_path)
+    env = {
+        **os.environ,
+        "DATABASE_URL": pg_dsn,
+        "STAGE_HEARTBEAT_INTERVAL_SECONDS": "1",
+        "ENVIRONMENT": "development",
+        "PYTHONPATH": str(ROOT),
+    }
 
     def start() -> subprocess.Popen[bytes]:
-        ready = tmp_path / f"ready-{len(started)}"
-        logs.append((tmp_path / f"worker-{len(started)}.log").open("wb"))
-        env = {
-            **os.environ,
-            "DATABASE_URL": pg_dsn,
-            "STAGE_HEARTBEAT_INTERVAL_SECONDS": "1",
-            "ENVIRONMENT": "development",
-            "PYTHONPATH": str(ROOT),
-        }
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shared", "worker", "tests.integration.stage_module", "--ready-file", str(ready)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=logs[-1],
-        )
-        started.append(process)
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert process.poll() is None, (tmp_path / f"worker-{len(started) - 1}.log").read_text()
-            assert time.monotonic() < deadline, "the worker did not become ready in 60 s"
-            time.sleep(0.05)
-        return process
+        started = workers.start("tests.integration.stage_module", env=env, cwd=ROOT)
+        workers.wait_ready([started], timeout=60, interval=0.05)
+        return started[0]
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    for process in started:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for out in logs:
-        out.close()
-    for log in sorted(tmp_path.glob("worker-*.log")):  # shown when the test fails
-        print(log.name, log.read_text()[-3000:])  # noqa: T201
+    workers.stop(timeout=20)
 
 
 async def new_job(jobs: JobRepository, make_user: MakeUser) -> UUID:
