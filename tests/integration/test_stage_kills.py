@@ -257,7 +257,10 @@ async def kill_test(
     for error in summary["errors"]:  # a worker that stopped on an exception (the supervisor started another)
         print(error)  # noqa: T201
     assert dict.fromkeys(broken, 0) == broken, summary["log"]
-    assert summary["sigkilled"] >= len(summary["planned"]) + EXTERNAL >= 200
+    # Every planned kill landed (a violation above otherwise) and every random one was sent; a random kill can hit
+    # a worker already dying of a planned one (one death, two kills), so deaths are counted, at least 200.
+    assert EXTERNAL == summary["external"]
+    assert summary["sigkilled"] >= max(200, len(summary["planned"]))
 
 
 async def test_sigkill_at_every_await_point_on_postgresql(
